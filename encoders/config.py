@@ -1,0 +1,84 @@
+"""The encoder's hyperparameters as a frozen (hashable) dataclass, validated.
+
+Flax modules need hashable attributes, so the `config.model` ConfigDict of a run is
+turned into an `EncoderConfig` once, at start, by `EncoderConfig.from_config`; that
+is also where bad values are caught, with the offending field named.
+"""
+import dataclasses
+
+import jax.numpy as jnp
+
+ACTIVATIONS = ('gelu', 'gelu_new', 'relu')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot work; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = 'gelu'  # 'gelu' is BERT's exact erf GELU; 'gelu_new' the tanh approximation.
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2  # RoBERTa: 1.
+  position_offset: int = 0  # Added to position ids; RoBERTa: pad_token_id + 1 = 2.
+  pad_token_id: int = 0
+  hidden_dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1  # 0 lets attention run as one fused kernel.
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  dtype: str = 'float32'  # Compute dtype of matmuls and activations.
+  param_dtype: str = 'float32'  # Storage dtype of parameters.
+  remat_policy: str = 'none'  # Rematerialisation of each layer: 'none', 'full' or 'dots'.
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def storage_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  @classmethod
+  def from_config(cls, model_config, prefix: str = 'model') -> 'EncoderConfig':
+    """Builds from a ConfigDict / mapping (extra keys such as `family` are ignored)."""
+    values = dict(model_config.items()) if hasattr(model_config, 'items') else dict(model_config)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    config = cls(**{k: v for k, v in values.items() if k in fields})
+    config.validate(prefix)
+    return config
+
+  def validate(self, prefix: str = 'model') -> None:
+    def fail(field, message):
+      raise ConfigError(f'{prefix}.{field}={getattr(self, field)!r}: {message}')
+
+    for field in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
+                  'intermediate_size', 'max_position_embeddings', 'type_vocab_size'):
+      value = getattr(self, field)
+      if not isinstance(value, int) or value <= 0:
+        fail(field, 'must be a positive integer.')
+    if self.hidden_size % self.num_heads:
+      fail('hidden_size', f'is not divisible by {prefix}.num_heads={self.num_heads}.')
+    if self.hidden_act not in ACTIVATIONS:
+      fail('hidden_act', f'unknown activation; choose one of {ACTIVATIONS}.')
+    for field in ('dtype', 'param_dtype'):
+      if getattr(self, field) not in DTYPES:
+        fail(field, f'unknown dtype; choose one of {tuple(DTYPES)}.')
+    for field in ('hidden_dropout_rate', 'attention_dropout_rate'):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        fail(field, 'must be in [0, 1).')
+    if not 0 <= self.pad_token_id < self.vocab_size:
+      fail('pad_token_id', f'must be a token id below {prefix}.vocab_size={self.vocab_size}.')
+    if self.position_offset < 0:
+      fail('position_offset', 'must be >= 0.')
+    if self.remat_policy not in ('none', 'full', 'dots'):
+      fail('remat_policy', "choose one of 'none', 'full', 'dots'.")
