@@ -1,0 +1,24 @@
+"""BERT (Devlin et al. 2019) at the sizes of Turc et al. 2019.
+
+  python -m experiments.pretrain --config configs/bert.py:tiny --workdir /tmp/bert_tiny
+  python -m experiments.pretrain --config configs/bert.py:size=base --workdir DIR \
+      --config.model.num_layers=6 --config.optimizer.learning_rate=2e-4
+
+Argument: `size` (tiny, mini, small, medium, base, large).
+"""
+import ml_collections
+
+from configs import common
+from configs.data import get_data_config
+from configs.model import get_model_config
+from configs.training import get_training_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, size='base')
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameter init, dropout and the data order.
+  config.model = get_model_config(arg.size)
+  config.data = get_data_config()
+  config.update(get_training_config(arg.size))
+  return config

@@ -1,0 +1,26 @@
+"""The `config.model` section: an encoder's architecture, from a family's defaults and a size."""
+import ml_collections
+
+from configs import common
+
+
+def get_model_config(size: str, **overrides) -> ml_collections.ConfigDict:
+  """BERT's architecture at `size`; families override what differs (e.g. RoBERTa's positions)."""
+  config = ml_collections.ConfigDict()
+  config.family = 'bert'  # Which module family builds the model (encoders/<family>.py).
+  config.vocab_size = 30522  # Word-embedding rows; must equal the tokenizer's vocabulary size.
+  config.update(common.size_fields(size))  # num_layers, hidden_size, num_heads, intermediate_size.
+  config.hidden_act = 'gelu'  # 'gelu' (exact, BERT), 'gelu_new' (tanh approximation) or 'relu'.
+  config.max_position_embeddings = 512  # Rows of the learned position table.
+  config.type_vocab_size = 2  # Token types (sentence A/B); RoBERTa uses 1.
+  config.position_offset = 0  # Added to position ids (RoBERTa: pad_token_id + 1 = 2).
+  config.pad_token_id = 0  # Padding token id of the vocabulary.
+  config.hidden_dropout_rate = 0.1  # Dropout on embeddings and residual branches.
+  config.attention_dropout_rate = 0.1  # Dropout on attention probabilities; 0 runs fused attention.
+  config.layer_norm_eps = 1e-12  # LayerNorm epsilon (RoBERTa: 1e-5).
+  config.initializer_range = 0.02  # Stddev of the normal initialiser.
+  config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+  config.param_dtype = 'float32'  # Parameter (and optimizer state) dtype.
+  config.remat_policy = 'none'  # Per-layer rematerialisation: 'none', 'full' or 'dots'.
+  config.update(overrides)
+  return config

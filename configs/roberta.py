@@ -1,0 +1,21 @@
+"""RoBERTa (Liu et al. 2019): BERT's modules with BPE, one token type and offset positions.
+
+  python -m experiments.pretrain --config configs/roberta.py:base --workdir DIR
+
+Argument: `size` (tiny, mini, small, medium, base, large).
+"""
+import ml_collections
+
+from configs import bert
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = bert.get_config(arg)
+  config.model.family = 'roberta'
+  config.model.vocab_size = 50265  # GPT-2's byte-level BPE plus RoBERTa's specials.
+  config.model.type_vocab_size = 1
+  config.model.pad_token_id = 1  # <s>=0, <pad>=1, </s>=2, <unk>=3.
+  config.model.position_offset = 2  # fairseq counts positions from pad_token_id + 1.
+  config.model.max_position_embeddings = 514  # 512 usable positions after the offset.
+  config.model.layer_norm_eps = 1e-5
+  return config

@@ -1,0 +1,168 @@
+"""Building blocks shared by the encoder families: embeddings, attention, MLP, layer, stack.
+
+Every parameter is created with logical axis names and the residual stream carries
+logical constraints, so a mesh shards them by the rules of `training/sharding.py`:
+
+  batch, length  activations          vocab    word embeddings / MLM bias
+  embed          the hidden size      heads    attention heads
+  kv             per-head features    mlp      the MLP's inner size
+"""
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from encoders.config import EncoderConfig
+
+ACTIVATIONS: dict[str, Callable] = {
+    'gelu': functools.partial(nn.gelu, approximate=False),  # BERT's exact erf form.
+    'gelu_new': functools.partial(nn.gelu, approximate=True),
+    'relu': nn.relu,
+}
+
+REMAT_POLICIES = {
+    'full': None,  # Save nothing: recompute the whole layer in the backward pass.
+    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def normal_init(config: EncoderConfig, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+def zeros_init(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_eps, dtype=config.compute_dtype,
+      param_dtype=config.storage_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
+      bias_init=zeros_init(('embed',)))
+
+
+def dense(config: EncoderConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
+  return nn.Dense(
+      features, dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name,
+      kernel_init=normal_init(config, axes), bias_init=zeros_init(axes[1:]))
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+  """[batch, length] segment ids -> [batch, 1, length, length] bool mask.
+
+  A token attends only to tokens of its own segment, so packed examples never see
+  each other and real tokens never see padding (segment 0). Padding tokens attend to
+  padding, which keeps every softmax row non-empty.
+  """
+  return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None, :, :]
+
+
+class Embeddings(nn.Module):
+  """Word + absolute position + token type embeddings, then LayerNorm and dropout."""
+  config: EncoderConfig
+
+  def setup(self):
+    c = self.config
+    embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=c.compute_dtype,
+                              param_dtype=c.storage_dtype)
+    self.word_embeddings = embed(c.vocab_size, embedding_init=normal_init(c, ('vocab', 'embed')))
+    self.position_embeddings = embed(c.max_position_embeddings,
+                                     embedding_init=normal_init(c, (None, 'embed')))
+    self.token_type_embeddings = embed(c.type_vocab_size,
+                                       embedding_init=normal_init(c, (None, 'embed')))
+    self.layer_norm = layer_norm(c, 'layer_norm')
+    self.dropout = nn.Dropout(c.hidden_dropout_rate)
+
+  def __call__(self, input_ids, position_ids, token_type_ids, deterministic: bool):
+    x = (self.word_embeddings(input_ids)
+         + self.position_embeddings(position_ids + self.config.position_offset)
+         + self.token_type_embeddings(token_type_ids))  # [batch, length, hidden]
+    x = self.dropout(self.layer_norm(x), deterministic=deterministic)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """[..., hidden] -> [..., vocab]: the decoder tied to the word embeddings."""
+    return self.word_embeddings.attend(x)
+
+
+class SelfAttention(nn.Module):
+  """Bidirectional multi-head self-attention with a boolean mask.
+
+  Without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`,
+  which XLA fuses and which uses cuDNN flash attention on GPU; with dropout it
+  spells the softmax out, since the fused kernel has no dropout.
+  """
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    c = self.config
+    projection = functools.partial(
+        nn.DenseGeneral, features=(c.num_heads, c.head_dim), dtype=c.compute_dtype,
+        param_dtype=c.storage_dtype, kernel_init=normal_init(c, ('embed', 'heads', 'kv')),
+        bias_init=zeros_init(('heads', 'kv')))
+    query = projection(name='query')(x)  # [batch, length, heads, head_dim]
+    key = projection(name='key')(x)
+    value = projection(name='value')(x)
+
+    if deterministic or c.attention_dropout_rate == 0.0:
+      context = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    else:
+      scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
+                          preferred_element_type=jnp.float32) / jnp.sqrt(c.head_dim)
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, query, key], f32
+      probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=False)
+      context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(value.dtype), value)
+    context = nn.with_logical_constraint(context, ('batch', 'length', 'heads', 'kv'))
+
+    return nn.DenseGeneral(
+        features=c.hidden_size, axis=(-2, -1), dtype=c.compute_dtype,
+        param_dtype=c.storage_dtype, kernel_init=normal_init(c, ('heads', 'kv', 'embed')),
+        bias_init=zeros_init(('embed',)), name='output')(context)  # [batch, length, hidden]
+
+
+class MLP(nn.Module):
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    h = dense(c, c.intermediate_size, ('embed', 'mlp'), 'intermediate')(x)
+    h = nn.with_logical_constraint(ACTIVATIONS[c.hidden_act](h), ('batch', 'length', 'mlp'))
+    return dense(c, c.hidden_size, ('mlp', 'embed'), 'output')(h)
+
+
+class TransformerLayer(nn.Module):
+  """Post-LN block (BERT): x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    c = self.config
+    dropout = nn.Dropout(c.hidden_dropout_rate)
+    attended = SelfAttention(c, name='attention')(x, mask, deterministic)
+    x = layer_norm(c, 'attention_layer_norm')(x + dropout(attended, deterministic=deterministic))
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    transformed = MLP(c, name='mlp')(x)
+    x = layer_norm(c, 'output_layer_norm')(x + dropout(transformed, deterministic=deterministic))
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class TransformerStack(nn.Module):
+  """`num_layers` TransformerLayers, each optionally rematerialised."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    c = self.config
+    layer_cls = TransformerLayer
+    if c.remat_policy != 'none':
+      layer_cls = nn.remat(TransformerLayer, policy=REMAT_POLICIES[c.remat_policy],
+                           static_argnums=(3,))  # (self, x, mask, deterministic)
+    for i in range(c.num_layers):
+      x = layer_cls(c, name=f'layer_{i}')(x, mask, deterministic)
+    return x
