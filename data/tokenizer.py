@@ -1,0 +1,199 @@
+"""Subword tokenizers (HF `tokenizers`): train, save, load, and a small wrapper.
+
+Three kinds, each set up as its paper's released tokenizer:
+- 'wordpiece' (BERT): BertNormalizer (lowercase + strip accents by default), BertPreTokenizer,
+  '##' continuations; [PAD]=0, [UNK], [CLS], [SEP], [MASK].
+- 'bpe' (RoBERTa, GPT-2 style byte-level BPE): no prefix space, so a document's first word
+  has no 'Ġ'; <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>.
+- 'unigram' (ALBERT / DeBERTa, SentencePiece style): NFKD + strip accents + lowercase,
+  Metaspace pre-tokenizer; <pad>=0, <unk>=1, [CLS]=2, [SEP]=3, [MASK]=4 (ALBERT's order).
+
+A tokenizer is a `tokenizer.json` in a directory: trained once and reused, or loaded from an
+HF checkpoint directory (`tokenizer.json`, `vocab.txt` for BERT, `vocab.json` + `merges.txt`
+for RoBERTa).
+"""
+import hashlib
+import json
+import logging
+import os
+from typing import Iterable
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+KINDS = ('wordpiece', 'bpe', 'unigram')
+# Special tokens in vocabulary order (ids 0, 1, ...), keyed by role.
+SPECIAL_TOKENS = {
+    'wordpiece': dict(pad='[PAD]', unk='[UNK]', cls='[CLS]', sep='[SEP]', mask='[MASK]'),
+    'bpe': dict(cls='<s>', pad='<pad>', sep='</s>', unk='<unk>', mask='<mask>'),
+    'unigram': dict(pad='<pad>', unk='<unk>', cls='[CLS]', sep='[SEP]', mask='[MASK]'),
+}
+_MODEL_KINDS = {'WordPiece': 'wordpiece', 'BPE': 'bpe', 'Unigram': 'unigram'}
+FILENAME = 'tokenizer.json'
+
+
+def _set_pipeline(tok: tokenizers.Tokenizer, kind: str, lowercase: bool) -> None:
+  """Normalizer, pre-tokenizer, decoder and [CLS]/[SEP] template of each kind."""
+  special = SPECIAL_TOKENS[kind]
+  if kind == 'wordpiece':
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix='##')
+  elif kind == 'bpe':
+    tok.normalizer = normalizers.Lowercase() if lowercase else None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+  else:
+    steps = [normalizers.Replace('``', '"'), normalizers.Replace("''", '"')]
+    if lowercase:
+      steps += [normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()]
+    steps.append(normalizers.Replace(tokenizers.Regex(' {2,}'), ' '))
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(prepend_scheme='always')])
+    tok.decoder = decoders.Metaspace(prepend_scheme='always')
+  cls, sep = special['cls'], special['sep']
+  ids = {t: tok.token_to_id(t) for t in (cls, sep)}
+  if None in ids.values():
+    return  # Untrained yet: the template is set after training.
+  if kind == 'bpe':
+    tok.post_processor = processors.RobertaProcessing(
+        sep=(sep, ids[sep]), cls=(cls, ids[cls]), add_prefix_space=False, trim_offsets=True)
+  else:
+    tok.post_processor = processors.TemplateProcessing(
+        single=f'{cls}:0 $A:0 {sep}:0', pair=f'{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1',
+        special_tokens=list(ids.items()))
+
+
+def train(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool,
+          num_texts: int | None = None) -> 'Tokenizer':
+  """Trains a tokenizer of `kind` on `texts`; the special tokens take ids 0..4."""
+  if kind not in KINDS:
+    raise ValueError(f'config.data.tokenizer={kind!r}: use one of {", ".join(KINDS)}.')
+  specials = list(SPECIAL_TOKENS[kind].values())
+  if kind == 'wordpiece':
+    tok = tokenizers.Tokenizer(models.WordPiece(unk_token='[UNK]'))
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+  elif kind == 'bpe':
+    tok = tokenizers.Tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  else:
+    tok = tokenizers.Tokenizer(models.Unigram())
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      unk_token='<unk>')
+  _set_pipeline(tok, kind, lowercase)
+  tok.train_from_iterator(texts, trainer, length=num_texts)
+  _set_pipeline(tok, kind, lowercase)
+  if kind == 'bpe':  # BPE has no <unk> at work (bytes cover everything) but keeps its id.
+    tok.model.unk_token = None
+  # Reloaded so that its fingerprint equals that of the saved file (float printing differs).
+  return Tokenizer(tokenizers.Tokenizer.from_str(tok.to_str()))
+
+
+def load(path: str, lowercase: bool = True) -> 'Tokenizer':
+  """Loads a `tokenizer.json` file, or an HF checkpoint directory."""
+  path = os.path.expanduser(path)
+  if os.path.isfile(path):
+    return Tokenizer(tokenizers.Tokenizer.from_file(path))
+  files = set(os.listdir(path)) if os.path.isdir(path) else set()
+  if FILENAME in files:
+    return Tokenizer(tokenizers.Tokenizer.from_file(os.path.join(path, FILENAME)))
+  if 'vocab.txt' in files:
+    lowercase = _hf_lowercase(path, lowercase)
+    tok = tokenizers.Tokenizer(models.WordPiece.from_file(
+        os.path.join(path, 'vocab.txt'), unk_token='[UNK]'))
+    _set_pipeline(tok, 'wordpiece', lowercase)
+    return Tokenizer(tok)
+  if {'vocab.json', 'merges.txt'} <= files:
+    tok = tokenizers.Tokenizer(models.BPE.from_file(
+        os.path.join(path, 'vocab.json'), os.path.join(path, 'merges.txt')))
+    _set_pipeline(tok, 'bpe', lowercase=False)
+    return Tokenizer(tok)
+  raise ValueError(f'config.data.tokenizer_path={path!r} holds no tokenizer: expected a '
+                   'tokenizer.json file, or a directory with tokenizer.json, vocab.txt '
+                   '(WordPiece) or vocab.json + merges.txt (byte-level BPE).')
+
+
+def _hf_lowercase(path: str, default: bool) -> bool:
+  config = os.path.join(path, 'tokenizer_config.json')
+  if os.path.exists(config):
+    with open(config) as f:
+      return json.load(f).get('do_lower_case', default)
+  return default
+
+
+def get_tokenizer(data_config, workdir: str | None) -> 'Tokenizer':
+  """config.data.tokenizer_path if set; else <workdir>/tokenizer, trained there on first use."""
+  if data_config.get('tokenizer_path'):
+    return load(data_config.tokenizer_path, data_config.lowercase)
+  if not workdir:
+    raise ValueError('No tokenizer: set config.data.tokenizer_path, or give a workdir to '
+                     'train one into.')
+  folder = os.path.join(workdir, 'tokenizer')
+  if os.path.exists(os.path.join(folder, FILENAME)):
+    tok = load(folder)
+    if tok.kind != data_config.tokenizer:
+      raise ValueError(f'{folder}/{FILENAME} is a {tok.kind} tokenizer but config.data.tokenizer'
+                       f'={data_config.tokenizer!r}: use another workdir or delete it.')
+    return tok
+  from data import corpus  # pylint: disable=g-import-not-at-top
+  texts, _ = corpus.read_documents(data_config, data_config.get('train_split', 'train'))
+  logging.info('Training a %s tokenizer (vocab %d) on %d documents of %s.',
+               data_config.tokenizer, data_config.vocab_size, len(texts), data_config.dataset)
+  tok = train(data_config.tokenizer, texts, data_config.vocab_size, data_config.lowercase,
+              num_texts=len(texts))
+  tok.save(folder)
+  return tok
+
+
+class Tokenizer:
+  """An HF tokenizer without padding or truncation, with the ids the pipeline needs."""
+
+  def __init__(self, backend: tokenizers.Tokenizer):
+    backend.no_padding()
+    backend.no_truncation()
+    self.backend = backend
+    self.kind = _MODEL_KINDS[json.loads(backend.to_str())['model']['type']]
+    for role, token in SPECIAL_TOKENS[self.kind].items():
+      token_id = backend.token_to_id(token)
+      if token_id is None:
+        raise ValueError(f'This {self.kind} tokenizer has no {role} token {token!r}.')
+      setattr(self, f'{role}_id', token_id)
+    self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+    self.fingerprint = hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+
+  pad_id: int
+  unk_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+
+  @property
+  def special_ids(self) -> list[int]:
+    return [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id]
+
+  def encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, word_ids) per text, int32, without special tokens; word_ids count words from 0.
+
+    Tokens of one word (as the pre-tokenizer splits words) share a word id, so masking
+    whole words never splits one.
+    """
+    encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+    return [(np.asarray(e.ids, np.int32),
+             np.asarray([-1 if w is None else w for w in e.word_ids], np.int32))
+            for e in encodings]
+
+  def decode(self, ids, skip_special_tokens: bool = True) -> str:
+    return self.backend.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
+
+  def id_to_token(self, token_id: int) -> str | None:
+    return self.backend.id_to_token(int(token_id))
+
+  def token_to_id(self, token: str) -> int | None:
+    return self.backend.token_to_id(token)
+
+  def save(self, folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    self.backend.save(os.path.join(folder, FILENAME))
