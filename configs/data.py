@@ -36,6 +36,23 @@ def get_data_config(**overrides) -> ml_collections.ConfigDict:
   config.cache_dir = None
 
   # --- Example construction, packing, masking, batching (data/pipeline*.py) ---
+  # 'full_sentences' (RoBERTa, may cross documents), 'doc_sentences' (RoBERTa, never
+  # crosses), 'segment_pair_nsp' (BERT), 'sentence_pair_nsp' (RoBERTa ablation), 'sop' (ALBERT).
+  config.input_format = 'full_sentences'
+  config.seq_length = 128  # L: tokens per row, [CLS] and [SEP] included.
+  config.short_seq_prob = 0.1  # BERT: this fraction of examples gets a random shorter target length.
+  config.packing = True  # Pack short single-segment examples into one row (ignored by pair formats).
+  config.packing_buffer = 256  # Examples per first-fit packing window.
+  config.mask_rate = 0.15  # Fraction of non-special tokens to predict.
+  config.mask_token_prob = 0.8  # Of the predicted tokens: replaced by [MASK] ...
+  config.random_token_prob = 0.1  # ... by a random token (the rest keep their token).
+  config.masking = 'token'  # Unit of masking: 'token', 'whole_word', 'ngram' (ALBERT), 'span' (SpanBERT).
+  config.max_predictions = None  # P per row; None -> ceil(mask_rate * L) rounded up to a multiple of 8.
+  config.static_masking = False  # BERT: dupe_factor fixed masks (epoch e uses copy e % dupe_factor).
+  config.dupe_factor = 10  # Number of static mask copies.
+  config.shuffle_seed = 0  # Seeds example construction, shuffling and masking: the whole batch sequence.
+  config.num_workers = 0  # grain worker processes (0: build batches in the main process).
+  config.prefetch = 2  # Batches prepared ahead in a background thread (0: none).
 
   config.update(overrides)
   return config

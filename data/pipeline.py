@@ -1,0 +1,192 @@
+"""The pretraining input pipeline: tokenized corpus -> examples -> masks -> rows -> batches.
+
+Built on grain so that the iterator state (a small dict) goes into the orbax
+checkpoint and a restored iterator continues with exactly the next batch:
+
+  it = make_pretraining_iterator(config.data, tokenizer, 'train', global_batch_size=256)
+  batch = next(it)                      # the batch contract (see the team brief)
+  state = it.get_state(); it.set_state(state)   # or grain.checkpoint.CheckpointSave(it)
+
+Every batch is a pure function of (shuffle_seed, position in the stream): the
+examples are cut once (data/examples.py); each host takes every
+process_count-th example; each epoch shuffles that shard anew; an example's
+mask is drawn from a generator keyed by (seed, epoch, example) for dynamic
+masking or (seed, epoch % dupe_factor, example) for BERT-style static masking
+(the same masks BERT's dupe_factor pre-masked copies give, without storing them).
+"""
+import functools
+from typing import Any
+
+from absl import logging
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from data import examples as examples_lib
+from data import masking
+from data import packing
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad field of the pipeline block of `config.data`."""
+
+  def check(field, ok, requirement):
+    if not ok:
+      raise ValueError(f'data.{field}={config[field]!r}: {requirement}.')
+
+  check('input_format', config.input_format in examples_lib.INPUT_FORMATS,
+        f'must be one of {examples_lib.INPUT_FORMATS}')
+  check('seq_length', isinstance(config.seq_length, int) and config.seq_length >= 8,
+        'must be an integer >= 8')
+  check('short_seq_prob', 0 <= config.short_seq_prob <= 1, 'must be in [0, 1]')
+  check('packing_buffer', config.packing_buffer >= 1, 'must be >= 1')
+  check('mask_rate', 0 < config.mask_rate < 1, 'must be in (0, 1)')
+  check('mask_token_prob', 0 <= config.mask_token_prob <= 1, 'must be in [0, 1]')
+  check('random_token_prob', 0 <= config.random_token_prob <= 1 - config.mask_token_prob,
+        f'must be in [0, 1 - mask_token_prob = {1 - config.mask_token_prob:g}]')
+  check('masking', config.masking in masking.MASKING_UNITS,
+        f'must be one of {masking.MASKING_UNITS}')
+  check('max_predictions', config.max_predictions is None
+        or 1 <= config.max_predictions <= config.seq_length,
+        f'must be None (derived from mask_rate) or in [1, seq_length={config.seq_length}]')
+  check('dupe_factor', config.dupe_factor >= 1, 'must be >= 1')
+  check('shuffle_seed', 0 <= config.shuffle_seed < 2**32, 'must be in [0, 2**32)')
+  check('num_workers', config.num_workers >= 0, 'must be >= 0')
+  check('prefetch', config.prefetch >= 0, 'must be >= 0')
+
+
+def max_predictions(config: ml_collections.ConfigDict) -> int:
+  """P, the number of prediction slots per row."""
+  if config.max_predictions is not None:
+    return config.max_predictions
+  return masking.default_max_predictions(config.mask_rate, config.seq_length)
+
+
+def make_pretraining_iterator(
+    config: ml_collections.ConfigDict, tokenizer, split: str, *, global_batch_size: int,
+    process_index: int | None = None, process_count: int | None = None,
+    num_epochs: int | None = None, corpus=None) -> grain.DatasetIterator:
+  """The batch iterator of this host (see make_pretraining_dataset); config is `config.data`."""
+  return iter(make_pretraining_dataset(
+      config, tokenizer, split, global_batch_size=global_batch_size,
+      process_index=process_index, process_count=process_count,
+      num_epochs=num_epochs, corpus=corpus))
+
+
+def make_pretraining_dataset(
+    config: ml_collections.ConfigDict, tokenizer, split: str, *, global_batch_size: int,
+    process_index: int | None = None, process_count: int | None = None,
+    num_epochs: int | None = None, corpus=None) -> grain.IterDataset:
+  """Batches of global_batch_size / process_count rows for this host.
+
+  Args:
+    config: the `config.data` section.
+    tokenizer: gives pad_id, cls_id, sep_id, mask_id, unk_id and vocab_size.
+    split: corpus split, e.g. 'train'.
+    global_batch_size: rows per step over all hosts.
+    process_index, process_count: this host and the number of hosts (default:
+      jax.process_index() / jax.process_count()).
+    num_epochs: None repeats forever, reshuffling every epoch.
+    corpus: a TokenizedCorpus; default: data.tokenized.load_tokenized_corpus(config, tokenizer, split).
+  """
+  validate_data_config(config)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} must be divisible by the '
+                     f'number of hosts ({process_count}).')
+  if corpus is None:
+    from data import tokenized  # pylint: disable=g-import-not-at-top
+    corpus = tokenized.load_tokenized_corpus(config, tokenizer, split)
+  if len(corpus.token_ids) == 0:
+    raise ValueError(f'The {split!r} split of the corpus has no tokens: check the corpus '
+                     'fields of config.data and rebuild the tokenized cache.')
+
+  index = examples_lib.build_examples(corpus, config.input_format, config.seq_length,
+                                      config.short_seq_prob, config.shuffle_seed)
+  logging.info('%s %s: %d examples from %d documents; %s', split, config.input_format,
+               len(index), len(corpus.document_offsets) - 1, index.stats)
+  if len(index) < process_count:
+    raise ValueError(f'The {split!r} split gives {len(index)} {config.input_format} examples, '
+                     f'fewer than the {process_count} hosts: use a larger corpus.')
+
+  num_predictions = max_predictions(config)
+  special_ids = [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id,
+                 tokenizer.unk_id]
+  spec = masking.MaskingSpec(
+      mask_rate=config.mask_rate, mask_token_prob=config.mask_token_prob,
+      random_token_prob=config.random_token_prob, unit=config.masking,
+      max_predictions=num_predictions, mask_id=tokenizer.mask_id,
+      replacement_ids=np.setdiff1d(np.arange(tokenizer.vocab_size), special_ids).astype(np.int32))
+  example_ids = grain.MapDataset.range(process_index, len(index), process_count)
+  masked = MaskedExamples(corpus, index, spec, tokenizer.cls_id, tokenizer.sep_id,
+                          config.shuffle_seed, len(example_ids),
+                          config.dupe_factor if config.static_masking else None)
+  dataset = (example_ids.shuffle(seed=config.shuffle_seed)
+             .repeat(num_epochs)
+             .map_with_index(masked))
+  row = functools.partial(packing.assemble_row, seq_length=config.seq_length,
+                          max_predictions=num_predictions, pad_id=tokenizer.pad_id)
+  read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  if config.packing and config.input_format in examples_lib.SINGLE_SEGMENT_FORMATS:
+    rows = packing.PackedRowsIterDataset(
+        dataset.to_iter_dataset(read_options), config.seq_length, num_predictions,
+        tokenizer.pad_id, window=config.packing_buffer)
+  else:
+    rows = dataset.map(functools.partial(_single_row, row)).to_iter_dataset(read_options)
+  batches = rows.batch(global_batch_size // process_count, drop_remainder=True)
+  if config.num_workers:
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
+  if config.prefetch:
+    batches = grain.experimental.ThreadPrefetchIterDataset(
+        batches, prefetch_buffer_size=config.prefetch)
+  return batches
+
+
+def _single_row(assemble, example):
+  return assemble([example])
+
+
+class MaskedExamples:
+  """(stream position, example id) -> one masked example (grain map_with_index)."""
+
+  def __init__(self, corpus, index: examples_lib.ExampleIndex, spec: masking.MaskingSpec,
+               cls_id: int, sep_id: int, seed: int, epoch_length: int, dupe_factor: int | None):
+    self._corpus, self._index, self._spec = corpus, index, spec
+    self._cls_id, self._sep_id, self._seed = cls_id, sep_id, seed
+    self._epoch_length, self._dupe_factor = epoch_length, dupe_factor
+
+  def __call__(self, position: int, example_id: int) -> dict[str, Any]:
+    epoch = position // self._epoch_length
+    mask_draw = epoch % self._dupe_factor if self._dupe_factor else epoch
+    rng = np.random.default_rng([self._seed, 1, mask_draw, example_id])
+    token_ids, word_starts, token_type_ids, candidates = self.tokens(example_id)
+    input_ids, masked_positions, masked_ids = masking.mask_example(
+        token_ids, candidates, word_starts, self._spec, rng)
+    example = dict(input_ids=input_ids, token_type_ids=token_type_ids,
+                   masked_positions=masked_positions, masked_ids=masked_ids)
+    if self._index.nsp_labels is not None:
+      example['nsp_label'] = self._index.nsp_labels[example_id]
+    return example
+
+  def tokens(self, example_id: int):
+    """[CLS] piece [SEP] piece [SEP] ...: (token_ids, word_starts, token_type_ids, candidates), each [n]."""
+    index, corpus = self._index, self._corpus
+    pieces = range(index.piece_offsets[example_id], index.piece_offsets[example_id + 1])
+    length = 1 + sum(int(index.piece_ends[p] - index.piece_starts[p]) + 1 for p in pieces)
+    token_ids = np.empty(length, np.int32)
+    word_starts = np.ones(length, bool)
+    token_type_ids = np.zeros(length, np.int32)
+    candidates = np.ones(length, bool)
+    token_ids[0], candidates[0] = self._cls_id, False
+    offset = 1
+    for p in pieces:
+      start, end = index.piece_starts[p], index.piece_ends[p]
+      stop = offset + end - start
+      token_ids[offset:stop] = corpus.token_ids[start:end]
+      word_starts[offset:stop] = corpus.word_starts[start:end]
+      token_type_ids[offset:stop + 1] = index.piece_types[p]
+      token_ids[stop], candidates[stop] = self._sep_id, False
+      offset = stop + 1
+    return token_ids, word_starts, token_type_ids, candidates
