@@ -17,9 +17,9 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from typing import Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -72,13 +72,21 @@ class WikiOffline(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(split) for split in SPLITS}
+    articles = _wiki_offline_articles(self.builder_config.name)
+    return _by_split({key: dict(title=a['title'], text=a['extract'],
+                                description=a.get('description') or '', topic=a['topic'])
+                      for key, a in articles.items() if a['extract'].strip()})
 
-  def _generate_examples(self, split: str):
-    for key, article in _wiki_offline_articles(self.builder_config.name).items():
-      if split_of(article['title']) == split and article['extract'].strip():
-        yield key, dict(title=article['title'], text=article['extract'],
-                        description=article.get('description') or '', topic=article['topic'])
+  def _generate_examples(self, examples):
+    yield from examples
+
+
+def _by_split(examples: dict[str, dict]) -> dict[str, list]:
+  """(key, example) lists per split, by title hash; TFDS cannot write an empty split."""
+  splits = {}
+  for key, example in examples.items():
+    splits.setdefault(split_of(example['title']), []).append((key, example))
+  return {split: splits[split] for split in SPLITS if split in splits}
 
 
 class TextFilesConfig(tfds.core.BuilderConfig):
@@ -104,18 +112,21 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(split) for split in SPLITS}
+    files = self.builder_config.files
+    root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+    examples = {title: dict(title=title, text=text, description='') for title, text
+                in _text_file_documents(files, self.builder_config.split_by, root)}
+    if not examples:
+      raise ValueError(f'The {len(files)} text files ({files[0]}, ...) hold no non-empty '
+                       'document: check config.data.text_files.')
+    return _by_split(examples)
 
-  def _generate_examples(self, split: str):
-    root = os.path.commonpath(self.builder_config.files) if len(self.builder_config.files) > 1 else ''
-    for title, text in _text_file_documents(self.builder_config.files, self.builder_config.split_by,
-                                            root, log=split == 'train'):
-      if split_of(title) == split:
-        yield title, dict(title=title, text=text, description='')
+  def _generate_examples(self, examples):
+    yield from examples
 
 
-def _text_file_documents(files: list[str], split_by: str, root: str,
-                         log: bool) -> Iterator[tuple[str, str]]:
+def _text_file_documents(files: list[str], split_by: str,
+                         root: str) -> Iterator[tuple[str, str]]:
   """(title, text) per non-empty document; counts replaced bytes and empty documents."""
   num_replaced = num_empty = 0
   for path in files:
@@ -123,24 +134,22 @@ def _text_file_documents(files: list[str], split_by: str, root: str,
       raw = f.read()
     text = raw.decode('utf-8', errors='replace')
     replaced = text.count('\ufffd') - raw.count('\ufffd'.encode('utf-8'))
-    if replaced and log:
+    if replaced:
       logging.warning('%s is not valid UTF-8: %d undecodable byte sequences replaced by U+FFFD.',
                       path, replaced)
     num_replaced += replaced
-    name = os.path.relpath(path, root) if root else os.path.basename(path)
+    name = os.path.relpath(path, root)
     docs = [text] if split_by == 'file' else _paragraphs(text)
     for i, doc in enumerate(docs):
       if not doc.strip():
         num_empty += 1
         continue
       yield (name if split_by == 'file' else f'{name}#{i}'), doc.strip()
-  if log:
-    logging.info('Text files: %d files, %d empty documents skipped, %d undecodable byte '
-                 'sequences replaced.', len(files), num_empty, num_replaced)
+  logging.info('Text files: %d files, %d empty documents skipped, %d undecodable byte '
+               'sequences replaced.', len(files), num_empty, num_replaced)
 
 
 def _paragraphs(text: str) -> list[str]:
-  import re  # pylint: disable=g-import-not-at-top
   return re.split(r'\n[ \t\r\f\v]*\n', text)
 
 
@@ -182,14 +191,14 @@ def get_builder(data_config) -> tfds.core.DatasetBuilder:
     builder = TextFiles(config=TextFilesConfig(files=files, split_by=split_by),
                         data_dir=data_dir, file_format='array_record')
   else:
-    return _catalog_builder(name, data_dir, data_config.text_field)
+    return catalog_builder(name, data_dir, data_config.text_field)
   if not builder.is_prepared():  # pytype: disable=attribute-error
     logging.info('Building %s into %s (first use).', name, builder.data_dir)
     builder.download_and_prepare(file_format='array_record')
   return builder
 
 
-def _catalog_builder(name: str, data_dir: str, text_field: str) -> tfds.core.DatasetBuilder:
+def catalog_builder(name: str, data_dir: str, text_field: str) -> tfds.core.DatasetBuilder:
   """A TFDS catalog dataset that the user prepared in data_dir (array_record)."""
   dataset = name.partition('/')[0]
   for module in (f'tensorflow_datasets.text.{dataset}', f'tensorflow_datasets.datasets.{dataset}'):
@@ -209,10 +218,12 @@ def _catalog_builder(name: str, data_dir: str, text_field: str) -> tfds.core.Dat
     raise ValueError(f'Dataset {name!r} is not prepared in data_dir={data_dir} '
                      f'(no {builder.data_dir}). {prepare}, or set config.data.data_dir to '
                      'where it is.')
-  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+  formats = builder.info.available_file_formats()
+  if not formats & set(tfds.core.FileFormat.with_random_access()):
     raise ValueError(
-        f'Dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value}, '
-        'which needs TensorFlow to read. Convert it once: `tfds convert_format '
+        f'Dataset {name!r} in {builder.data_dir} is stored as '
+        f'{", ".join(f.value for f in formats)}, which needs TensorFlow to read. Convert it once '
+        'where TensorFlow is installed: `tfds convert_format '
         f'--dataset_version_dir={builder.data_dir} --out_file_format=array_record` '
         f'(writes next to it), or {prepare[0].lower() + prepare[1:]}.')
   if text_field not in builder.info.features:
