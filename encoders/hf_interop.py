@@ -1,0 +1,339 @@
+"""Import and export of Hugging Face BERT / RoBERTa checkpoints (`config.json` + safetensors).
+
+Reads with `safetensors.numpy` (no torch). A parameter of ours maps to one HF tensor
+by name rules (`_ENCODER_RULES`, `_HEAD_RULES`) and a layout change: HF stores linear
+weights as (out, in), we store kernels as (in, out), with attention projections split
+into (embed, heads, head_dim) and the attention output as (heads, head_dim, embed).
+
+  config_model = hf_interop.read_model_config(checkpoint_dir)   # the `config.model` fields
+  model = EncoderForPreTraining(EncoderConfig.from_config(config_model), sentence_head=True)
+  params = hf_interop.load_params(checkpoint_dir, model)          # the 'params' collection
+  hf_interop.save_checkpoint(out_dir, model, params, family='bert')  # 'BertForPreTraining'
+
+Nothing is silently re-initialised: a parameter the checkpoint lacks raises unless its
+subtree is named in `fresh=` (e.g. a new classifier). Checkpoint tensors that map to
+nothing raise too, except those in `SKIPPABLE` (buffers, and heads the target model does
+not have), which are logged.
+"""
+import json
+import logging
+import os
+import re
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from configs.model import get_model_config
+from encoders import bert
+from encoders.config import ConfigError, EncoderConfig
+
+FAMILIES = ('bert', 'roberta')
+
+# HF config.json key -> our config.model field.
+_CONFIG_KEYS = {
+    'vocab_size': 'vocab_size',
+    'hidden_size': 'hidden_size',
+    'num_hidden_layers': 'num_layers',
+    'num_attention_heads': 'num_heads',
+    'intermediate_size': 'intermediate_size',
+    'hidden_act': 'hidden_act',
+    'max_position_embeddings': 'max_position_embeddings',
+    'type_vocab_size': 'type_vocab_size',
+    'pad_token_id': 'pad_token_id',
+    'hidden_dropout_prob': 'hidden_dropout_rate',
+    'attention_probs_dropout_prob': 'attention_dropout_rate',
+    'layer_norm_eps': 'layer_norm_eps',
+    'initializer_range': 'initializer_range',
+}
+_HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': 'gelu_new',
+                   'relu': 'relu'}
+# Fields that change the function the weights compute: they must match the checkpoint.
+_ARCHITECTURE_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
+                        'intermediate_size', 'hidden_act', 'max_position_embeddings',
+                        'type_vocab_size', 'position_offset', 'pad_token_id', 'layer_norm_eps')
+
+# Our module path (inside the encoder) -> HF module name (without the 'bert.'/'roberta.' prefix).
+_ENCODER_RULES = (
+    (r'embeddings/(word|position|token_type)_embeddings', r'embeddings.\1_embeddings'),
+    (r'embeddings/layer_norm', r'embeddings.LayerNorm'),
+    (r'layers/layer_(\d+)/attention/(query|key|value)', r'encoder.layer.\1.attention.self.\2'),
+    (r'layers/layer_(\d+)/attention/output', r'encoder.layer.\1.attention.output.dense'),
+    (r'layers/layer_(\d+)/attention_layer_norm', r'encoder.layer.\1.attention.output.LayerNorm'),
+    (r'layers/layer_(\d+)/mlp/intermediate', r'encoder.layer.\1.intermediate.dense'),
+    (r'layers/layer_(\d+)/mlp/output', r'encoder.layer.\1.output.dense'),
+    (r'layers/layer_(\d+)/output_layer_norm', r'encoder.layer.\1.output.LayerNorm'),
+    (r'pooler/dense', r'pooler.dense'),
+)
+# Our head module path -> HF module name, per family.
+_HEAD_RULES = {
+    'bert': (
+        (r'mlm_head/transform', 'cls.predictions.transform.dense'),
+        (r'mlm_head/layer_norm', 'cls.predictions.transform.LayerNorm'),
+        (r'mlm_head', 'cls.predictions'),  # The output bias.
+        (r'sentence_order_head/dense', 'cls.seq_relationship'),
+        (r'classifier/dense', 'classifier'),
+        (r'span/dense', 'qa_outputs'),
+    ),
+    'roberta': (
+        (r'mlm_head/transform', 'lm_head.dense'),
+        (r'mlm_head/layer_norm', 'lm_head.layer_norm'),
+        (r'mlm_head', 'lm_head'),
+        (r'classifier/dense', 'classifier'),
+        (r'span/dense', 'qa_outputs'),
+    ),
+}
+_LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
+
+# Checkpoint tensors that may go unused, each read past with a log line: buffers, and the
+# heads / pooler of HF models that the target model does not have.
+SKIPPABLE = (
+    r'embeddings\.position_ids', r'embeddings\.token_type_ids',
+    r'pooler\..*', r'cls\..*', r'lm_head\..*', r'classifier\..*', r'qa_outputs\..*',
+)
+# Decoder tensors that HF ties to another tensor: they must equal it (our decoder is tied).
+_TIED = {
+    'cls.predictions.decoder.weight': 'embeddings.word_embeddings.weight',
+    'cls.predictions.decoder.bias': 'cls.predictions.bias',
+    'lm_head.decoder.weight': 'embeddings.word_embeddings.weight',
+    'lm_head.decoder.bias': 'lm_head.bias',
+}
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: an HF checkpoint directory needs config.json '
+                            'and model.safetensors.')
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_model_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
+  """The `config.model` section for an HF BERT / RoBERTa checkpoint's `config.json`."""
+  path = os.path.join(checkpoint_dir, 'config.json')
+  hf = _read_json(path)
+  family = hf.get('model_type')
+  if family not in FAMILIES:
+    raise ConfigError(f'{path}: model_type={family!r} is not supported; known: {FAMILIES}.')
+  if hf.get('position_embedding_type', 'absolute') != 'absolute':
+    raise ConfigError(f'{path}: position_embedding_type={hf["position_embedding_type"]!r}; '
+                      'only absolute positions are supported.')
+  if not hf.get('tie_word_embeddings', True):
+    raise ConfigError(f'{path}: tie_word_embeddings=false; our MLM decoder is tied.')
+  if hf.get('hidden_act') not in _HF_ACTIVATIONS:
+    raise ConfigError(f'{path}: hidden_act={hf.get("hidden_act")!r} is not supported; '
+                      f'known: {tuple(_HF_ACTIVATIONS)}.')
+  missing = [key for key in _CONFIG_KEYS if key not in hf and key != 'pad_token_id']
+  if missing:
+    raise ConfigError(f'{path} lacks {missing}.')
+  fields = {ours: hf[key] for key, ours in _CONFIG_KEYS.items() if key in hf}
+  fields['hidden_act'] = _HF_ACTIVATIONS[hf['hidden_act']]
+  fields.setdefault('pad_token_id', 1 if family == 'roberta' else 0)
+  # RoBERTa numbers positions from padding_idx + 1 (fairseq); BERT from 0.
+  fields['position_offset'] = fields['pad_token_id'] + 1 if family == 'roberta' else 0
+  config = get_model_config('base', **fields)
+  config.family = family
+  EncoderConfig.from_config(config)  # Validates.
+  return config
+
+
+def _hf_module_name(module_path: str, family: str, prefix: str) -> str | None:
+  """Our module path ('encoder/layers/layer_0/mlp/output') -> HF module name.
+
+  `prefix` ('bert.', 'roberta.' or '') goes before the encoder's names, not the heads'.
+  """
+  encoder_path = module_path.removeprefix('encoder/')
+  for pattern, replacement in _ENCODER_RULES:
+    if re.fullmatch(pattern, encoder_path):
+      return prefix + re.sub(pattern, replacement, encoder_path)
+  for pattern, replacement in _HEAD_RULES[family]:
+    if re.fullmatch(pattern, module_path):
+      return replacement
+  return None
+
+
+def _hf_names(params_shapes: dict, family: str, prefix: str = '') -> dict[tuple[str, ...], str]:
+  """Our param path -> HF tensor name, for every leaf of `params_shapes`."""
+  names = {}
+  for path in flax.traverse_util.flatten_dict(params_shapes):
+    module = _hf_module_name('/'.join(path[:-1]), family, prefix)
+    if module is None or path[-1] not in _LEAF_NAMES:
+      raise ValueError(f'No HF name for our parameter {"/".join(path)} ({family}).')
+    names[path] = f'{module}.{_LEAF_NAMES[path[-1]]}'
+  return names
+
+
+def _from_hf(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+  if path[-1] == 'kernel':  # HF (out, in) -> ours (in..., out...).
+    tensor = tensor.T
+  return tensor.reshape(shape)
+
+
+def _to_hf(param: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
+  param = np.asarray(param, np.float32)
+  if path[-1] == 'kernel':  # Ours (in..., out...) -> HF (out, in).
+    num_inputs = 2 if path[-3:-1] == ('attention', 'output') else 1  # [heads, head_dim, embed]
+    return np.ascontiguousarray(param.reshape(int(np.prod(param.shape[:num_inputs])), -1).T)
+  return param.reshape(-1) if path[-1] == 'bias' else param
+
+
+def _read_tensors(checkpoint_dir: str, family: str) -> dict[str, np.ndarray]:
+  """All tensors of the checkpoint, names stripped of the 'bert.'/'roberta.' prefix."""
+  single = os.path.join(checkpoint_dir, 'model.safetensors')
+  index = os.path.join(checkpoint_dir, 'model.safetensors.index.json')
+  if os.path.exists(single):
+    files = [single]
+  elif os.path.exists(index):
+    shards = sorted(set(_read_json(index)['weight_map'].values()))
+    files = [os.path.join(checkpoint_dir, shard) for shard in shards]
+  else:
+    raise FileNotFoundError(
+        f'No model.safetensors in {checkpoint_dir} (a pytorch_model.bin must first be converted, '
+        'e.g. by loading it in transformers and calling save_pretrained(safe_serialization=True)).')
+  tensors = {}
+  for file in files:
+    for name, tensor in load_file(file).items():
+      name = name.removeprefix(f'{family}.')
+      name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', name)  # Old TF-converted names.
+      name = re.sub(r'LayerNorm\.beta$', 'LayerNorm.bias', name)
+      tensors[name] = tensor
+  return tensors
+
+
+def _abstract_params(model: nn.Module) -> dict:
+  """The 'params' tree of `model` as ShapeDtypeStructs (nothing is computed)."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ids))
+  return nn.unbox(variables['params'])
+
+
+def _check_config(model_config: EncoderConfig, checkpoint_dir: str) -> str:
+  """Raises if the model's architecture fields differ from the checkpoint's; returns the family."""
+  checkpoint = read_model_config(checkpoint_dir)
+  for field in _ARCHITECTURE_FIELDS:
+    if getattr(model_config, field) != checkpoint[field]:
+      raise ConfigError(
+          f'model.{field}={getattr(model_config, field)!r} but the checkpoint {checkpoint_dir} has '
+          f'{checkpoint[field]!r}; build the model from hf_interop.read_model_config(...).')
+  return checkpoint.family
+
+
+def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...] = (),
+                rng: jax.Array | None = None) -> dict:
+  """Reads an HF checkpoint into `model`'s 'params' collection (numpy arrays, param dtype).
+
+  `model` is one of `encoders.bert`'s modules, built with the checkpoint's architecture.
+  `fresh` names subtrees of ours ('classifier', 'encoder/pooler', ...) to initialise with
+  `rng` instead of reading them, for heads the checkpoint does not have.
+  """
+  family = _check_config(model.config, checkpoint_dir)
+  shapes = _abstract_params(model)
+  names = _hf_names(shapes, family)
+  under = lambda path, subtree: '/'.join(path).startswith(subtree.rstrip('/') + '/')
+  is_fresh = lambda path: any(under(path, subtree) for subtree in fresh)
+  for subtree in fresh:
+    if not any(under(path, subtree) for path in names):
+      raise ValueError(f'fresh={fresh!r}: {subtree!r} names no parameter subtree of the model.')
+  tensors = _read_tensors(checkpoint_dir, family)
+
+  wanted = {path: name for path, name in names.items() if not is_fresh(path)}
+  missing = [f'{name} (ours: {"/".join(path)})' for path, name in wanted.items()
+             if name not in tensors]
+  if missing:
+    raise ValueError(f'{checkpoint_dir} lacks {len(missing)} tensors the model needs: {missing}. '
+                     "If a head is new, name it in fresh=(...), e.g. fresh=('classifier',).")
+  used = set(wanted.values())
+  for tied, partner in _TIED.items():
+    if tied in tensors and partner in used and not np.array_equal(tensors[tied], tensors[partner]):
+      raise ValueError(f'{checkpoint_dir}: {tied} differs from {partner}; untied MLM decoders '
+                       'are not supported.')
+  unused = sorted(set(tensors) - used)
+  unknown = [name for name in unused if not any(re.fullmatch(p, name) for p in SKIPPABLE)]
+  if unknown:
+    raise ValueError(f'{checkpoint_dir} has tensors that map to no parameter of '
+                     f'{type(model).__name__}: {unknown}.')
+  if unused:
+    logging.info('hf_interop: not used by %s: %s', type(model).__name__, unused)
+
+  flat_shapes = flax.traverse_util.flatten_dict(shapes)
+  params = {}
+  for path, name in wanted.items():
+    shape, dtype = flat_shapes[path].shape, flat_shapes[path].dtype
+    tensor = tensors[name]
+    if tensor.size != np.prod(shape):
+      raise ValueError(f'{name} has shape {tensor.shape}, ours {"/".join(path)} needs {shape}.')
+    params[path] = _from_hf(tensor, path, shape).astype(dtype)
+  if fresh:
+    if rng is None:
+      raise ValueError(f'fresh={fresh!r} needs an rng to initialise them.')
+    ids = jnp.zeros((1, 8), jnp.int32)
+    fresh_paths = [path for path in names if is_fresh(path)]
+    # Jitted, so XLA drops the initialisers of everything that is read instead.
+    init = jax.jit(lambda key: [flax.traverse_util.flatten_dict(nn.unbox(
+        model.init(key, ids)['params']))[path] for path in fresh_paths])
+    params.update({path: np.asarray(value) for path, value in zip(fresh_paths, init(rng))})
+  return flax.traverse_util.unflatten_dict(params)
+
+
+def architecture(model: nn.Module, family: str) -> tuple[str, str]:
+  """(HF architecture class, tensor-name prefix) that holds exactly `model`'s parameters."""
+  name = 'Bert' if family == 'bert' else 'Roberta'
+  if isinstance(model, bert.Encoder):
+    if not model.add_pooler:
+      raise ValueError(f'{name}Model has a pooler: export an Encoder(add_pooler=True), or the '
+                       'EncoderForPreTraining around it (-> ForMaskedLM).')
+    return f'{name}Model', ''
+  if isinstance(model, bert.EncoderForPreTraining):
+    if model.sentence_head and family != 'bert':
+      raise ValueError('Only BERT has an NSP head in transformers (BertForPreTraining).')
+    return (f'{name}ForPreTraining' if model.sentence_head else f'{name}ForMaskedLM'), family
+  if isinstance(model, bert.EncoderForSequenceClassification):
+    if model.pooling != 'cls' or family != 'bert':
+      raise ValueError('Only BERT sequence classification with pooling="cls" matches a '
+                       'transformers class (BertForSequenceClassification).')
+    return f'{name}ForSequenceClassification', family
+  if isinstance(model, bert.EncoderForTokenClassification):
+    return f'{name}ForTokenClassification', family
+  if isinstance(model, bert.EncoderForQuestionAnswering):
+    return f'{name}ForQuestionAnswering', family
+  raise ValueError(f'No transformers architecture for {type(model).__name__}.')
+
+
+def hf_config(model: nn.Module, family: str) -> dict:
+  """The `config.json` contents for `model` in transformers' layout."""
+  c = model.config
+  if c.position_offset != (c.pad_token_id + 1 if family == 'roberta' else 0):
+    raise ConfigError(f'model.position_offset={c.position_offset}: transformers {family} needs '
+                      f'{c.pad_token_id + 1 if family == "roberta" else 0}.')
+  arch, _ = architecture(model, family)
+  fields = {key: getattr(c, ours) for key, ours in _CONFIG_KEYS.items()}
+  fields.update(architectures=[arch], model_type=family, position_embedding_type='absolute',
+                tie_word_embeddings=True)
+  if hasattr(model, 'num_labels'):
+    fields['id2label'] = {str(i): f'LABEL_{i}' for i in range(model.num_labels)}
+    fields['label2id'] = {f'LABEL_{i}': i for i in range(model.num_labels)}
+  return fields
+
+
+def save_checkpoint(out_dir: str, model: nn.Module, params: dict, *, family: str) -> str:
+  """Writes `params` of `model` as an HF checkpoint (float32); returns the architecture name.
+
+  As transformers' own `save_pretrained`, the tied decoder weights are left out.
+  """
+  if family not in FAMILIES:
+    raise ValueError(f'family={family!r}: choose one of {FAMILIES}.')
+  arch, prefix = architecture(model, family)
+  config = hf_config(model, family)
+  params = nn.unbox(params)
+  names = _hf_names(params, family, f'{prefix}.' if prefix else '')
+  tensors = {names[path]: _to_hf(jax.device_get(param), path)
+             for path, param in flax.traverse_util.flatten_dict(params).items()}
+  os.makedirs(out_dir, exist_ok=True)
+  save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
+  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  return arch
