@@ -20,11 +20,11 @@ def get_data_config(**overrides) -> ml_collections.ConfigDict:
   # For dataset='text_files': 'file' (one document per file) or 'paragraph' (blank-line separated).
   config.text_files_split_by = 'file'
   # TFDS data dir where datasets are built / read; None -> TFDS default (~/tensorflow_datasets).
-  config.data_dir = None
+  config.data_dir = ml_collections.config_dict.placeholder(str)
   # Tokenizer kind trained from the corpus: 'wordpiece' (BERT), 'bpe' (RoBERTa), 'unigram' (ALBERT).
   config.tokenizer = 'wordpiece'
   # HF checkpoint dir or tokenizer.json to load instead; None -> train into <workdir>/tokenizer.
-  config.tokenizer_path = None
+  config.tokenizer_path = ml_collections.config_dict.placeholder(str)
   # Lowercase (and strip accents) before tokenizing; BERT uncased and ALBERT do, RoBERTa does not.
   config.lowercase = True
   # Vocabulary size of a trained tokenizer; must equal config.model.vocab_size.
@@ -33,7 +33,7 @@ def get_data_config(**overrides) -> ml_collections.ConfigDict:
   config.train_split = 'train'
   config.eval_split = 'validation'
   # Where tokenized splits are cached; None -> <data_dir>/tokenized.
-  config.cache_dir = None
+  config.cache_dir = ml_collections.config_dict.placeholder(str)
 
   # --- Example construction, packing, masking, batching (data/pipeline*.py) ---
   # 'full_sentences' (RoBERTa, may cross documents), 'doc_sentences' (RoBERTa, never
@@ -47,7 +47,8 @@ def get_data_config(**overrides) -> ml_collections.ConfigDict:
   config.mask_token_prob = 0.8  # Of the predicted tokens: replaced by [MASK] ...
   config.random_token_prob = 0.1  # ... by a random token (the rest keep their token).
   config.masking = 'token'  # Unit of masking: 'token', 'whole_word', 'ngram' (ALBERT), 'span' (SpanBERT).
-  config.max_predictions = None  # P per row; None -> ceil(mask_rate * L) rounded up to a multiple of 8.
+  # P per row; None -> ceil(mask_rate * L) rounded up to a multiple of 8.
+  config.max_predictions = ml_collections.config_dict.placeholder(int)
   config.static_masking = False  # BERT: dupe_factor fixed masks (epoch e uses copy e % dupe_factor).
   config.dupe_factor = 10  # Number of static mask copies.
   config.shuffle_seed = 0  # Seeds example construction, shuffling and masking: the whole batch sequence.
