@@ -50,7 +50,7 @@ def _sentence_starts(text: str) -> list[int]:
 
 
 def _ends_sentence(text: str, match: re.Match) -> bool:
-  following = text[match.end():match.end() + 3].lstrip(_OPENERS)
+  following = text[match.end():match.end() + 4].lstrip(_OPENERS + ' \u00a0\u202f')
   if not following or not (following[0].isupper() or following[0].isdigit()):
     return False
   if not match.group().startswith('.') or match.group().startswith('..'):
