@@ -220,7 +220,8 @@ def _pair_examples(corpus, input_format, seq_length, short_seq_prob, rng):
         elif len(chunk) == 1 or rng.random() < 0.5:
           stats['forced_random_next'] += len(chunk) == 1
           label = 1
-          b = _random_segments(documents, doc, target - (a[1] - a[0]), rng)
+          b_length = 1 if sentence_pairs else target - (a[1] - a[0])  # One sentence, or the rest.
+          b = _random_segments(documents, doc, b_length, rng)
           i -= len(chunk) - a_end  # Put the unused segments back.
         else:
           b = (chunk[a_end][0], chunk[-1][1])

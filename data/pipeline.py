@@ -82,7 +82,7 @@ def make_pretraining_dataset(
 
   Args:
     config: the `config.data` section.
-    tokenizer: gives pad_id, cls_id, sep_id, mask_id, unk_id and vocab_size.
+    tokenizer: a data.tokenizer.Tokenizer (its special ids and vocab_size).
     split: corpus split, e.g. 'train'.
     global_batch_size: rows per step over all hosts.
     process_index, process_count: this host and the number of hosts (default:
@@ -112,13 +112,12 @@ def make_pretraining_dataset(
                      f'fewer than the {process_count} hosts: use a larger corpus.')
 
   num_predictions = max_predictions(config)
-  special_ids = [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id,
-                 tokenizer.unk_id]
+  replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.special_ids)
   spec = masking.MaskingSpec(
       mask_rate=config.mask_rate, mask_token_prob=config.mask_token_prob,
       random_token_prob=config.random_token_prob, unit=config.masking,
       max_predictions=num_predictions, mask_id=tokenizer.mask_id,
-      replacement_ids=np.setdiff1d(np.arange(tokenizer.vocab_size), special_ids).astype(np.int32))
+      replacement_ids=replacement_ids.astype(np.int32))
   example_ids = grain.MapDataset.range(process_index, len(index), process_count)
   masked = MaskedExamples(corpus, index, spec, tokenizer.cls_id, tokenizer.sep_id,
                           config.shuffle_seed, len(example_ids),
