@@ -1,0 +1,24 @@
+"""Pretrains an encoder: `python -m experiments.pretrain --config configs/bert.py:tiny --workdir DIR`.
+
+Every config field can be overridden, e.g. `--config.model.num_layers=2`. Re-running the
+same command resumes from the latest checkpoint in DIR.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from training import trainer
+
+config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/bert.py:tiny.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the tokenizer.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

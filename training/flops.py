@@ -1,0 +1,65 @@
+"""Model FLOPs per training sequence and model-FLOPs utilisation (MFU).
+
+Counted as in Kaplan et al. 2020 / PaLM appendix B: a matmul with N weights costs
+2N FLOPs per token forward and 4N backward (6N), plus attention scores and values
+(2 matmuls of L x L x hidden per layer: 12 * L * hidden per token and layer for
+forward + backward). The MLM head runs only at the P predicted positions (sparse
+prediction), so it counts per prediction, not per token. Embedding lookups are free.
+"""
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+from encoders.config import EncoderConfig
+
+# Dense bf16 peak FLOP/s per chip (vendor datasheets). Matched in order against device_kind.
+PEAK_FLOPS = (
+    ('TPU v6', 918e12),  # Trillium (v6e)
+    ('TPU v5p', 459e12),
+    ('TPU v5 lite', 197e12),  # v5e
+    ('TPU v5e', 197e12),
+    ('TPU v5', 459e12),
+    ('TPU v4', 275e12),
+    ('H200', 989e12),  # Same SXM compute as H100.
+    ('H100', 989e12),  # SXM; the PCIe card has 756 TFLOP/s.
+    ('A100', 312e12),
+)
+
+
+def flops_per_sequence(model: EncoderConfig, seq_length: int, num_predictions: int,
+                       sentence_head: bool) -> float:
+  """Training FLOPs (forward + backward) for one sequence of `seq_length` tokens."""
+  h, L = model.hidden_size, seq_length
+  layer_weights = 4 * h * h + 2 * h * model.intermediate_size  # Q, K, V, O; MLP in and out.
+  per_token = 6 * model.num_layers * layer_weights + 12 * model.num_layers * L * h
+  per_prediction = 6 * (h * h + h * model.vocab_size)  # MLM transform + tied decoder.
+  sentence = 6 * (h * h + 2 * h) if sentence_head else 0  # Pooler + classifier, once per row.
+  return float(L * per_token + num_predictions * per_prediction + sentence)
+
+
+@functools.cache
+def measured_cpu_peak(size: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of a jitted f32 matmul on this host's CPU (the CPU has no datasheet peak)."""
+  device = jax.local_devices(backend='cpu')[0]
+  a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
+
+def peak_flops_total() -> float | None:
+  """Peak FLOP/s of all devices in the run; None for an unknown accelerator."""
+  device = jax.devices()[0]
+  if device.platform == 'cpu':  # Fake CPU devices share the host: count hosts, not devices.
+    return measured_cpu_peak() * jax.process_count()
+  for name, peak in PEAK_FLOPS:
+    if name.lower() in device.device_kind.lower():
+      return peak * jax.device_count()
+  return None

@@ -1,0 +1,48 @@
+"""The optimizer: AdamW or LAMB with warm-up + decay, clipping, and no decay on biases / LayerNorm."""
+import jax
+import optax
+
+from encoders.config import ConfigError
+
+NO_DECAY_NAMES = ('bias', 'scale')  # Dense/attention biases, the MLM bias, LayerNorm scale+bias.
+
+
+def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to the peak, then linear / cosine decay to the end fraction."""
+  peak = opt_config.learning_rate
+  end = peak * opt_config.end_learning_rate_fraction
+  warmup = opt_config.warmup_steps
+  decay_steps = max(num_steps - warmup, 1)
+  if opt_config.decay == 'linear':
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif opt_config.decay == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=opt_config.end_learning_rate_fraction)
+  elif opt_config.decay == 'constant':
+    decay = optax.constant_schedule(peak)
+  else:
+    raise ConfigError(f'config.optimizer.decay={opt_config.decay!r}: choose linear, cosine or constant.')
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+  """True for parameters that get weight decay: all but biases and LayerNorm parameters."""
+  def decays(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return names[-1] not in NO_DECAY_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, learning-rate schedule) from `config.optimizer`."""
+  schedule = learning_rate_schedule(opt_config, num_steps)
+  kwargs = dict(learning_rate=schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
+                weight_decay=opt_config.weight_decay, mask=decay_mask)
+  if opt_config.name == 'adamw':
+    tx = optax.adamw(**kwargs)
+  elif opt_config.name == 'lamb':
+    tx = optax.lamb(**kwargs)
+  else:
+    raise ConfigError(f'config.optimizer.name={opt_config.name!r}: choose adamw or lamb.')
+  if opt_config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+  return tx, schedule

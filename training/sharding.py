@@ -1,0 +1,111 @@
+"""The device mesh, logical-axis rules, and the shardings of state and batches.
+
+One mesh with axes ('data', 'fsdp', 'tensor'): `config.mesh.shape` gives their sizes
+(one -1 takes the remaining devices). The encoder names its parameter and activation
+axes logically (encoders/layers.py); `config.mesh.rules` maps them to mesh axes.
+Shardings are computed from abstract shapes, never from materialised arrays.
+"""
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from encoders.config import ConfigError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # Mesh axes that split the batch.
+
+
+def initialize_distributed(mesh_config) -> None:
+  """Starts jax.distributed when configured or when a multi-process launcher is detected.
+
+  `config.mesh.coordinator_address` set: uses it (with num_processes / process_id, or
+  auto-detection for those left unset). Otherwise JAX's own detection runs when the
+  environment says several processes exist (JAX_COORDINATOR_ADDRESS, SLURM with
+  several tasks, a multi-worker TPU VM).
+  """
+  if jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if mesh_config.coordinator_address:
+    kwargs['coordinator_address'] = mesh_config.coordinator_address
+    if mesh_config.num_processes > 0:
+      kwargs['num_processes'] = mesh_config.num_processes
+    if mesh_config.process_id >= 0:
+      kwargs['process_id'] = mesh_config.process_id
+  elif not (os.environ.get('JAX_COORDINATOR_ADDRESS')
+            or int(os.environ.get('SLURM_NTASKS', '1')) > 1
+            or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')):
+    return
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices.',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
+  """Resolves the -1 in `config.mesh.shape` and checks the product against the devices."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != len(MESH_AXES):
+    raise ConfigError(f'config.mesh.shape={shape}: give one size per axis {MESH_AXES}.')
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(f'config.mesh.shape={shape}: sizes must be positive, with at most one -1.')
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if num_devices % known:
+      raise ConfigError(f'config.mesh.shape={shape}: {num_devices} devices are not divisible '
+                        f'by the fixed axes ({known}).')
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if int(np.prod(shape)) != num_devices:
+    raise ConfigError(f'config.mesh.shape={shape} needs {int(np.prod(shape))} devices, '
+                      f'but {num_devices} are available.')
+  return shape
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices)."""
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config.shape, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def rules(mesh_config) -> tuple[tuple[str, Any], ...]:
+  """config.mesh.rules as a tuple of (logical name, mesh axes) pairs, checked."""
+  result = []
+  for rule in mesh_config.rules:
+    logical, mesh_axes = rule
+    named = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+    unknown = [a for a in named if a not in MESH_AXES]
+    if unknown:
+      raise ConfigError(f'config.mesh.rules: rule {tuple(rule)} names mesh axes {unknown}; '
+                        f'the mesh axes are {MESH_AXES}.')
+    result.append((logical, tuple(mesh_axes) if isinstance(mesh_axes, (list, tuple))
+                   else mesh_axes))
+  return tuple(result)
+
+
+def logical_shardings(abstract_boxed_tree, mesh: Mesh, axis_rules) -> Any:
+  """Abstract tree with nn.Partitioned leaves -> NamedShardings (unboxed tree structure)."""
+  specs = nn.get_partition_spec(abstract_boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch arrays: the leading (batch) dimension split over the data-parallel axes."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This host's rows of the global batch -> global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {name: jax.make_array_from_process_local_data(sharding, value)
+          for name, value in local_batch.items()}

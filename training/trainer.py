@@ -1,0 +1,311 @@
+"""The pretraining loop: `train_and_evaluate(config, workdir)`.
+
+One jitted step of (state, batch) with explicit shardings and a donated state; the
+step's dropout key is fold_in(rng, step). The loop never waits on the device: it
+reads step s's metrics after dispatching step s + 1. It validates every
+`eval_every` steps, checkpoints every `every_steps` (asynchronously) and resumes from
+the latest complete checkpoint, data-iterator position included, so a resumed run
+computes exactly the losses of an uninterrupted one.
+"""
+import functools
+import logging
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from encoders.config import ConfigError, EncoderConfig
+from training import checkpointing, flops, metrics, objectives, optimizer, sharding, synthetic
+from training import state as state_lib
+
+PAIR_FORMATS = ('segment_pair_nsp', 'sentence_pair_nsp', 'sop')  # Same as data/examples.py.
+
+
+def batch_shapes(config, sentence_head: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{name: (global shape, dtype)} of the batch contract for `config`."""
+  B, L = config.train.batch_size, config.data.seq_length
+  P = synthetic.max_predictions(config.data)
+  shapes = {name: ((B, L), np.int32)
+            for name in ('input_ids', 'segment_ids', 'position_ids', 'token_type_ids')}
+  shapes.update(masked_positions=((B, P), np.int32), masked_ids=((B, P), np.int32),
+                masked_weights=((B, P), np.float32))
+  if sentence_head:
+    shapes['nsp_labels'] = ((B,), np.int32)
+  return shapes
+
+
+def validate_config(config, mesh) -> None:
+  """Checks what would otherwise fail deep inside JAX; the message names the field."""
+  model = EncoderConfig.from_config(config.model)
+  train = config.train
+  for field in ('batch_size', 'num_steps', 'grad_accum_steps', 'log_every', 'eval_every',
+                'eval_steps'):
+    if train[field] <= 0:
+      raise ConfigError(f'config.train.{field}={train[field]}: must be positive.')
+  if config.checkpoint.every_steps <= 0:
+    raise ConfigError(f'config.checkpoint.every_steps={config.checkpoint.every_steps}: '
+                      'must be positive.')
+  dp = sharding.data_parallel_size(mesh)
+  if dp % jax.process_count():
+    raise ConfigError(f'config.mesh.shape={tuple(config.mesh.shape)}: the data-parallel size '
+                      f'(data*fsdp={dp}) must be a multiple of the {jax.process_count()} '
+                      'processes, so that each process feeds its own rows.')
+  micro = train.batch_size // train.grad_accum_steps
+  if train.batch_size % train.grad_accum_steps or micro % dp:
+    raise ConfigError(f'config.train.batch_size={train.batch_size}: must be divisible by '
+                      f'config.train.grad_accum_steps={train.grad_accum_steps} times the '
+                      f'data-parallel size (data*fsdp={dp}).')
+  tensor, fsdp = mesh.shape['tensor'], mesh.shape['fsdp']
+  for field, size, axis in (('num_heads', tensor, 'tensor'), ('intermediate_size', tensor, 'tensor'),
+                            ('vocab_size', tensor, 'tensor'), ('hidden_size', tensor, 'tensor'),
+                            ('hidden_size', fsdp, 'fsdp')):
+    if getattr(model, field) % size:
+      raise ConfigError(f'config.model.{field}={getattr(model, field)}: not divisible by the '
+                        f'{axis} axis size {size} of config.mesh.shape.')
+  if config.data.seq_length + model.position_offset > model.max_position_embeddings:
+    raise ConfigError(f'config.data.seq_length={config.data.seq_length} (+ position_offset '
+                      f'{model.position_offset}) exceeds config.model.max_position_embeddings='
+                      f'{model.max_position_embeddings}.')
+  if config.optimizer.warmup_steps > train.num_steps:
+    raise ConfigError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds '
+                      f'config.train.num_steps={train.num_steps}.')
+
+
+def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
+               grad_accum_steps: int, skip_nonfinite: bool, mesh):
+  """One optimizer step on a global batch, split into `grad_accum_steps` micro-batches."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  denominators = objective.denominators(batch)  # Over the whole batch: micro-batches add up.
+
+  def grads_and_metrics(microbatch, micro_rng):
+    (loss, sums), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+        state.params, microbatch, micro_rng, denominators)
+    sums['loss'] = (loss, jnp.ones((), jnp.float32))
+    return grads, sums
+
+  if grad_accum_steps == 1:
+    grads, sums = grads_and_metrics(batch, rng)
+  else:
+    def split(x):  # [batch, ...] -> [accum, batch / accum, ...]; micro-batch i = rows i::accum.
+      x = x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1)
+      return jax.lax.with_sharding_constraint(
+          x, NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES)))
+
+    def accumulate(total, inputs):
+      microbatch, index = inputs
+      return jax.tree.map(jnp.add, total, grads_and_metrics(microbatch, jax.random.fold_in(rng, index))), None
+
+    microbatches = jax.tree.map(split, batch)
+    first = jax.tree.map(lambda x: x[0], microbatches)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grads_and_metrics, first, rng))
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros,
+                                    (microbatches, jnp.arange(grad_accum_steps)))
+
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(sums['loss'][0]) & jnp.isfinite(grad_norm)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if skip_nonfinite:
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = new_state.replace(step=state.step + 1)
+  sums.update(grad_norm=grad_norm, update_norm=optax.global_norm(updates),
+              param_norm=optax.global_norm(new_state.params),
+              learning_rate=schedule(state.step), finite=finite)
+  return new_state, sums
+
+
+def eval_step(params, batch, *, objective):
+  """Metric sums of one held-out batch (no dropout)."""
+  _, sums = objective.loss(params, batch, None, objective.denominators(batch), deterministic=True)
+  return sums
+
+
+class _Preemption:
+  """SIGTERM sets a flag that the loop checks between steps (one process); with several
+  processes, JAX's preemption sync point makes all of them stop at the same step."""
+
+  def __init__(self, enabled: bool):
+    self.flag = False
+    self.previous = signal.signal(signal.SIGTERM, self._handle) if enabled else None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint and stopping after this step.')
+    self.flag = True
+
+  def reached(self, step: int, manager) -> bool:
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self.flag
+
+  def restore(self):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
+def make_iterators(config, workdir: str, sentence_head: bool):
+  """(train iterator, function returning a fresh eval iterator) for this process."""
+  index, count = jax.process_index(), jax.process_count()
+  if config.train.synthetic_data:
+    return (synthetic.SyntheticIterator(config, 'train', index, count, sentence_head),
+            lambda: synthetic.SyntheticIterator(config, 'validation', index, count, sentence_head))
+  from data import pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
+  if tokenizer.vocab_size != config.model.vocab_size:
+    raise ConfigError(f'config.model.vocab_size={config.model.vocab_size} but the tokenizer has '
+                      f'{tokenizer.vocab_size} tokens: set --config.model.vocab_size='
+                      f'{tokenizer.vocab_size} (and config.data.vocab_size).')
+  make = functools.partial(pipeline.make_pretraining_iterator, config, tokenizer,
+                           process_index=index, process_count=count)
+  return make(split=config.data.train_split), lambda: make(split=config.data.eval_split)
+
+
+def _check_batch(batch: dict, expected: dict) -> None:
+  local = {k: ((v[0][0] // jax.process_count(),) + v[0][1:], np.dtype(v[1]))
+           for k, v in expected.items()}
+  got = {k: (tuple(v.shape), v.dtype) for k, v in batch.items()}
+  if got != local:
+    raise ValueError(f'The input pipeline yields {got}, but the trainer expects {local} per '
+                     'process (config.train.batch_size / processes, config.data.seq_length, '
+                     'max_predictions).')
+
+
+def evaluate(eval_fn, params, make_eval_iterator, num_batches: int, mesh) -> dict[str, float]:
+  """MLM loss, accuracy and perplexity (and NSP/SOP) over `num_batches` held-out batches."""
+  total = None
+  for _, batch in zip(range(num_batches), make_eval_iterator()):
+    total = metrics.add_sums(total, jax.device_get(eval_fn(params, sharding.global_batch(batch, mesh))))
+  result = metrics.summarize(total)
+  result['mlm_perplexity'] = float(np.exp(result['mlm_loss']))
+  return result
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains per `config` in `workdir` (resuming there); returns the last validation metrics."""
+  sharding.initialize_distributed(config.mesh)
+  jax.config.update('jax_threefry_partitionable', True)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules(config.mesh)
+  validate_config(config, mesh)
+  is_main = jax.process_index() == 0
+  train = config.train
+
+  sentence_head = config.data.input_format in PAIR_FORMATS
+  train_iter, make_eval_iterator = make_iterators(config, workdir, sentence_head)
+  objective = objectives.make_objective(config, sentence_head)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, train.num_steps)
+  shapes = batch_shapes(config, sentence_head)
+  abstract_state, state_shardings = state_lib.state_shardings(objective, tx, shapes, mesh, rules)
+
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
+  latest = manager.latest_step()
+  if latest is None:
+    state = state_lib.init_state(objective, tx, shapes, config.seed, state_shardings)
+    start_step = 0
+  else:
+    state, data_state = checkpointing.restore(manager, latest, abstract_state)
+    train_iter.set_state(data_state)
+    start_step = latest
+    logging.info('Resumed from %s at step %d.', checkpointing.checkpoint_dir(workdir), latest)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(
+      functools.partial(train_step, objective=objective, tx=tx, schedule=schedule,
+                        grad_accum_steps=train.grad_accum_steps,
+                        skip_nonfinite=train.skip_nonfinite_updates, mesh=mesh),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+      donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, objective=objective),
+                    in_shardings=(state_shardings.params, batch_sharding),
+                    out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+  writer = metrics.MetricWriter(workdir, is_main, start_step)
+  model_flops = train.batch_size * flops.flops_per_sequence(
+      objective.model.config, config.data.seq_length, shapes['masked_ids'][0][1], sentence_head)
+  peak_flops = flops.peak_flops_total()
+  preemption = _Preemption(config.checkpoint.save_on_preemption)
+  progress = tqdm.tqdm(total=train.num_steps, initial=start_step, unit='step', dynamic_ncols=True,
+                       disable=not (is_main and train.progress_bar))
+  interval = dict(sums=None, steps=0, start=None)
+  eval_metrics = {}
+
+  def run_eval(step):
+    nonlocal eval_metrics
+    eval_metrics = evaluate(eval_fn, state.params, make_eval_iterator, train.eval_steps, mesh)
+    writer.write(step, eval_metrics, 'eval')
+    progress.write(f'step {step}: validation ' + ', '.join(
+        f'{k}={v:.4f}' for k, v in eval_metrics.items()))
+
+  def finish_step(step, device_metrics):
+    """Host side of step `step` (1-based count of steps done): checks, logs."""
+    values = jax.device_get(device_metrics)
+    if not values.pop('finite') and not train.skip_nonfinite_updates:
+      raise FloatingPointError(
+          f'Non-finite loss or gradient at step {step} (loss={float(values["loss"][0])}, '
+          f'grad_norm={float(values["grad_norm"])}); the last good checkpoint is '
+          f'{manager.latest_step()} in {checkpointing.checkpoint_dir(workdir)}. Lower '
+          'config.optimizer.learning_rate, or set config.train.skip_nonfinite_updates=True.')
+    pairs = {k: v for k, v in values.items() if isinstance(v, tuple)}
+    interval['sums'] = metrics.add_sums(interval['sums'], pairs)
+    interval['steps'] += 1
+    progress.set_postfix(loss=f'{float(values["loss"][0]):.3f}', refresh=False)
+    first = interval['start'] is None  # The first step (after a start) includes compilation.
+    if first or step % train.log_every == 0 or step == train.num_steps:
+      scalars = metrics.summarize(interval['sums'])
+      scalars.update({k: float(values[k]) for k in
+                      ('grad_norm', 'update_norm', 'param_norm', 'learning_rate')})
+      if not first:
+        seconds = (time.perf_counter() - interval['start']) / interval['steps']
+        scalars.update(step_time_s=seconds,
+                       tokens_per_s=train.batch_size * config.data.seq_length / seconds)
+        if peak_flops:
+          scalars['mfu'] = model_flops / seconds / peak_flops
+      writer.write(step, scalars, 'train')
+      interval.update(sums=None, steps=0, start=time.perf_counter())
+
+  try:
+    with nn.logical_axis_rules(rules):  # TODO(lead's layers.py fix): jax.set_mesh(mesh) too.
+      if start_step == 0:
+        run_eval(0)
+      pending = None
+      for step in range(start_step, train.num_steps):
+        local_batch = next(train_iter)
+        if step == start_step:
+          _check_batch(local_batch, shapes)
+        state, step_metrics = step_fn(state, sharding.global_batch(local_batch, mesh))
+        if pending is not None:
+          finish_step(*pending)  # Step s's metrics, fetched after step s + 1 was dispatched.
+        pending = (step + 1, step_metrics)
+        progress.update(1)
+        done = step + 1
+        preempted = preemption.reached(done, manager)
+        if preempted or done % config.checkpoint.every_steps == 0 or done == train.num_steps:
+          finish_step(*pending)  # Never checkpoint a state whose loss was not checked.
+          pending = None
+          checkpointing.save(manager, done, state, train_iter.get_state(), config)
+        if preempted:
+          logging.warning('Preempted: saved step %d, stopping.', done)
+          break
+        if done % train.eval_every == 0 or done == train.num_steps:
+          run_eval(done)
+      if pending is not None:
+        finish_step(*pending)
+  finally:
+    progress.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    preemption.restore()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('train_and_evaluate done')
+  return eval_metrics
