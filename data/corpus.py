@@ -252,24 +252,29 @@ def dataset_key(data_config, builder: tfds.core.DatasetBuilder) -> str:
          f'-{builder.version}-{text_field_of(data_config)}'
 
 
-def read_documents(data_config, split: str, builder=None,
-                   chunk: int = 1024) -> tuple[list[str], np.ndarray | None]:
-  """All texts of a split (str) and their topic labels (int32) when the dataset has topics."""
+def iter_documents(data_config, split: str, builder=None, chunk: int = 4096
+                   ) -> Iterator[tuple[list[str], np.ndarray | None]]:
+  """Chunks of (texts, int32 topic labels or None) of a split, in the stored order.
+
+  `split` may be a TFDS slice such as 'train[:10%]' or 'train+validation'.
+  """
   builder = builder or get_builder(data_config)
-  if split not in builder.info.splits:
-    raise ValueError(f'Split {split!r} not in {data_config.dataset!r}; it has '
-                     f'{", ".join(builder.info.splits)}.')
-  source = builder.as_data_source(split=split)
-  field = text_field_of(data_config)
-  has_topic = topic_names(builder) is not None
-  texts, labels = [], []
-  for start in range(0, len(source), chunk):
-    for record in source.__getitems__(range(start, min(start + chunk, len(source)))):
-      value = record[field]
-      texts.append(value.decode('utf-8', errors='replace') if isinstance(value, bytes) else value)
-      if has_topic:
-        labels.append(record['topic'])
-  if not texts:
+  source = builder.as_data_source(split=split)  # Unknown splits raise, naming the known ones.
+  if not len(source):
     raise ValueError(f'Split {split!r} of {data_config.dataset!r} is empty: check the source '
                      'files / data_dir, or use another split.')
-  return texts, (np.asarray(labels, np.int32) if has_topic else None)
+  field = text_field_of(data_config)
+  has_topic = topic_names(builder) is not None
+  for start in range(0, len(source), chunk):
+    records = source.__getitems__(range(start, min(start + chunk, len(source))))
+    texts = [r[field].decode('utf-8', errors='replace') if isinstance(r[field], bytes)
+             else r[field] for r in records]
+    yield texts, (np.asarray([r['topic'] for r in records], np.int32) if has_topic else None)
+
+
+def read_documents(data_config, split: str, builder=None) -> tuple[list[str], np.ndarray | None]:
+  """All texts of a split and their topic labels (int32) when the dataset has topics."""
+  chunks = list(iter_documents(data_config, split, builder))
+  texts = [t for chunk_texts, _ in chunks for t in chunk_texts]
+  labels = None if chunks[0][1] is None else np.concatenate([l for _, l in chunks])
+  return texts, labels

@@ -6,6 +6,7 @@ offsets. The arrays are cached as .npy files keyed by (dataset, split, tokenizer
 fingerprint, splitter version) and memory-mapped on later loads.
 """
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -95,39 +96,48 @@ class TokenizedCorpus:
 
 
 def tokenize_documents(tokenizer: tokenizer_lib.Tokenizer, texts: list[str],
-                       labels: np.ndarray | None = None,
-                       batch_size: int = 2048) -> tuple[TokenizedCorpus, dict]:
+                       labels: np.ndarray | None = None) -> tuple[TokenizedCorpus, dict]:
   """Tokenizes whole documents and cuts them into sentences; empty ones are skipped."""
-  token_ids, word_starts, sentence_lengths, document_sizes, kept = [], [], [], [], []
-  for begin in range(0, len(texts), batch_size):
-    batch = texts[begin:begin + batch_size]
-    encodings = tokenizer.backend.encode_batch(batch, add_special_tokens=False)
-    for index, (text, encoding) in enumerate(zip(batch, encodings), begin):
-      if not encoding.ids:
-        continue
-      ids = np.asarray(encoding.ids, np.int32)
-      word_ids = np.asarray(encoding.word_ids, np.int64)
-      # A token belongs to the sentence holding its last character.
-      last_chars = np.maximum(np.asarray(encoding.offsets, np.int64)[:, 1] - 1, 0)
-      sentence_of_token = np.searchsorted(_sentence_starts(text), last_chars, side='right') - 1
-      lengths = np.bincount(sentence_of_token)
-      lengths = lengths[lengths > 0]
-      token_ids.append(ids)
-      word_starts.append(np.concatenate([[True], word_ids[1:] != word_ids[:-1]]))
-      sentence_lengths.append(lengths)
-      document_sizes.append(len(lengths))
-      kept.append(index)
-  if not kept:
+  return _concatenate([_tokenize_chunk(tokenizer, texts, labels)])
+
+
+def _tokenize_chunk(tokenizer, texts, labels) -> dict:
+  """Per-document token arrays of one chunk of documents (the tokenizer batches in threads)."""
+  token_ids, word_starts, sentence_lengths, kept = [], [], [], []
+  encodings = tokenizer.backend.encode_batch(texts, add_special_tokens=False)
+  for index, (text, encoding) in enumerate(zip(texts, encodings)):
+    if not encoding.ids:
+      continue
+    word_ids = np.asarray(encoding.word_ids, np.int64)
+    # A token belongs to the sentence holding its last character.
+    last_chars = np.maximum(np.asarray(encoding.offsets, np.int64)[:, 1] - 1, 0)
+    sentence_of_token = np.searchsorted(_sentence_starts(text), last_chars, side='right') - 1
+    lengths = np.bincount(sentence_of_token)
+    token_ids.append(np.asarray(encoding.ids, np.int32))
+    word_starts.append(np.concatenate([[True], word_ids[1:] != word_ids[:-1]]))
+    sentence_lengths.append(lengths[lengths > 0])
+    kept.append(index)
+  return dict(token_ids=token_ids, word_starts=word_starts, sentence_lengths=sentence_lengths,
+              labels=None if labels is None else np.asarray(labels, np.int32)[kept],
+              num_skipped=len(texts) - len(kept))
+
+
+def _concatenate(chunks: list[dict]) -> tuple[TokenizedCorpus, dict]:
+  sentence_lengths = [l for c in chunks for l in c['sentence_lengths']]
+  if not sentence_lengths:
     raise ValueError('All documents are empty after tokenization: check the corpus.')
-  sentence_lengths = np.concatenate(sentence_lengths)
   result = TokenizedCorpus(
-      token_ids=np.concatenate(token_ids),
-      word_starts=np.concatenate(word_starts).astype(bool),
-      sentence_offsets=np.concatenate([[0], np.cumsum(sentence_lengths)]).astype(np.int64),
-      document_offsets=np.concatenate([[0], np.cumsum(document_sizes)]).astype(np.int64),
-      document_labels=None if labels is None else np.asarray(labels, np.int32)[kept])
+      token_ids=np.concatenate([t for c in chunks for t in c['token_ids']]),
+      word_starts=np.concatenate([w for c in chunks for w in c['word_starts']]).astype(bool),
+      sentence_offsets=np.concatenate([[0], np.cumsum(np.concatenate(sentence_lengths))]
+                                      ).astype(np.int64),
+      document_offsets=np.concatenate([[0], np.cumsum([len(l) for l in sentence_lengths])]
+                                      ).astype(np.int64),
+      document_labels=(None if chunks[0]['labels'] is None
+                       else np.concatenate([c['labels'] for c in chunks])))
   stats = dict(documents=result.num_documents, sentences=result.num_sentences,
-               tokens=result.num_tokens, skipped_empty_documents=len(texts) - len(kept))
+               tokens=result.num_tokens,
+               skipped_empty_documents=sum(c['num_skipped'] for c in chunks))
   return result, stats
 
 
@@ -140,12 +150,16 @@ def load_tokenized_corpus(data_config, tokenizer: tokenizer_lib.Tokenizer,
                           split: str) -> TokenizedCorpus:
   """The tokenized split: read from the cache, or built (dataset + tokenization) and cached."""
   builder = corpus.get_builder(data_config)
+  split_name = re.sub(r'[^\w.+-]', '_', split)  # 'train[:10%]' -> 'train__10__-<hash>'
+  if split_name != split:
+    split_name += '-' + hashlib.md5(split.encode()).hexdigest()[:8]
   folder = os.path.join(cache_dir_of(data_config), corpus.dataset_key(data_config, builder),
-                        f'{split}-{tokenizer.fingerprint}-splitter{SPLITTER_VERSION}')
+                        f'{split_name}-{tokenizer.fingerprint}-splitter{SPLITTER_VERSION}')
   if not os.path.exists(os.path.join(folder, 'stats.json')):
     start = time.perf_counter()
-    texts, labels = corpus.read_documents(data_config, split, builder)
-    result, stats = tokenize_documents(tokenizer, texts, labels)
+    # Streams chunks of documents: only the token arrays are held in memory.
+    result, stats = _concatenate([_tokenize_chunk(tokenizer, texts, labels) for texts, labels
+                                  in corpus.iter_documents(data_config, split, builder)])
     stats['seconds'] = round(time.perf_counter() - start, 2)
     _save(result, stats, folder)
     logging.info('Tokenized %s/%s into %s: %s.', data_config.dataset, split, folder, stats)

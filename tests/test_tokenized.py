@@ -39,7 +39,7 @@ def test_tokenize_documents_matches_sentence_by_sentence(minilm):
   texts = _articles(30) + ['', '   \n ', 'Mixed 東京 scripts 😀 stay. Second one here.',
                            ' '.join(['Long document sentence number one.'] * 400)]
   labels = np.arange(len(texts), dtype=np.int32)
-  result, stats = tokenized.tokenize_documents(minilm, texts, labels, batch_size=7)
+  result, stats = tokenized.tokenize_documents(minilm, texts, labels)
   assert stats == dict(documents=32, sentences=result.num_sentences, tokens=result.num_tokens,
                        skipped_empty_documents=2)
   kept = [t for t in texts if t.strip()]
@@ -51,6 +51,15 @@ def test_tokenize_documents_matches_sentence_by_sentence(minilm):
     expected = [minilm.backend.encode(s, add_special_tokens=False).ids
                 for s in tokenized.split_sentences(text)]
     assert [s.tolist() for s in result.document(i)] == expected
+  # Chunks of documents (as the cache builder streams them) concatenate to the same arrays.
+  chunked, chunked_stats = tokenized._concatenate([
+      tokenized._tokenize_chunk(minilm, texts[:7], labels[:7]),
+      tokenized._tokenize_chunk(minilm, texts[7:31], labels[7:31]),
+      tokenized._tokenize_chunk(minilm, texts[31:], labels[31:])])
+  assert chunked_stats == stats
+  for name in ('token_ids', 'word_starts', 'sentence_offsets', 'document_offsets',
+               'document_labels'):
+    np.testing.assert_array_equal(getattr(chunked, name), getattr(result, name))
   assert result.document_tokens(31).size > 2000  # A long document stays whole here.
   assert minilm.unk_id not in result.document(30)[0][:2]  # 'mixed' and the first CJK char.
   # WordPiece: a word starts at every token that is not a '##' continuation.
@@ -93,7 +102,10 @@ def test_wiki_offline_labels(tmp_path, minilm):
   config = get_data_config(data_dir=str(tmp_path / 'tfds'), cache_dir=str(tmp_path / 'cache'))
   result = tokenized.load_tokenized_corpus(config, minilm, 'test')
   texts, labels = corpus.read_documents(config, 'test')
+  sliced = tokenized.load_tokenized_corpus(config, minilm, 'test[:10]')
+  np.testing.assert_array_equal(sliced.document_labels, labels[:10])
+  np.testing.assert_array_equal(sliced.token_ids, result.token_ids[:len(sliced.token_ids)])
   assert result.num_documents == len(texts)
   np.testing.assert_array_equal(result.document_labels, labels)
   assert set(result.document_labels.tolist()) <= set(range(12))
-  assert os.listdir(tmp_path / 'cache')
+  assert len(os.listdir(tmp_path / 'cache' / corpus.dataset_key(config, corpus.get_builder(config)))) == 2
