@@ -23,8 +23,9 @@ import numpy as np
 
 MASKING_UNITS = ('token', 'whole_word', 'ngram', 'span')
 
-_NGRAM_PROBS = np.array([1, 1 / 2, 1 / 3]) / sum([1, 1 / 2, 1 / 3])
-_SPAN_PROBS = 0.2 * 0.8 ** np.arange(10) / (1 - 0.8 ** 10)
+# Cumulative distributions of the unit length in words (lengths 1, 2, ...).
+_NGRAM_CDF = np.cumsum([1, 1 / 2, 1 / 3]) / sum([1, 1 / 2, 1 / 3])
+_SPAN_CDF = np.cumsum(0.2 * 0.8 ** np.arange(10)) / (1 - 0.8 ** 10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +98,9 @@ def _unit_ids(cand: np.ndarray, cand_word_starts: np.ndarray, unit: str, rng) ->
     return np.cumsum(word_start) - 1
   word_id = np.cumsum(word_start) - 1  # [c]
   num_words = int(word_id[-1]) + 1
-  probs = _NGRAM_PROBS if unit == 'ngram' else _SPAN_PROBS
-  lengths = rng.choice(len(probs), size=num_words, p=probs) + 1  # [num_words], in words
+  cdf = _NGRAM_CDF if unit == 'ngram' else _SPAN_CDF
+  lengths = np.minimum(np.searchsorted(cdf, rng.random(num_words), side='right'),
+                       len(cdf) - 1) + 1  # [num_words], in words
   span_starts = np.cumsum(lengths) - lengths
   starts_span = np.zeros(num_words, bool)  # [num_words]
   starts_span[span_starts[span_starts < num_words]] = True
