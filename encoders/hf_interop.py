@@ -222,6 +222,14 @@ def _check_config(model_config: EncoderConfig, checkpoint_dir: str) -> str:
   return checkpoint.family
 
 
+def _check_mlm_activation(model: nn.Module, family: str) -> None:
+  """transformers' RobertaLMHead applies exact GELU whatever `hidden_act` is; ours follows hidden_act."""
+  if (family == 'roberta' and isinstance(model, bert.EncoderForPreTraining)
+      and model.config.hidden_act != 'gelu'):
+    raise ConfigError(f'model.hidden_act={model.config.hidden_act!r}: the RoBERTa MLM head of '
+                      "transformers always uses 'gelu', so its logits would differ from ours.")
+
+
 def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...] = (),
                 rng: jax.Array | None = None) -> dict:
   """Reads an HF checkpoint into `model`'s 'params' collection (numpy arrays, param dtype).
@@ -231,6 +239,7 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
   `rng` instead of reading them, for heads the checkpoint does not have.
   """
   family = _check_config(model.config, checkpoint_dir)
+  _check_mlm_activation(model, family)
   shapes = _abstract_params(model)
   names = _hf_names(shapes, family)
   under = lambda path, subtree: '/'.join(path).startswith(subtree.rstrip('/') + '/')
@@ -281,6 +290,7 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
 
 def architecture(model: nn.Module, family: str) -> tuple[str, str]:
   """(HF architecture class, tensor-name prefix) that holds exactly `model`'s parameters."""
+  _check_mlm_activation(model, family)
   name = 'Bert' if family == 'bert' else 'Roberta'
   if isinstance(model, bert.Encoder):
     if not model.add_pooler:
