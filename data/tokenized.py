@@ -37,8 +37,8 @@ mme mlle mm me sra srta dres dra ud uds av pág núm art
 
 def split_sentences(text: str) -> list[str]:
   """Sentences of `text` (stripped), for en / fr / es prose."""
-  return [text[a:b].strip() for a, b in zip(_sentence_starts(text), _sentence_starts(text)[1:] + [len(text)])
-          if text[a:b].strip()]
+  starts = _sentence_starts(text)
+  return [text[a:b].strip() for a, b in zip(starts, starts[1:] + [len(text)]) if text[a:b].strip()]
 
 
 def _sentence_starts(text: str) -> list[int]:
@@ -56,7 +56,8 @@ def _ends_sentence(text: str, match: re.Match) -> bool:
     return False
   if not match.group().startswith('.') or match.group().startswith('..'):
     return True
-  word = text[:match.start()].rsplit(None, 1)[-1].lstrip(_OPENERS) if match.start() else ''
+  before = text[max(0, match.start() - 32):match.start()].split()  # Bounded: long docs stay linear.
+  word = before[-1].lstrip(_OPENERS) if before else ''
   # Initials ('J. R. R.'), dotted abbreviations ('e.g', 'U.S') and known abbreviations.
   return not (len(word) == 1 or '.' in word or word.lower() in _ABBREVIATIONS)
 

@@ -74,6 +74,10 @@ def test_bpe_keeps_the_space_before_later_sentences():
   for i, text in enumerate(texts[:5]):
     whole = bpe.backend.encode(text, add_special_tokens=False).ids
     assert result.document_tokens(i).tolist() == whole  # RoBERTa tokenizes documents whole.
+    word_ids = bpe.encode_batch([text])[0][1]
+    begin = result.sentence_offsets[result.document_offsets[i]]
+    assert result.word_starts[begin:begin + len(whole)].tolist() == [
+        j == 0 or word_ids[j] != word_ids[j - 1] for j in range(len(whole))]
     sentences = result.document(i)
     assert not bpe.id_to_token(sentences[0][0]).startswith('Ġ')
     assert all(bpe.id_to_token(s[0]).startswith('Ġ') for s in sentences[1:])
