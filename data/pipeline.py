@@ -3,7 +3,7 @@
 Built on grain so that the iterator state (a small dict) goes into the orbax
 checkpoint and a restored iterator continues with exactly the next batch:
 
-  it = make_pretraining_iterator(config.data, tokenizer, 'train', global_batch_size=256)
+  it = make_pretraining_iterator(config, tokenizer, 'train')  # config.data, config.train.batch_size
   batch = next(it)                      # the batch contract (see the team brief)
   state = it.get_state(); it.set_state(state)   # or grain.checkpoint.CheckpointSave(it)
 
@@ -64,82 +64,83 @@ def max_predictions(config: ml_collections.ConfigDict) -> int:
 
 
 def make_pretraining_iterator(
-    config: ml_collections.ConfigDict, tokenizer, split: str, *, global_batch_size: int,
+    config: ml_collections.ConfigDict, tokenizer, split: str, *,
     process_index: int | None = None, process_count: int | None = None,
     num_epochs: int | None = None, corpus=None) -> grain.DatasetIterator:
-  """The batch iterator of this host (see make_pretraining_dataset); config is `config.data`."""
-  return iter(make_pretraining_dataset(
-      config, tokenizer, split, global_batch_size=global_batch_size,
-      process_index=process_index, process_count=process_count,
-      num_epochs=num_epochs, corpus=corpus))
+  """This host's batch iterator: see make_pretraining_dataset."""
+  return iter(make_pretraining_dataset(config, tokenizer, split, process_index=process_index,
+                                       process_count=process_count, num_epochs=num_epochs,
+                                       corpus=corpus))
 
 
 def make_pretraining_dataset(
-    config: ml_collections.ConfigDict, tokenizer, split: str, *, global_batch_size: int,
+    config: ml_collections.ConfigDict, tokenizer, split: str, *,
     process_index: int | None = None, process_count: int | None = None,
     num_epochs: int | None = None, corpus=None) -> grain.IterDataset:
-  """Batches of global_batch_size / process_count rows for this host.
+  """Batches of config.train.batch_size / process_count rows for this host.
 
   Args:
-    config: the `config.data` section.
+    config: the whole config; reads `config.data` and the global batch size
+      `config.train.batch_size` (rows per step over all hosts).
     tokenizer: a data.tokenizer.Tokenizer (its special ids and vocab_size).
     split: corpus split, e.g. 'train'.
-    global_batch_size: rows per step over all hosts.
     process_index, process_count: this host and the number of hosts (default:
       jax.process_index() / jax.process_count()).
     num_epochs: None repeats forever, reshuffling every epoch.
-    corpus: a TokenizedCorpus; default: data.tokenized.load_tokenized_corpus(config, tokenizer, split).
+    corpus: a TokenizedCorpus; default: data.tokenized.load_tokenized_corpus(config.data, tokenizer, split).
   """
-  validate_data_config(config)
+  global_batch_size = config.train.batch_size
+  data_config = config.data
+  validate_data_config(data_config)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} must be divisible by the '
+    raise ValueError(f'config.train.batch_size={global_batch_size} must be divisible by the '
                      f'number of hosts ({process_count}).')
   if corpus is None:
     from data import tokenized  # pylint: disable=g-import-not-at-top
-    corpus = tokenized.load_tokenized_corpus(config, tokenizer, split)
+    corpus = tokenized.load_tokenized_corpus(data_config, tokenizer, split)
   if len(corpus.token_ids) == 0:
     raise ValueError(f'The {split!r} split of the corpus has no tokens: check the corpus '
                      'fields of config.data and rebuild the tokenized cache.')
 
-  index = examples_lib.build_examples(corpus, config.input_format, config.seq_length,
-                                      config.short_seq_prob, config.shuffle_seed)
-  logging.info('%s %s: %d examples from %d documents; %s', split, config.input_format,
+  index = examples_lib.build_examples(corpus, data_config.input_format, data_config.seq_length,
+                                      data_config.short_seq_prob, data_config.shuffle_seed)
+  logging.info('%s %s: %d examples from %d documents; %s', split, data_config.input_format,
                len(index), len(corpus.document_offsets) - 1, index.stats)
   if len(index) < process_count:
-    raise ValueError(f'The {split!r} split gives {len(index)} {config.input_format} examples, '
+    raise ValueError(f'The {split!r} split gives {len(index)} {data_config.input_format} examples, '
                      f'fewer than the {process_count} hosts: use a larger corpus.')
 
-  num_predictions = max_predictions(config)
+  num_predictions = max_predictions(data_config)
   replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.special_ids)
   spec = masking.MaskingSpec(
-      mask_rate=config.mask_rate, mask_token_prob=config.mask_token_prob,
-      random_token_prob=config.random_token_prob, unit=config.masking,
+      mask_rate=data_config.mask_rate, mask_token_prob=data_config.mask_token_prob,
+      random_token_prob=data_config.random_token_prob, unit=data_config.masking,
       max_predictions=num_predictions, mask_id=tokenizer.mask_id,
       replacement_ids=replacement_ids.astype(np.int32))
   example_ids = grain.MapDataset.range(process_index, len(index), process_count)
   masked = MaskedExamples(corpus, index, spec, tokenizer.cls_id, tokenizer.sep_id,
-                          config.shuffle_seed, len(example_ids),
-                          config.dupe_factor if config.static_masking else None)
-  dataset = (example_ids.shuffle(seed=config.shuffle_seed)
+                          data_config.shuffle_seed, len(example_ids),
+                          data_config.dupe_factor if data_config.static_masking else None)
+  dataset = (example_ids.shuffle(seed=data_config.shuffle_seed)
              .repeat(num_epochs)
              .map_with_index(masked))
-  row = functools.partial(packing.assemble_row, seq_length=config.seq_length,
+  row = functools.partial(packing.assemble_row, seq_length=data_config.seq_length,
                           max_predictions=num_predictions, pad_id=tokenizer.pad_id)
   read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-  if config.packing and config.input_format in examples_lib.SINGLE_SEGMENT_FORMATS:
+  if data_config.packing and data_config.input_format in examples_lib.SINGLE_SEGMENT_FORMATS:
     rows = packing.PackedRowsIterDataset(
-        dataset.to_iter_dataset(read_options), config.seq_length, num_predictions,
-        tokenizer.pad_id, window=config.packing_buffer)
+        dataset.to_iter_dataset(read_options), data_config.seq_length, num_predictions,
+        tokenizer.pad_id, window=data_config.packing_buffer)
   else:
     rows = dataset.map(functools.partial(_single_row, row)).to_iter_dataset(read_options)
   batches = rows.batch(global_batch_size // process_count, drop_remainder=True)
-  if config.num_workers:
-    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-  if config.prefetch:
+  if data_config.num_workers:
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  if data_config.prefetch:
     batches = grain.experimental.ThreadPrefetchIterDataset(
-        batches, prefetch_buffer_size=config.prefetch)
+        batches, prefetch_buffer_size=data_config.prefetch)
   return batches
 
 

@@ -14,6 +14,7 @@ import time
 
 from absl import app
 from absl import flags
+import ml_collections
 
 from configs import data as data_config_lib
 from data import packing
@@ -44,8 +45,8 @@ def _peak_rss_mib() -> float:
 def _time_batches(config, tokenizer, corpus):
   start = time.perf_counter()
   iterator = pipeline.make_pretraining_iterator(
-      config, tokenizer, 'train', global_batch_size=_BATCH_SIZE.value,
-      process_index=0, process_count=1, corpus=corpus)
+      ml_collections.ConfigDict(dict(data=config, train=dict(batch_size=_BATCH_SIZE.value))),
+      tokenizer, 'train', process_index=0, process_count=1, corpus=corpus)
   first = next(iterator)
   startup_s = time.perf_counter() - start
   start = time.perf_counter()

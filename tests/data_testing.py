@@ -54,6 +54,11 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def full_config(data: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+  """The sections make_pretraining_iterator reads: config.data and config.train.batch_size."""
+  return ml_collections.ConfigDict(dict(data=data, train=dict(batch_size=batch_size)))
+
+
 def unmasked(batch):
   """The original input_ids: masked_ids scattered back at masked_positions."""
   input_ids = batch['input_ids'].copy()

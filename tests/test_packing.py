@@ -34,8 +34,8 @@ def test_first_fit_matches_a_plain_reference():
 
 
 def _batches(config, corpus, num, batch_size=4):
-  it = pipeline.make_pretraining_iterator(config, data_testing.TOKENIZER, 'train',
-                                          global_batch_size=batch_size, process_index=0,
+  it = pipeline.make_pretraining_iterator(data_testing.full_config(config, batch_size),
+                                          data_testing.TOKENIZER, 'train', process_index=0,
                                           process_count=1, corpus=corpus)
   return [next(it) for _ in range(num)]
 

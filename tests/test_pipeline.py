@@ -17,8 +17,8 @@ TOKENIZER = data_testing.TOKENIZER
 
 def _iterator(config, corpus, batch_size=4, **kwargs):
   kwargs = dict(process_index=0, process_count=1) | kwargs
-  return pipeline.make_pretraining_iterator(config, TOKENIZER, 'train', global_batch_size=batch_size,
-                                            corpus=corpus, **kwargs)
+  return pipeline.make_pretraining_iterator(data_testing.full_config(config, batch_size), TOKENIZER,
+                                            'train', corpus=corpus, **kwargs)
 
 
 def _take(iterator, num):
@@ -98,7 +98,7 @@ def test_empty_corpus_fails_at_start():
 
 
 def test_global_batch_must_divide_among_hosts():
-  with pytest.raises(ValueError, match='divisible'):
+  with pytest.raises(ValueError, match='config.train.batch_size=3 must be divisible'):
     _iterator(data_testing.data_config(), data_testing.random_corpus(), batch_size=3,
               process_index=0, process_count=2)
 
