@@ -1,0 +1,84 @@
+"""ELECTRA (Clark et al. 2020): generator + replaced-token discriminator, at the paper's sizes.
+
+  python -m experiments.pretrain --config configs/electra.py:small --workdir DIR
+  python -m experiments.pretrain --config configs/electra.py:tiny --workdir /tmp/electra_tiny
+
+Argument: `size` (tiny, small, base, large). Sizes and pretraining hyperparameters are
+the paper's Tables 6 and 7 (small also google-research/electra `configure_pretraining.py`);
+`tiny` keeps the BERT tiny data and training schedule for a laptop CPU.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from configs import bert, common
+from configs.model import get_model_config as get_bert_model_config
+
+# Clark et al. 2020, Table 6. The MLP is 4x hidden; base and large embed at full width.
+SIZES = {
+    #          layers, hidden, heads, embedding, generator width fraction
+    'tiny':   (2, 128, 2, 64, 1 / 4),
+    'small':  (12, 256, 4, 128, 1 / 4),
+    'base':   (12, 768, 12, 768, 1 / 3),
+    'large':  (24, 1024, 16, 1024, 1 / 4),
+}
+# Tables 6 and 7: peak learning rate, batch size, mask rate, train steps, sequence length.
+PRETRAINING = {
+    'small': (5e-4, 128, 0.15, 1_000_000, 128),
+    'base':  (2e-4, 256, 0.15, 766_000, 512),
+    'large': (2e-4, 2048, 0.25, 400_000, 512),
+}
+# The data and training sections start from BERT's at this size.
+BERT_SIZE = {'tiny': 'tiny', 'small': 'base', 'base': 'base', 'large': 'large'}
+
+
+def get_model_config(size: str) -> ml_collections.ConfigDict:
+  """The `config.model` section: the discriminator's BERT fields plus ELECTRA's."""
+  if size not in SIZES:
+    raise ValueError(f'Unknown ELECTRA size {size!r}; known sizes: {", ".join(SIZES)}.')
+  num_layers, hidden_size, num_heads, embedding_size, fraction = SIZES[size]
+  # The discriminator is a BERT encoder: the BERT fields describe it.
+  model = get_bert_model_config('base', num_layers=num_layers, hidden_size=hidden_size,
+                                num_heads=num_heads, intermediate_size=4 * hidden_size)
+  model.family = 'electra'
+  model.embedding_size = embedding_size  # Width of the shared embeddings; projected when != hidden.
+  model.generator_size_fraction = fraction  # Generator width / discriminator width.
+  # None derives a generator field as the released code does: hidden = round(fraction * hidden_size),
+  # heads = max(1, hidden // 64), MLP = 4 * hidden, layers = num_layers.
+  model.generator_hidden_size = config_dict.placeholder(int)
+  model.generator_num_heads = config_dict.placeholder(int)
+  model.generator_intermediate_size = config_dict.placeholder(int)
+  model.generator_num_layers = config_dict.placeholder(int)
+  model.rtd_weight = 50.0  # lambda: loss = MLM + rtd_weight * replaced-token detection loss.
+  model.sampling_temperature = 1.0  # Temperature of the generator softmax replacements come from.
+  return model
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, size='small')
+  model = get_model_config(arg.size)
+  config = bert.get_config(f'size={BERT_SIZE[arg.size]}')
+  config.model = model
+  # The released code (pretrain_helpers.mask): 85% of the predicted tokens become [MASK], the
+  # rest stay unchanged; none becomes a random token (replacing is the generator's job).
+  config.data.mask_token_prob = 0.85
+  config.data.random_token_prob = 0.0
+  if arg.size == 'tiny':
+    return config
+
+  learning_rate, batch_size, mask_rate, num_steps, seq_length = PRETRAINING[arg.size]
+  config.data.mask_rate = mask_rate
+  config.data.seq_length = seq_length
+  config.train.batch_size = batch_size
+  config.train.num_steps = num_steps
+  opt = config.optimizer  # Table 6: AdamW, linear warm-up then linear decay to 0.
+  opt.name = 'adamw'
+  opt.learning_rate = learning_rate
+  opt.warmup_steps = 10_000
+  opt.decay = 'linear'
+  opt.end_learning_rate_fraction = 0.0
+  opt.b1 = 0.9
+  opt.b2 = 0.999
+  opt.eps = 1e-6
+  opt.weight_decay = 0.01
+  opt.grad_clip_norm = 1.0  # The released optimization.py clips the global norm at 1.0.
+  return config

@@ -1,0 +1,153 @@
+"""ELECTRA (Clark et al. 2020): a small MLM generator and a replaced-token discriminator.
+
+Both networks read one shared embedding block (word, position and token-type tables
+and their LayerNorm, width `embedding_size`), as in the paper and the released code
+(`electra/embeddings` is shared; each network keeps its own `embeddings_project`).
+Each network projects the embeddings to its own width when they differ, then runs
+its own post-LN transformer stack:
+
+  generator      [embeddings_project] -> stack (width ~1/4..1/3) -> generator_predictions
+                 (dense to embedding_size, act, LayerNorm) -> tied word embeddings + bias
+  discriminator  [embeddings_project] -> stack -> discriminator_predictions
+                 (dense, act, dense to 1 logit per token)
+
+`ElectraPair` holds all of it once, so one train step runs both through
+`model.apply(..., method='generator')` and `model.apply(..., method='discriminator')`.
+Parameter names follow HF's `ElectraForMaskedLM` / `ElectraForPreTraining`
+(see `encoders/electra_interop.py`).
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from encoders.bert import default_inputs
+from encoders.config import ConfigError, EncoderConfig
+from encoders.heads import MaskedLMHead, gather_positions
+from encoders.layers import ACTIVATIONS, Embeddings, TransformerStack, attention_mask, dense
+
+GENERATOR_FIELDS = ('generator_hidden_size', 'generator_num_heads',
+                    'generator_intermediate_size', 'generator_num_layers')
+
+
+@dataclasses.dataclass(frozen=True)
+class ElectraConfig:
+  """The two encoders' configs and the width of the embeddings they share."""
+  discriminator: EncoderConfig
+  generator: EncoderConfig
+  embedding_size: int
+
+  @property
+  def embedding(self) -> EncoderConfig:
+    """The shared embeddings' config: the discriminator's, at width embedding_size."""
+    return dataclasses.replace(self.discriminator, hidden_size=self.embedding_size, num_heads=1)
+
+  @classmethod
+  def from_config(cls, model_config, prefix: str = 'model') -> 'ElectraConfig':
+    """Builds from `config.model`: the discriminator's BERT fields plus the ELECTRA fields.
+
+    A generator field left None follows the released code's `get_generator_config`:
+    hidden = round(generator_size_fraction * hidden), heads = max(1, hidden // 64),
+    MLP = 4 * hidden, as many layers as the discriminator.
+    """
+    values = dict(model_config.items()) if hasattr(model_config, 'items') else dict(model_config)
+    discriminator = EncoderConfig.from_config(values, prefix)
+
+    def fail(field, message):
+      raise ConfigError(f'{prefix}.{field}={values.get(field)!r}: {message}')
+
+    embedding_size = values.get('embedding_size') or discriminator.hidden_size
+    if not isinstance(embedding_size, int) or embedding_size <= 0:
+      fail('embedding_size', 'must be a positive integer (or None for hidden_size).')
+    fraction = values.get('generator_size_fraction', 0.25)
+    if not 0.0 < fraction <= 1.0:
+      fail('generator_size_fraction', 'must be in (0, 1]: the generator width over hidden_size.')
+    hidden = values.get('generator_hidden_size') or int(round(fraction * discriminator.hidden_size))
+    sizes = {
+        'generator_hidden_size': hidden,
+        'generator_num_heads': values.get('generator_num_heads') or max(1, hidden // 64),
+        'generator_intermediate_size': values.get('generator_intermediate_size') or 4 * hidden,
+        'generator_num_layers': values.get('generator_num_layers') or discriminator.num_layers,
+    }
+    for field, value in sizes.items():
+      if not isinstance(value, int) or value <= 0:
+        fail(field, f'gives {value!r}; must be a positive integer (or None to derive it).')
+    if hidden % sizes['generator_num_heads']:
+      fail('generator_num_heads', f'does not divide the generator width {hidden}.')
+    generator = dataclasses.replace(
+        discriminator, hidden_size=hidden, num_heads=sizes['generator_num_heads'],
+        intermediate_size=sizes['generator_intermediate_size'],
+        num_layers=sizes['generator_num_layers'])
+    return cls(discriminator=discriminator, generator=generator, embedding_size=embedding_size)
+
+
+class ProjectedStack(nn.Module):
+  """`embeddings_project` (only when the widths differ) and a transformer stack."""
+  config: EncoderConfig
+  embedding_size: int
+
+  @nn.compact
+  def __call__(self, embedded, mask, deterministic: bool):
+    """embedded [batch, length, embedding_size] -> [batch, length, hidden]."""
+    c = self.config
+    x = embedded
+    if self.embedding_size != c.hidden_size:
+      x = dense(c, c.hidden_size, ('embed', 'embed_out'), 'embeddings_project')(x)
+      x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return TransformerStack(c, name='layers')(x, mask, deterministic)
+
+
+class DiscriminatorHead(nn.Module):
+  """ELECTRA's per-token replaced/original head: dense, activation, dense to one logit."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, hidden):
+    """hidden [batch, length, hidden] -> logits [batch, length] (> 0: replaced)."""
+    c = self.config
+    x = ACTIVATIONS[c.hidden_act](dense(c, c.hidden_size, ('embed', 'embed_out'), 'dense')(hidden))
+    return dense(c, 1, ('embed', None), 'dense_prediction')(x)[..., 0].astype(jnp.float32)
+
+
+class ElectraPair(nn.Module):
+  """Generator and discriminator over one shared embedding block."""
+  config: ElectraConfig
+
+  def setup(self):
+    c = self.config
+    self.embeddings = Embeddings(c.embedding)
+    self.generator_encoder = ProjectedStack(c.generator, c.embedding_size)
+    # BERT's MLM head at the embedding width: dense to embedding_size, act, LayerNorm, tied decoder.
+    self.generator_predictions = MaskedLMHead(c.embedding)
+    self.discriminator_encoder = ProjectedStack(c.discriminator, c.embedding_size)
+    self.discriminator_predictions = DiscriminatorHead(c.discriminator)
+
+  def _encode(self, stack, input_ids, segment_ids, position_ids, token_type_ids, deterministic):
+    segment_ids, position_ids, token_type_ids = default_inputs(
+        input_ids, segment_ids, position_ids, token_type_ids)
+    embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic)
+    return stack(embedded, attention_mask(segment_ids), deterministic)
+
+  def generator(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,
+                masked_positions=None, *, deterministic: bool = True) -> jax.Array:
+    """MLM logits [batch, predictions, vocab] at masked_positions ([batch, length, vocab] if None)."""
+    hidden = self._encode(self.generator_encoder, input_ids, segment_ids, position_ids,
+                          token_type_ids, deterministic)  # [batch, length, generator hidden]
+    if masked_positions is not None:
+      hidden = gather_positions(hidden, masked_positions)  # [batch, predictions, generator hidden]
+    return self.generator_predictions(hidden, self.embeddings.attend)
+
+  def discriminator(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None, *,
+                    deterministic: bool = True) -> jax.Array:
+    """Replaced-token logits [batch, length] (> 0: the token was replaced)."""
+    hidden = self._encode(self.discriminator_encoder, input_ids, segment_ids, position_ids,
+                          token_type_ids, deterministic)  # [batch, length, hidden]
+    return self.discriminator_predictions(hidden)
+
+  def __call__(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,
+               masked_positions=None, *, deterministic: bool = True) -> dict[str, jax.Array]:
+    """Both networks on the same input (what `init` traces); training calls them one by one."""
+    inputs = (input_ids, segment_ids, position_ids, token_type_ids)
+    return {'mlm_logits': self.generator(*inputs, masked_positions, deterministic=deterministic),
+            'rtd_logits': self.discriminator(*inputs, deterministic=deterministic)}
