@@ -232,6 +232,7 @@ def _pair_examples(corpus, input_format, seq_length, short_seq_prob, rng):
         chunk, chunk_len = [], 0
         target = _draw_target(rng, max_tokens, short_seq_prob, 2)
       i += 1
+  stats['label_1'] = sum(builder.labels)  # Random next / swapped pairs.
   return builder.build(stats, with_labels=True)
 
 
