@@ -8,9 +8,9 @@ Three kinds, each set up as its paper's released tokenizer:
 - 'unigram' (ALBERT / DeBERTa, SentencePiece style): NFKD + strip accents + lowercase,
   Metaspace pre-tokenizer; <pad>=0, <unk>=1, [CLS]=2, [SEP]=3, [MASK]=4 (ALBERT's order).
 
-A tokenizer is a `tokenizer.json` in a directory: trained once and reused, or loaded from an
-HF checkpoint directory (`tokenizer.json`, `vocab.txt` for BERT, `vocab.json` + `merges.txt`
-for RoBERTa).
+A tokenizer is a `tokenizer.json` in a directory: trained once and reused (HF training is not
+deterministic, so it is never retrained behind a run's back), or loaded from an HF checkpoint
+directory (`tokenizer.json`, `vocab.txt` for BERT, `vocab.json` + `merges.txt` for RoBERTa).
 """
 import hashlib
 import json
@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Iterable
 
+import jax
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -138,6 +139,11 @@ def get_tokenizer(data_config, workdir: str | None) -> 'Tokenizer':
       raise ValueError(f'{folder}/{FILENAME} is a {tok.kind} tokenizer but config.data.tokenizer'
                        f'={data_config.tokenizer!r}: use another workdir or delete it.')
     return tok
+  if jax.process_count() > 1:
+    raise ValueError(f'No tokenizer in {folder}, and training one on each of '
+                     f'{jax.process_count()} hosts would give different vocabularies (HF training '
+                     'is not deterministic). Train it once: `python -m experiments.train_tokenizer '
+                     '--config ... --workdir DIR`, then set config.data.tokenizer_path=DIR/tokenizer.')
   from data import corpus  # pylint: disable=g-import-not-at-top
   texts, _ = corpus.read_documents(data_config, data_config.get('train_split', 'train'))
   logging.info('Training a %s tokenizer (vocab %d) on %d documents of %s.',
@@ -195,5 +201,8 @@ class Tokenizer:
     return self.backend.token_to_id(token)
 
   def save(self, folder: str) -> None:
+    """Writes <folder>/tokenizer.json atomically (readers never see a partial file)."""
     os.makedirs(folder, exist_ok=True)
-    self.backend.save(os.path.join(folder, FILENAME))
+    tmp = os.path.join(folder, f'.{FILENAME}.{os.getpid()}.tmp')
+    self.backend.save(tmp)
+    os.replace(tmp, os.path.join(folder, FILENAME))
