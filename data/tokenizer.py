@@ -150,6 +150,10 @@ def get_tokenizer(data_config, workdir: str | None) -> 'Tokenizer':
                data_config.tokenizer, data_config.vocab_size, len(texts), data_config.dataset)
   tok = train(data_config.tokenizer, texts, data_config.vocab_size, data_config.lowercase,
               num_texts=len(texts))
+  if tok.vocab_size < data_config.vocab_size:
+    logging.warning('The corpus only supports %d of the %d requested tokens: set '
+                    'config.model.vocab_size=%d, or use a larger corpus.', tok.vocab_size,
+                    data_config.vocab_size, tok.vocab_size)
   tok.save(folder)
   return tok
 
