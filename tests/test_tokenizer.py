@@ -127,3 +127,18 @@ def test_get_tokenizer_trains_once_and_reuses(tmp_path, monkeypatch):
   config.tokenizer_path = str(tmp_path / 'nothing')
   with pytest.raises(ValueError, match='holds no tokenizer'):
     tokenizer_lib.get_tokenizer(config, None)
+
+
+def test_roberta_files_match_transformers(trained, tmp_path):
+  """vocab.json + merges.txt load as RoBERTa's byte-level BPE (reference: the Python tokenizer)."""
+  trained['bpe'].backend.model.save(str(tmp_path))
+  ours = tokenizer_lib.load(str(tmp_path))
+  reference = transformers.RobertaTokenizer(str(tmp_path / 'vocab.json'),
+                                            str(tmp_path / 'merges.txt'))
+  assert ours.kind == 'bpe' and (ours.cls_id, ours.pad_id, ours.sep_id, ours.unk_id) == (
+      reference.cls_token_id, reference.pad_token_id, reference.sep_token_id,
+      reference.unk_token_id)
+  for sentence, (ids, _) in zip(SENTENCES, ours.encode_batch(SENTENCES)):
+    assert ids.tolist() == reference.encode(sentence, add_special_tokens=False)
+    assert ids.tolist() == trained['bpe'].encode_batch([sentence])[0][0].tolist()
+  assert ours.backend.encode('Hi there', 'Bye').ids == reference.encode('Hi there', 'Bye')
