@@ -1,0 +1,1 @@
+"""Training-step benchmarks of our encoder against HF Flax and PyTorch BERT (issue 5)."""

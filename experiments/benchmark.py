@@ -1,0 +1,215 @@
+"""Training-step throughput of our encoder against HF Flax and PyTorch BERT (issue 5).
+
+  python -m experiments.benchmark --shapes mini,small,base --seq 128 \
+      --systems ours,hf_flax,torch --out /tmp/bench
+
+Each (system, precision, shape, length) runs in its own process (`benchmarks/worker.py`),
+so threads and memory never mix and the peak RSS is that run's own. All systems get
+the same batch, length and 15% masking; ours predicts at the masked positions only,
+the references at every position (as run_mlm_flax does). MFU is model FLOPs/s over a
+large f32 matmul measured with jax here (and over the accelerator's table peak when
+there is one); 'useful' counts the MLM head at masked positions only. Prints a
+markdown table; with --out writes results.json and tokens_per_s.png.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+from benchmarks import measure
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Batch sizes at length 128 (tokens per step are kept at other lengths).
+DEFAULT_BATCH_AT_128 = {'tiny': 16, 'mini': 16, 'small': 8, 'medium': 8, 'base': 4, 'large': 2}
+SYSTEM_ALIASES = {'ours': ('ours',), 'hf_flax': ('hf_flax',), 'torch': ('torch', 'torch_compile'),
+                  'torch_eager': ('torch',), 'torch_compile': ('torch_compile',)}
+REFERENCE = 'hf_flax/f32'  # Speed-ups are relative to this.
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--shapes', default='mini,small,base', help='Sizes of configs/common.py.')
+  parser.add_argument('--seq', default='128', help='Sequence lengths, comma separated.')
+  parser.add_argument('--systems', default='ours,hf_flax,torch',
+                      help=f'Of {", ".join(SYSTEM_ALIASES)}; "torch" is eager and compiled.')
+  parser.add_argument('--precisions', default='f32,bf16')
+  parser.add_argument('--batch', type=int, default=None,
+                      help='Rows per step; default: 16/8/4 for mini/small/base at length 128, '
+                           'same tokens per step at other lengths.')
+  parser.add_argument('--mask-rate', type=float, default=0.15)
+  parser.add_argument('--warmup', type=int, default=2, help='Untimed steps after compilation.')
+  parser.add_argument('--steps', type=int, default=10, help='Timed steps.')
+  parser.add_argument('--max-time', type=float, default=60.0, help='Seconds of timed steps per run.')
+  parser.add_argument('--override', action='append', default=[],
+                      help='Field of config.model for ours, e.g. attention_dropout_rate=0.0.')
+  parser.add_argument('--no-peak', action='store_true', help='Skip the matmul peak measurement.')
+  parser.add_argument('--timeout', type=float, default=900.0, help='Seconds per run.')
+  parser.add_argument('--out', default=None, help='Directory for results.json and tokens_per_s.png.')
+  return parser.parse_args(argv)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+  if '=' not in text:
+    raise ValueError(f'--override {text!r}: use field=value, e.g. attention_dropout_rate=0.0.')
+  key, value = text.split('=', 1)
+  try:
+    return key.strip(), json.loads(value)
+  except json.JSONDecodeError:
+    return key.strip(), value
+
+
+def specs_from_args(args) -> list[measure.Spec]:
+  systems = []
+  for name in args.systems.split(','):
+    if name not in SYSTEM_ALIASES:
+      raise ValueError(f'--systems: unknown system {name!r}; choose from {", ".join(SYSTEM_ALIASES)}.')
+    systems.extend(SYSTEM_ALIASES[name])
+  precisions = args.precisions.split(',')
+  if bad := set(precisions) - {'f32', 'bf16'}:
+    raise ValueError(f'--precisions: unknown {sorted(bad)}; choose from f32, bf16.')
+  overrides = dict(parse_override(o) for o in args.override)
+  specs = []
+  for seq in (int(s) for s in args.seq.split(',')):
+    for shape in args.shapes.split(','):
+      if shape not in DEFAULT_BATCH_AT_128:
+        raise ValueError(f'--shapes: unknown shape {shape!r}; choose from {", ".join(DEFAULT_BATCH_AT_128)}.')
+      batch = args.batch or max(1, DEFAULT_BATCH_AT_128[shape] * 128 // seq)
+      for system in systems:
+        for precision in precisions:
+          specs.append(measure.Spec(
+              system=system, precision=precision, shape=shape, seq=seq, batch=batch,
+              mask_rate=args.mask_rate, warmup=args.warmup, steps=args.steps,
+              max_time=args.max_time, overrides=overrides if system == 'ours' else {}))
+  return specs
+
+
+def run_in_subprocess(spec: measure.Spec, timeout: float) -> dict:
+  """Runs one spec in a fresh Python process; its own peak RSS comes back in the result."""
+  load_before = os.getloadavg()[0]
+  start = time.perf_counter()
+  try:
+    process = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.worker', json.dumps(dataclasses.asdict(spec))],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [l for l in process.stdout.splitlines() if l.startswith('RESULT ')]
+    if lines:
+      result = json.loads(lines[-1].removeprefix('RESULT '))
+    else:
+      result = dict(spec=dataclasses.asdict(spec), name=spec.name, status='error',
+                    error=f'exit code {process.returncode}: {process.stderr[-2000:]}')
+  except subprocess.TimeoutExpired:
+    result = dict(spec=dataclasses.asdict(spec), name=spec.name, status='error',
+                  error=f'timed out after {timeout:.0f} s')
+  result.update(wall_s=time.perf_counter() - start, load_before=load_before)
+  return result
+
+
+def add_mfu(result: dict, peak: dict | None) -> None:
+  """MFU of a finished run over the measured matmul peak (and the accelerator's, if any)."""
+  if result['status'] != 'ok' or not peak or peak['status'] != 'ok':
+    return
+  tokens_per_s = result['tokens_per_s']['median']
+  cpu_peak = peak['f32_gflops']['max'] * 1e9
+  for kind in ('useful', 'executed'):
+    result[f'mfu_{kind}'] = result[f'flops_per_token_{kind}'] * tokens_per_s / cpu_peak
+  if peak['platform'] != 'cpu':
+    table_peak = next((v for k, v in measure.ACCELERATOR_PEAK_TFLOPS.items()
+                       if peak['device_kind'].startswith(k)), None)
+    if table_peak:
+      result['mfu_useful_accelerator'] = (
+          result['flops_per_token_useful'] * tokens_per_s / (table_peak * 1e12))
+
+
+def markdown_table(results: list[dict]) -> str:
+  reference = {(r['spec']['shape'], r['spec']['seq']): r['tokens_per_s']['median']
+               for r in results if r['name'] == REFERENCE and r['status'] == 'ok'}
+  lines = ['| shape | seq | batch | system | tokens/s median [p10-p90] | step ms | compile s '
+           '| peak RSS MB | MFU useful | MFU executed | vs HF Flax f32 |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in results:
+    s = r['spec']
+    if s['system'] == 'matmul_peak':
+      continue
+    head = f"| {s['shape']} | {s['seq']} | {s['batch']} | {r['name']} "
+    if r['status'] != 'ok':
+      lines.append(head + f"| {r['status']}: {r['error'].splitlines()[0][:80]} |||||||")
+      continue
+    t = r['tokens_per_s']
+    ref = reference.get((s['shape'], s['seq']))
+    mfu = lambda k: f"{100 * r[k]:.1f}%" if k in r else '-'
+    speedup = f"{t['median'] / ref:.2f}x" if ref else '-'
+    lines.append(
+        head + f"| {t['median']:,.0f} [{t['p10']:,.0f}-{t['p90']:,.0f}] "
+        f"| {1000 * r['step_s']['median']:,.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:,.0f} "
+        f"| {mfu('mfu_useful')} | {mfu('mfu_executed')} | {speedup} |")
+  return '\n'.join(lines)
+
+
+def plot(results: list[dict], path: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  ok = [r for r in results if r['status'] == 'ok' and r['spec']['system'] != 'matmul_peak']
+  seqs = sorted({r['spec']['seq'] for r in ok})
+  fig, axes = plt.subplots(1, max(len(seqs), 1), figsize=(7 * max(len(seqs), 1), 4.5), squeeze=False)
+  for ax, seq in zip(axes[0], seqs):
+    rows = [r for r in ok if r['spec']['seq'] == seq]
+    shapes = list(dict.fromkeys(r['spec']['shape'] for r in rows))
+    names = list(dict.fromkeys(r['name'] for r in rows))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+      for j, shape in enumerate(shapes):
+        match = [r for r in rows if r['name'] == name and r['spec']['shape'] == shape]
+        if match:
+          t = match[0]['tokens_per_s']
+          ax.bar(j + i * width, t['median'], width, color=f'C{i}', label=name if j == 0 else None,
+                 yerr=[[t['median'] - t['p10']], [t['p90'] - t['median']]], capsize=2)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes)
+    ax.set_ylabel('tokens/s (median, p10-p90)')
+    ax.set_title(f'training step, seq {seq}')
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  specs = specs_from_args(args)
+  results, peaks = [], []
+  if not args.no_peak:
+    peaks.append(run_in_subprocess(measure.Spec(system='matmul_peak'), args.timeout))
+  for i, spec in enumerate(specs):
+    print(f'[{i + 1}/{len(specs)}] {spec.name} {spec.shape} seq={spec.seq} batch={spec.batch}',
+          file=sys.stderr, flush=True)
+    results.append(run_in_subprocess(spec, args.timeout))
+    if results[-1]['status'] != 'ok':
+      print(f"  {results[-1]['status']}: {results[-1]['error'].splitlines()[0]}", file=sys.stderr)
+  if not args.no_peak:
+    peaks.append(run_in_subprocess(measure.Spec(system='matmul_peak'), args.timeout))
+  ok_peaks = [p for p in peaks if p['status'] == 'ok']
+  peak = max(ok_peaks, key=lambda p: p['f32_gflops']['max']) if ok_peaks else None
+  for result in results:
+    add_mfu(result, peak)
+  if peak:
+    print(f"matmul peak (jax, 2048^3): f32 {peak['f32_gflops']['max']:.0f} GFLOP/s, "
+          f"bf16 with f32 accumulation {peak['bf16_acc_f32_gflops']['max']:.0f} GFLOP/s "
+          f"({peak['device_kind']}, {os.cpu_count()} cores)")
+  print(markdown_table(results))
+  if args.out:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'results.json').write_text(json.dumps(
+        dict(args=vars(args), cpu_count=os.cpu_count(), matmul_peaks=peaks, results=results),
+        indent=1))
+    plot(results, out / 'tokens_per_s.png')
+  return results
+
+
+if __name__ == '__main__':
+  main()
