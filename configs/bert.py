@@ -19,6 +19,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Seeds parameter init, dropout and the data order.
   config.model = get_model_config(arg.size)
-  config.data = get_data_config()
+  config.data = get_data_config(
+      input_format='segment_pair_nsp',  # BERT: two spans of sentences + next-sentence prediction.
+      static_masking=True,  # BERT's create_pretraining_data.py masks once, dupe_factor=10 copies.
+  )
+  # One vocabulary size: a command-line override of model.vocab_size also sizes the tokenizer.
+  config.data.vocab_size = config.model.get_ref('vocab_size')
   config.update(get_training_config(arg.size))
   return config

@@ -18,4 +18,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.position_offset = 2  # fairseq counts positions from pad_token_id + 1.
   config.model.max_position_embeddings = 514  # 512 usable positions after the offset.
   config.model.layer_norm_eps = 1e-5
+  config.data.tokenizer = 'bpe'  # Byte-level BPE, cased.
+  config.data.lowercase = False
+  config.data.input_format = 'full_sentences'  # RoBERTa Table 2: no NSP, rows may cross documents.
+  config.data.short_seq_prob = 0.0  # RoBERTa always trains on full-length rows.
+  config.data.static_masking = False  # Dynamic masking (RoBERTa Table 1).
   return config
