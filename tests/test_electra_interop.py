@@ -1,0 +1,159 @@
+"""HF ELECTRA interop: parity with transformers (torch, CPU) on import, and export round trips."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from encoders import electra_interop
+from encoders.config import ConfigError
+from encoders.electra import ElectraConfig, ElectraPair
+
+BOUND = 1e-4
+HF_FIELDS = dict(vocab_size=60, embedding_size=24, max_position_embeddings=32,
+                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                 attn_implementation='eager')
+DISCRIMINATOR = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64)
+GENERATOR = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+  """Every weight random (LayerNorm scales around 1), so no parameter can be read wrongly unseen."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      noise = torch.randn(param.shape, generator=generator) * 0.2
+      param.copy_(noise + 1.0 if name.endswith('LayerNorm.weight') else noise)
+
+
+@pytest.fixture(scope='module')
+def hf_pair(tmp_path_factory):
+  """A random HF discriminator and generator sharing their embeddings, saved with safetensors."""
+  discriminator = transformers.ElectraForPreTraining(
+      transformers.ElectraConfig(**HF_FIELDS, **DISCRIMINATOR)).eval()
+  generator = transformers.ElectraForMaskedLM(
+      transformers.ElectraConfig(**HF_FIELDS, **GENERATOR)).eval()
+  randomise(discriminator, 0)
+  randomise(generator, 1)
+  generator.electra.embeddings.load_state_dict(discriminator.electra.embeddings.state_dict())
+  generator.tie_weights()
+  directories = {}
+  for name, model in (('discriminator', discriminator), ('generator', generator)):
+    directories[name] = str(tmp_path_factory.mktemp(name))
+    model.save_pretrained(directories[name], safe_serialization=True)
+  return discriminator, generator, directories
+
+
+def padded_batch():
+  rng = np.random.default_rng(0)
+  input_ids = rng.integers(1, 60, (2, 10)).astype(np.int32)
+  attention_mask = np.ones((2, 10), np.int32)
+  attention_mask[1, 6:] = 0
+  input_ids[attention_mask == 0] = 0
+  token_type_ids = (np.arange(10) >= 5).astype(np.int32)[None].repeat(2, 0) * attention_mask
+  return input_ids, attention_mask, token_type_ids
+
+
+def hf_outputs(discriminator, generator, batch):
+  inputs = {name: torch.from_numpy(array.astype(np.int64)) for name, array in
+            zip(('input_ids', 'attention_mask', 'token_type_ids'), batch)}
+  with torch.no_grad():
+    return discriminator(**inputs).logits.numpy(), generator(**inputs).logits.numpy()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def our_outputs(model, params, input_ids, attention_mask, token_type_ids):
+  # HF's attention_mask is our segment_ids: one segment per row, 0 at padding.
+  inputs = (input_ids, attention_mask, None, token_type_ids)
+  return (model.apply({'params': params}, *inputs, method='discriminator'),
+          model.apply({'params': params}, *inputs, method='generator'))
+
+
+def max_error(ours, theirs, attention_mask):
+  real = attention_mask.astype(bool)  # Padded positions differ by design (they attend to padding).
+  return float(np.max(np.abs(np.asarray(ours)[real] - theirs[real])))
+
+
+def test_import_matches_transformers(hf_pair, record_figure):
+  discriminator, generator, directories = hf_pair
+  model_config = electra_interop.read_model_config(directories['discriminator'],
+                                                   directories['generator'])
+  config = ElectraConfig.from_config(model_config)
+  assert (config.generator.hidden_size, config.discriminator.hidden_size) == (16, 32)
+  assert config.embedding_size == 24
+  model = ElectraPair(config)
+  params = electra_interop.load_params(model, directories['discriminator'], directories['generator'])
+
+  batch = padded_batch()
+  rtd_ours, mlm_ours = our_outputs(model, params, *batch)
+  rtd_hf, mlm_hf = hf_outputs(discriminator, generator, batch)
+  rtd_error, mlm_error = max_error(rtd_ours, rtd_hf, batch[1]), max_error(mlm_ours, mlm_hf, batch[1])
+  record_figure('rtd max|diff|', rtd_error, f'<= {BOUND}')
+  record_figure('mlm max|diff|', mlm_error, f'<= {BOUND}')
+  assert rtd_error <= BOUND and mlm_error <= BOUND
+  assert np.abs(rtd_hf).max() > 0.1 and np.abs(mlm_hf).max() > 0.1  # Not trivially small.
+
+  # Each network also loads on its own, with only its own parameters.
+  alone = electra_interop.load_params(model, discriminator_dir=directories['discriminator'])
+  assert set(alone) == {'embeddings', 'discriminator_encoder', 'discriminator_predictions'}
+  rtd_alone = model.apply({'params': alone}, batch[0], batch[1], None, batch[2],
+                          method='discriminator')
+  np.testing.assert_allclose(rtd_alone, rtd_ours, atol=1e-5)
+
+
+def test_export_round_trip_loads_in_transformers(tmp_path, record_figure):
+  config = ElectraConfig.from_config(dict(
+      vocab_size=60, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+      max_position_embeddings=32, embedding_size=24, generator_hidden_size=16,
+      generator_num_heads=2, hidden_dropout_rate=0.0, attention_dropout_rate=0.0))
+  model = ElectraPair(config)
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), ids)['params']
+  # Scale everything up from the 0.02 initialiser so a misplaced weight shows in the outputs.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.2, x.shape).astype(np.float32),
+                        nn.unbox(params))
+  directories = electra_interop.save_pair(str(tmp_path), model, params)
+
+  batch = padded_batch()
+  rtd_ours, mlm_ours = our_outputs(model, params, *batch)
+  loaded = {}
+  for network, cls in (('discriminator', transformers.ElectraForPreTraining),
+                       ('generator', transformers.ElectraForMaskedLM)):
+    loaded[network], info = cls.from_pretrained(directories[network], output_loading_info=True,
+                                                attn_implementation='eager')
+    assert all(not keys for keys in info.values()), info
+  rtd_hf, mlm_hf = hf_outputs(loaded['discriminator'].eval(), loaded['generator'].eval(), batch)
+  rtd_error, mlm_error = max_error(rtd_ours, rtd_hf, batch[1]), max_error(mlm_ours, mlm_hf, batch[1])
+  record_figure('rtd max|diff|', rtd_error, f'<= {BOUND}')
+  record_figure('mlm max|diff|', mlm_error, f'<= {BOUND}')
+  assert rtd_error <= BOUND and mlm_error <= BOUND
+
+  # And back: the exported pair reads in to the same parameters.
+  reloaded = electra_interop.load_params(model, directories['discriminator'],
+                                         directories['generator'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), reloaded, params)
+
+
+def test_mismatched_pairs_are_refused(hf_pair, tmp_path):
+  _, generator, directories = hf_pair
+  config = ElectraConfig.from_config(electra_interop.read_model_config(
+      directories['discriminator'], directories['generator']))
+  with torch.no_grad():
+    generator.electra.embeddings.position_embeddings.weight.add_(1.0)
+  try:
+    generator.save_pretrained(str(tmp_path), safe_serialization=True)
+  finally:
+    with torch.no_grad():
+      generator.electra.embeddings.position_embeddings.weight.sub_(1.0)
+  with pytest.raises(ValueError, match='not trained as a pair'):
+    electra_interop.load_params(ElectraPair(config), directories['discriminator'], str(tmp_path))
+  with pytest.raises(ConfigError, match='model.num_layers'):
+    small = ElectraConfig.from_config({**electra_interop.read_model_config(
+        directories['discriminator']), 'num_layers': 1})
+    electra_interop.load_params(ElectraPair(small), directories['discriminator'])
