@@ -120,7 +120,7 @@ def test_bert_pretraining_mlm_and_nsp(hf_bert_pretraining, record_figure):
   config_model = hf_interop.read_model_config(path)
   model = bert.EncoderForPreTraining(EncoderConfig.from_config(config_model), sentence_head=True)
   params = hf_interop.load_params(path, model)
-  ours = model.apply({'params': params}, **batch_inputs(input_ids, mask, token_type_ids))
+  ours = jax.jit(model.apply)({'params': params}, **batch_inputs(input_ids, mask, token_type_ids))
 
   mlm_diff = max_diff(ours['mlm_logits'], out.prediction_logits.numpy(), mask)
   nsp_diff = max_diff(ours['sentence_logits'], out.seq_relationship_logits.numpy())
@@ -130,7 +130,7 @@ def test_bert_pretraining_mlm_and_nsp(hf_bert_pretraining, record_figure):
 
   # Sparse MLM at masked_positions equals the dense logits (ours and HF's) gathered there.
   positions = np.array([[0, 3, 11, 5], [6, 1, 2, 0]], np.int32)
-  sparse = model.apply({'params': params}, **batch_inputs(input_ids, mask, token_type_ids),
+  sparse = jax.jit(model.apply)({'params': params}, **batch_inputs(input_ids, mask, token_type_ids),
                        masked_positions=positions)['mlm_logits']
   gathered = np.take_along_axis(np.asarray(ours['mlm_logits']), positions[:, :, None], axis=1)
   hf_gathered = np.take_along_axis(out.prediction_logits.numpy(), positions[:, :, None], axis=1)
@@ -151,19 +151,19 @@ def test_roberta_mlm_right_padded(hf_roberta_mlm, record_figure):
   assert config_model.position_offset == 2
   model = bert.EncoderForPreTraining(EncoderConfig.from_config(config_model))
   params = hf_interop.load_params(path, model)
-  ours = model.apply({'params': params}, **batch_inputs(input_ids, mask))['mlm_logits']
+  ours = jax.jit(model.apply)({'params': params}, **batch_inputs(input_ids, mask))['mlm_logits']
   diff = max_diff(ours, theirs, mask)
   record_figure('mlm_max_diff', diff, f'<= {TOL}')
   assert diff <= TOL
 
 
 def random_params(model, seed=0) -> dict:
-  """Our init, then every leaf perturbed (biases and LayerNorms too)."""
-  params = nn.unbox(model.init(jax.random.key(seed), np.zeros((1, 8), np.int32))['params'])
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(treedef, [
-      leaf + 0.2 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)])
+  """Random values (numpy, no compilation) for every param: kernels, biases, LayerNorms (around 1)."""
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 8), np.int32)))
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (rng.normal(size=leaf.shape) * 0.2
+                          + (path[-1].key == 'scale')).astype(np.float32), shapes['params'])
 
 
 def small_config(family: str) -> EncoderConfig:
@@ -212,7 +212,7 @@ def test_export_loads_in_transformers(family, make_model, arch, tmp_path, record
   with torch.no_grad():
     theirs = hf_model.eval()(input_ids=torch.from_numpy(input_ids),
                              attention_mask=torch.from_numpy(mask)).to_tuple()
-  ours = as_list(model.apply({'params': params}, **batch_inputs(input_ids, mask)))
+  ours = as_list(jax.jit(model.apply)({'params': params}, **batch_inputs(input_ids, mask)))
   assert len(ours) == len(theirs)
   diff = max(max_diff(o, t.numpy(), np.broadcast_to(mask[..., None] if o.ndim == 3 else mask, o.shape)
                       if per_token else None) for (o, per_token), t in zip(ours, theirs))
