@@ -58,6 +58,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model = get_model_config(arg.size)
   config = bert.get_config(f'size={BERT_SIZE[arg.size]}')
   config.model = model
+  config.data.vocab_size = model.get_ref('vocab_size')  # One vocabulary size, as in configs/bert.py.
+  # The released build_pretraining_dataset.py fills rows with whole sentences of one document
+  # (5% of rows get a random shorter length) and has no NSP; masks are drawn on the fly.
+  config.data.input_format = 'doc_sentences'
+  config.data.short_seq_prob = 0.05
+  config.data.static_masking = False
   # The released code (pretrain_helpers.mask): 85% of the predicted tokens become [MASK], the
   # rest stay unchanged; none becomes a random token (replacing is the generator's job).
   config.data.mask_token_prob = 0.85

@@ -1,0 +1,134 @@
+"""ELECTRA objective: corruption, replaced-token labels, loss weighting and stop-gradient."""
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import electra as electra_configs
+from encoders.config import ConfigError
+from encoders.electra import ElectraConfig
+from training import synthetic
+from training.electra_objective import ReplacedTokenDetection, corrupt, rtd_terms
+
+VOCAB = 40
+FORCED = 7  # The token the rigged generator always samples.
+CONFIG = ElectraConfig.from_config(dict(
+    vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+    max_position_embeddings=16, embedding_size=16, generator_size_fraction=0.5))
+
+
+def batch_with_forced_token():
+  """A contract batch (training/synthetic.py) where the first real masked slot of row 0 holds FORCED."""
+  batch = synthetic.make_batch(np.random.default_rng(0), 2, 12, 4, VOCAB, pairs=False)
+  batch['masked_ids'][0, 0] = FORCED
+  others = (batch['masked_ids'] == FORCED) & (batch['masked_weights'] > 0)
+  batch['masked_ids'][others] = FORCED + 1
+  batch['masked_ids'][0, 0] = FORCED
+  return batch
+
+
+def test_corrupt_writes_only_used_slots():
+  input_ids = np.array([[2, 4, 4, 9, 0], [2, 4, 8, 9, 3]], np.int32)  # 4 = [MASK]
+  positions = np.array([[1, 2, 0], [1, 0, 0]], np.int32)
+  masked_ids = np.array([[11, 12, 0], [13, 0, 0]], np.int32)
+  weights = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+  sampled = np.array([[11, 20, 21], [22, 23, 24]], np.int32)
+  original, corrupted = corrupt(input_ids, positions, masked_ids, weights, sampled)
+  np.testing.assert_array_equal(original, [[2, 11, 12, 9, 0], [2, 13, 8, 9, 3]])
+  np.testing.assert_array_equal(corrupted, [[2, 11, 20, 9, 0], [2, 22, 8, 9, 3]])
+
+
+def test_rtd_terms_match_numpy():
+  logits = np.array([[2.0, -1.0, 0.5, -3.0], [-0.5, 1.5, 3.0, 0.2]], np.float32)
+  replaced = np.array([[1, 0, 0, 1], [0, 1, 1, 0]], bool)
+  weights = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.float32)
+  loss, metrics = rtd_terms(logits, replaced, weights, 7.0)
+  probability = 1 / (1 + np.exp(-logits))
+  bce = -(replaced * np.log(probability) + (1 - replaced) * np.log(1 - probability))
+  np.testing.assert_allclose(loss, np.sum(bce * weights) / 7.0, rtol=1e-6)
+  # Real tokens: predicted replaced at (0,0), (0,2), (1,1), (1,2); replaced (0,0), (0,3), (1,1), (1,2).
+  expected = {'rtd_accuracy': (5, 7), 'rtd_precision': (3, 4), 'rtd_recall': (3, 4),
+              'replaced_fraction': (4, 7)}
+  for name, value in expected.items():
+    np.testing.assert_allclose([float(x) for x in metrics[name]], value)
+
+
+@pytest.fixture(scope='module')
+def rigged():
+  """Objectives with lambda = 50 and 0, parameters whose generator always samples FORCED."""
+  objectives = {weight: ReplacedTokenDetection(CONFIG, rtd_weight=weight) for weight in (50.0, 0.0)}
+  batch = batch_with_forced_token()
+  params = nn.unbox(jax.jit(objectives[50.0].init)(jax.random.key(0), batch))
+  params['generator_predictions']['bias'] = params['generator_predictions']['bias'].at[FORCED].set(1e4)
+  return objectives, params, batch
+
+
+def test_labels_loss_and_stop_gradient(rigged):
+  objectives, params, batch = rigged
+
+  # The discriminator's input expected from first principles: FORCED at every used slot.
+  expected = np.array(batch['input_ids'])
+  rows, slots = np.nonzero(batch['masked_weights'])
+  expected[rows, batch['masked_positions'][rows, slots]] = FORCED
+
+  @jax.jit
+  def run(params, batch, expected):
+    results = {}
+    for weight, objective in objectives.items():
+      (loss, metrics), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+          params, batch, jax.random.key(1), objective.denominators(batch), deterministic=True)
+      results[weight] = loss, metrics, grads
+    logits = objectives[0.0].model.apply({'params': params}, expected, batch['segment_ids'],
+                                         batch['position_ids'], batch['token_type_ids'],
+                                         method='discriminator')
+    return results, logits
+
+  results, logits = run(params, batch, expected)
+  loss, metrics, grads = results[50.0]
+  real = batch['segment_ids'] > 0
+  replaced = np.zeros_like(real)
+  replaced[rows, batch['masked_positions'][rows, slots]] = batch['masked_ids'][rows, slots] != FORCED
+  # Sampling the original token counts as original: slot (0, 0) is not replaced.
+  assert replaced.sum() == (batch['masked_weights'] > 0).sum() - 1
+  np.testing.assert_allclose([float(x) for x in metrics['replaced_fraction']],
+                             [replaced.sum(), real.sum()])
+  bce = np.logaddexp(0, logits) - replaced * logits  # -log sigmoid for 1, -log(1 - sigmoid) for 0.
+  rtd_loss = np.sum(bce * real) / real.sum()
+  np.testing.assert_allclose(metrics['rtd_loss'][0] / metrics['rtd_loss'][1], rtd_loss, rtol=1e-5)
+  mlm_loss = metrics['mlm_loss'][0] / metrics['mlm_loss'][1]
+  np.testing.assert_allclose(loss, mlm_loss + 50.0 * rtd_loss, rtol=1e-5)
+
+  # No gradient flows through the sampling: the generator's own weights get the MLM gradient only.
+  loss_0, _, grads_0 = results[0.0]
+  np.testing.assert_allclose(loss_0, mlm_loss, rtol=1e-6)
+  for name in ('generator_encoder', 'generator_predictions'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), grads[name], grads_0[name])
+  flat = flax.traverse_util.flatten_dict(grads_0['discriminator_encoder'])
+  assert all(float(jnp.abs(g).max()) == 0 for g in flat.values())
+  assert float(jnp.abs(grads['discriminator_encoder']['layers']['layer_0']['mlp']['output']['kernel']).max()) > 0
+
+
+def test_from_config_validates():
+  config = electra_configs.get_config('tiny')
+  objective = ReplacedTokenDetection.from_config(config)
+  assert (objective.rtd_weight, objective.temperature) == (50.0, 1.0)
+  config.model.sampling_temperature = 0.0
+  with pytest.raises(ConfigError, match='config.model.sampling_temperature'):
+    ReplacedTokenDetection.from_config(config)
+  config.model.sampling_temperature = 1.0
+  config.data.input_format = 'segment_pair_nsp'
+  with pytest.raises(ConfigError, match='config.data.input_format'):
+    ReplacedTokenDetection.from_config(config)
+
+
+# Clark et al. 2020, Table 1: train FLOPs of ELECTRA-Small (1M steps x 128 x 128 tokens) and
+# -Base (766k x 256 x 512). The paper counts some operations differently: agree within 25%.
+@pytest.mark.parametrize('size, steps, batch, seq_length, paper_flops', [
+    ('small', 1e6, 128, 128, 1.4e18), ('base', 766e3, 256, 512, 6.4e19)])
+def test_flops_agree_with_the_paper(size, steps, batch, seq_length, paper_flops):
+  objective = ReplacedTokenDetection.from_config(electra_configs.get_config(size))
+  num_predictions = int((0.15 + 0.005) * seq_length)  # The released code's max_predictions.
+  total = objective.flops_per_sequence(seq_length, num_predictions) * batch * steps
+  assert 0.75 < total / paper_flops < 1.25

@@ -1,0 +1,130 @@
+"""ELECTRA's pretraining objective (Clark et al. 2020): MLM generator + replaced-token detection.
+
+The batch's masked `input_ids` go through the generator (MLM loss at `masked_positions`);
+a replacement for every masked position is sampled from the generator's softmax (at
+`temperature`, without gradient) and written into the original sequence; the
+discriminator then labels every non-padding token original (0) or replaced (1). A
+sampled token equal to the original counts as original. The loss is
+
+  MLM + rtd_weight * RTD        (rtd_weight = lambda = 50 in the paper)
+
+both terms averaged over the global batch (predictions, resp. real tokens), as the
+released code does. It plugs into `training/objectives.py`'s interface.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+from encoders.config import ConfigError
+from encoders.electra import ElectraConfig, ElectraPair
+from training import flops
+from training.objectives import Metrics, mlm_terms
+
+# Validation runs without an rng; it samples replacements with this fixed key, so that
+# validation numbers of different steps see the same draws.
+EVAL_SAMPLING_SEED = 0
+
+
+def corrupt(input_ids, masked_positions, masked_ids, masked_weights, sampled_ids):
+  """(original ids, discriminator input) [batch, length] from the batch and the samples.
+
+  The original sequence is `input_ids` with `masked_ids` written back; the
+  discriminator's input is it with `sampled_ids` [batch, predictions] at the masked
+  positions. Unused prediction slots (weight 0) write nothing.
+  """
+  input_ids = jnp.asarray(input_ids)
+  batch, length = input_ids.shape
+  rows = jnp.arange(batch)[:, None]  # [batch, 1]
+  positions = jnp.where(masked_weights > 0, masked_positions, length)  # Out of range: dropped.
+  original = input_ids.at[rows, positions].set(masked_ids, mode='drop')
+  corrupted = original.at[rows, positions].set(sampled_ids.astype(input_ids.dtype), mode='drop')
+  return original, corrupted
+
+
+def rtd_terms(logits, replaced, token_weights, denominator) -> tuple[jax.Array, Metrics]:
+  """Per-token sigmoid cross-entropy; logits, replaced, token_weights [batch, length]."""
+  replaced = replaced.astype(jnp.float32)
+  loss_sum = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, replaced) * token_weights)
+  predicted = (logits > 0).astype(jnp.float32) * token_weights
+  actual = replaced * token_weights
+  hits = jnp.sum(predicted * actual)
+  count = jnp.sum(token_weights)
+  return loss_sum / denominator, {
+      'rtd_loss': (loss_sum, count),
+      'rtd_accuracy': (jnp.sum((predicted == actual) * token_weights), count),
+      'rtd_precision': (hits, jnp.sum(predicted)),  # Of the tokens called replaced.
+      'rtd_recall': (hits, jnp.sum(actual)),  # Of the replaced tokens.
+      'replaced_fraction': (jnp.sum(actual), count),  # Of all real tokens.
+  }
+
+
+class ReplacedTokenDetection:
+  """ELECTRA pretraining: one `ElectraPair`, both losses in one step."""
+
+  def __init__(self, model_config: ElectraConfig, rtd_weight: float = 50.0,
+               temperature: float = 1.0):
+    self.model = ElectraPair(model_config)
+    self.rtd_weight = rtd_weight
+    self.temperature = temperature
+
+  @classmethod
+  def from_config(cls, config) -> 'ReplacedTokenDetection':
+    """From a run config (`configs/electra.py`); bad values raise naming the field."""
+    model = config.model
+    if model.rtd_weight < 0:
+      raise ConfigError(f'config.model.rtd_weight={model.rtd_weight}: must be >= 0.')
+    if model.sampling_temperature <= 0:
+      raise ConfigError(f'config.model.sampling_temperature={model.sampling_temperature}: '
+                        'must be > 0 (1.0 samples from the generator softmax as is).')
+    if config.data.input_format not in ('full_sentences', 'doc_sentences'):
+      raise ConfigError(f'config.data.input_format={config.data.input_format!r}: ELECTRA has no '
+                        "sentence-level loss; use 'doc_sentences' or 'full_sentences'.")
+    return cls(ElectraConfig.from_config(model), model.rtd_weight, model.sampling_temperature)
+
+  def _inputs(self, batch, input_ids):
+    return (input_ids, batch['segment_ids'], batch['position_ids'], batch['token_type_ids'])
+
+  def init(self, rng, batch):
+    return self.model.init(rng, *self._inputs(batch, batch['input_ids']),
+                           batch['masked_positions'])['params']
+
+  def denominators(self, batch) -> dict[str, jax.Array]:
+    return {'mlm': jnp.maximum(jnp.sum(batch['masked_weights']), 1.0),
+            'rtd': jnp.maximum(jnp.sum(batch['segment_ids'] > 0).astype(jnp.float32), 1.0)}
+
+  def loss(self, params, batch, rng, denominators, deterministic: bool = False):
+    if rng is None:
+      rng = jax.random.key(EVAL_SAMPLING_SEED)
+    generator_rng, sampling_rng, discriminator_rng = jax.random.split(rng, 3)
+    apply = lambda method, input_ids, *extra, dropout_rng: self.model.apply(
+        {'params': params}, *self._inputs(batch, input_ids), *extra, method=method,
+        deterministic=deterministic, rngs=None if deterministic else {'dropout': dropout_rng})
+
+    mlm_logits = apply('generator', batch['input_ids'], batch['masked_positions'],
+                       dropout_rng=generator_rng)  # [batch, predictions, vocab]
+    mlm_loss, metrics = mlm_terms(mlm_logits, batch['masked_ids'], batch['masked_weights'],
+                                  denominators['mlm'])
+
+    sampled_ids = jax.random.categorical(
+        sampling_rng, jax.lax.stop_gradient(mlm_logits) / self.temperature)  # [batch, predictions]
+    original, corrupted = corrupt(batch['input_ids'], batch['masked_positions'],
+                                  batch['masked_ids'], batch['masked_weights'], sampled_ids)
+    rtd_logits = apply('discriminator', corrupted, dropout_rng=discriminator_rng)  # [batch, length]
+    rtd_loss, rtd_metrics = rtd_terms(rtd_logits, corrupted != original,
+                                      (batch['segment_ids'] > 0).astype(jnp.float32),
+                                      denominators['rtd'])
+    metrics.update(rtd_metrics)
+    return mlm_loss + self.rtd_weight * rtd_loss, metrics
+
+  def flops_per_sequence(self, seq_length: int, num_predictions: int) -> float:
+    """Training FLOPs of both networks for one sequence (as `training/flops.py` counts)."""
+    c = self.model.config
+    total = 0.0
+    for network in (c.generator, c.discriminator):
+      total += flops.flops_per_sequence(network, seq_length, 0, sentence_head=False)
+      if network.hidden_size != c.embedding_size:  # embeddings_project
+        total += 6 * seq_length * c.embedding_size * network.hidden_size
+    vocab = c.discriminator.vocab_size
+    generator_head = c.generator.hidden_size * c.embedding_size + c.embedding_size * vocab
+    discriminator_head = c.discriminator.hidden_size * (c.discriminator.hidden_size + 1)
+    return total + 6 * (num_predictions * generator_head + seq_length * discriminator_head)
