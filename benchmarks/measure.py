@@ -17,12 +17,6 @@ from configs import common
 VOCAB_SIZE = 30522
 SPECIAL_IDS = {'pad': 0, 'cls': 101, 'sep': 102, 'mask': 103}
 FIRST_WORD_ID = 1000  # Ids below this are special / unused in BERT's vocabulary.
-# Dense bf16 peaks (TFLOP/s) of the accelerators a run may find, by jax/torch device name.
-ACCELERATOR_PEAK_TFLOPS = {
-    'TPU v4': 275, 'TPU v5 lite': 197, 'TPU v5e': 197, 'TPU v5': 459, 'TPU v5p': 459,
-    'TPU v6 lite': 918, 'TPU v6e': 918, 'NVIDIA A100': 312, 'NVIDIA H100': 989,
-    'NVIDIA H200': 989, 'NVIDIA B200': 2250,
-}
 
 
 @dataclasses.dataclass
@@ -93,16 +87,6 @@ def synthetic_batch(spec: Spec, vocab_size: int = VOCAB_SIZE) -> dict[str, np.nd
       token_type_ids=np.zeros((b, length), np.int32), masked_positions=masked_positions,
       masked_ids=masked_ids, masked_weights=masked_weights,
       attention_mask=np.ones((b, length), np.int32), labels=labels)
-
-
-def flops_per_token(fields: dict, seq: int, head_fraction: float) -> float:
-  """Training FLOPs per token (3x the forward matmuls): encoder at every token, MLM head at
-  `head_fraction` of them. Uses training/flops.py when the trainer provides it."""
-  h, i, layers, v = (fields['hidden_size'], fields['intermediate_size'], fields['num_layers'],
-                     fields['vocab_size'])
-  per_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq * h  # Projections, MLP, QK^T and PV.
-  head = 2 * h * h + 2 * h * v  # Transform + tied decoder.
-  return 3 * (layers * per_layer + head_fraction * head)
 
 
 def percentile_stats(values: list[float]) -> dict:

@@ -1,72 +1,55 @@
-"""Our training step at a benchmark spec: `configs/bert.py:<shape>` plus overrides, sparse MLM.
+"""Our training step at a benchmark spec: the trainer's own jitted step (`training/trainer.py`).
 
-Until the trainer (`training/`) provides its step, this is the minimal equivalent: the
-pretraining model on the batch contract, softmax cross-entropy at `masked_positions`
-only, optax AdamW, state donated, dropout key folded from the step.
+Built from `configs/bert.py:<shape>` with the spec's batch, length, masking rate and
+precision (plus `spec.overrides` on `config.model`), on a one-device mesh, and fed the
+batch contract's sparse masked positions: exactly what `experiments.pretrain` runs.
 """
 import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.training import train_state
 
 from benchmarks.measure import Spec
 from configs import bert as bert_config
-from encoders.bert import EncoderForPreTraining
-from encoders.config import EncoderConfig
+from training import sharding, trainer
 
-MODEL_INPUTS = ('input_ids', 'segment_ids', 'position_ids', 'token_type_ids', 'masked_positions')
 DTYPES = {'f32': 'float32', 'bf16': 'bfloat16'}
+CONTRACT = ('input_ids', 'segment_ids', 'position_ids', 'token_type_ids', 'masked_positions',
+            'masked_ids', 'masked_weights')
 
 
-def model_config(spec: Spec) -> EncoderConfig:
+def make_config(spec: Spec):
   config = bert_config.get_config(spec.shape)
   config.model.dtype = DTYPES[spec.precision]
   config.model.update({k.removeprefix('model.'): v for k, v in spec.overrides.items()})
-  return EncoderConfig.from_config(config.model)
-
-
-def weight_decay_mask(params):
-  """Decay matrices only: no biases, LayerNorm scales or embeddings' LayerNorm."""
-  return jax.tree.map(lambda x: x.ndim > 1, params)
+  config.data.input_format = 'full_sentences'  # Packed rows, MLM only (no NSP head).
+  config.data.seq_length = spec.seq
+  config.data.mask_rate = spec.mask_rate
+  config.train.batch_size = spec.batch
+  config.mesh.shape = (1, 1, 1)
+  return config
 
 
 def build(spec: Spec, batch: dict[str, np.ndarray]):
   """-> (step: () -> None that runs and blocks on one step, compile_s, info)."""
-  config = model_config(spec)
-  model = EncoderForPreTraining(config)
-  inputs = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS + ('masked_ids', 'masked_weights')}
-  params = nn.unbox(jax.jit(model.init)(
-      jax.random.key(spec.seed), *(inputs[k] for k in MODEL_INPUTS))['params'])
-  tx = optax.adamw(1e-4, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, mask=weight_decay_mask)
-  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-
-  def loss_fn(params, batch, rng):
-    logits = model.apply({'params': params}, *(batch[k] for k in MODEL_INPUTS),
-                         deterministic=False, rngs={'dropout': rng})['mlm_logits']
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['masked_ids'])
-    weights = batch['masked_weights']
-    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-  def train_step(state, batch, rng):
-    rng = jax.random.fold_in(rng, state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-    return state.apply_gradients(grads=grads), loss
-
-  rng = jax.random.key(spec.seed + 1)
+  jax.config.update('jax_threefry_partitionable', True)  # As train_and_evaluate sets it.
+  config = make_config(spec)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  run = trainer.setup(config, mesh)
+  state = run.init_state(config.seed)
+  inputs = sharding.global_batch({k: batch[k] for k in CONTRACT}, mesh)
   start = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=0).lower(state, inputs, rng).compile()
+  with nn.logical_axis_rules(run.rules):
+    compiled = run.step_fn.lower(state, inputs).compile()
   compile_s = time.perf_counter() - start
   holder = [state]
 
   def step():
-    holder[0], loss = compiled(holder[0], inputs, rng)
-    loss.block_until_ready()
+    holder[0], sums = compiled(holder[0], inputs)
+    jax.block_until_ready(sums)
 
-  num_params = sum(x.size for x in jax.tree.leaves(params))
-  info = dict(num_params=int(num_params), trainer='benchmarks.ours_step (minimal)',
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  info = dict(num_params=int(num_params), trainer='training.trainer.setup(...).step_fn',
               head_positions=int(batch['masked_positions'].shape[1]))
   return step, compile_s, info

@@ -39,13 +39,17 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> dict:
 
 
 def flops(spec: measure.Spec, batch, head_positions: int) -> dict:
-  """Training FLOPs per token as executed (MLM head where the system runs it) and useful
-  (MLM head at masked positions only)."""
-  fields = measure.model_fields(spec)
-  useful_fraction = float(batch['masked_weights'].sum()) / (spec.batch * spec.seq)
-  return dict(
-      flops_per_token_executed=measure.flops_per_token(fields, spec.seq, head_positions / spec.seq),
-      flops_per_token_useful=measure.flops_per_token(fields, spec.seq, useful_fraction))
+  """Training FLOPs per token (training/flops.py's count) as executed (MLM head where the
+  system runs it) and useful (MLM head at masked positions only)."""
+  from encoders.config import EncoderConfig  # pylint: disable=g-import-not-at-top
+  from training import flops as flops_lib  # pylint: disable=g-import-not-at-top
+
+  model = EncoderConfig(**measure.model_fields(spec))
+  masked_per_row = float(batch['masked_weights'].sum()) / spec.batch
+  per_token = lambda predictions: flops_lib.flops_per_sequence(
+      model, spec.seq, predictions, sentence_head=False) / spec.seq
+  return dict(flops_per_token_executed=per_token(head_positions),
+              flops_per_token_useful=per_token(masked_per_row))
 
 
 def run(spec: measure.Spec) -> dict:

@@ -21,6 +21,7 @@ import sys
 import time
 
 from benchmarks import measure
+from training import flops
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Batch sizes at length 128 (tokens per step are kept at other lengths).
@@ -35,7 +36,8 @@ def parse_args(argv):
   parser.add_argument('--shapes', default='mini,small,base', help='Sizes of configs/common.py.')
   parser.add_argument('--seq', default='128', help='Sequence lengths, comma separated.')
   parser.add_argument('--systems', default='ours,hf_flax,torch',
-                      help=f'Of {", ".join(SYSTEM_ALIASES)}; "torch" is eager and compiled.')
+                      help=f'Of {", ".join(SYSTEM_ALIASES)} ("torch": eager and compiled), '
+                           'each optionally with :f32 or :bf16 (else every --precisions).')
   parser.add_argument('--precisions', default='f32,bf16')
   parser.add_argument('--batch', type=int, default=None,
                       help='Rows per step; default: 16/8/4 for mini/small/base at length 128, '
@@ -63,14 +65,15 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def specs_from_args(args) -> list[measure.Spec]:
-  systems = []
-  for name in args.systems.split(','):
+  variants = []  # (system, precision)
+  for item in args.systems.split(','):
+    name, _, precision = item.partition(':')
     if name not in SYSTEM_ALIASES:
       raise ValueError(f'--systems: unknown system {name!r}; choose from {", ".join(SYSTEM_ALIASES)}.')
-    systems.extend(SYSTEM_ALIASES[name])
-  precisions = args.precisions.split(',')
-  if bad := set(precisions) - {'f32', 'bf16'}:
-    raise ValueError(f'--precisions: unknown {sorted(bad)}; choose from f32, bf16.')
+    precisions = [precision] if precision else args.precisions.split(',')
+    if bad := set(precisions) - {'f32', 'bf16'}:
+      raise ValueError(f'--systems/--precisions: unknown precision {sorted(bad)}; choose f32 or bf16.')
+    variants.extend((s, p) for s in SYSTEM_ALIASES[name] for p in precisions)
   overrides = dict(parse_override(o) for o in args.override)
   specs = []
   for seq in (int(s) for s in args.seq.split(',')):
@@ -78,12 +81,11 @@ def specs_from_args(args) -> list[measure.Spec]:
       if shape not in DEFAULT_BATCH_AT_128:
         raise ValueError(f'--shapes: unknown shape {shape!r}; choose from {", ".join(DEFAULT_BATCH_AT_128)}.')
       batch = args.batch or max(1, DEFAULT_BATCH_AT_128[shape] * 128 // seq)
-      for system in systems:
-        for precision in precisions:
-          specs.append(measure.Spec(
-              system=system, precision=precision, shape=shape, seq=seq, batch=batch,
-              mask_rate=args.mask_rate, warmup=args.warmup, steps=args.steps,
-              max_time=args.max_time, overrides=overrides if system == 'ours' else {}))
+      for system, precision in variants:
+        specs.append(measure.Spec(
+            system=system, precision=precision, shape=shape, seq=seq, batch=batch,
+            mask_rate=args.mask_rate, warmup=args.warmup, steps=args.steps,
+            max_time=args.max_time, overrides=overrides if system == 'ours' else {}))
   return specs
 
 
@@ -117,11 +119,10 @@ def add_mfu(result: dict, peak: dict | None) -> None:
   for kind in ('useful', 'executed'):
     result[f'mfu_{kind}'] = result[f'flops_per_token_{kind}'] * tokens_per_s / cpu_peak
   if peak['platform'] != 'cpu':
-    table_peak = next((v for k, v in measure.ACCELERATOR_PEAK_TFLOPS.items()
-                       if peak['device_kind'].startswith(k)), None)
+    table_peak = next((v for k, v in flops.PEAK_FLOPS
+                       if k.lower() in peak['device_kind'].lower()), None)
     if table_peak:
-      result['mfu_useful_accelerator'] = (
-          result['flops_per_token_useful'] * tokens_per_s / (table_peak * 1e12))
+      result['mfu_useful_accelerator'] = result['flops_per_token_useful'] * tokens_per_s / table_peak
 
 
 def markdown_table(results: list[dict]) -> str:
