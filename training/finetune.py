@@ -1,0 +1,277 @@
+"""The fine-tuning loop: `finetune(config, workdir)` -> dev and test metrics.
+
+It differs from pretraining (training/trainer.py) in what it feeds and measures: labelled
+rows from data/finetune_data.py, a task head, per-task metrics on whole records, and model
+selection / early stopping on the dev split. It reuses the pretraining pieces: mesh and
+shardings (training/sharding.py), the AdamW/LAMB optimizer and schedule
+(training/optimizer.py), the train state, metric writers and orbax checkpoints. The best
+dev model is saved to <workdir>/checkpoints and its metrics to <workdir>/results.json.
+"""
+import functools
+import json
+import logging
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from data import finetune_data
+from encoders import bert
+from encoders.config import ConfigError, EncoderConfig
+from training import checkpointing, finetune_init, finetune_metrics, metrics, optimizer, sharding
+from training import state as state_lib
+
+INPUTS = ('input_ids', 'segment_ids', 'position_ids', 'token_type_ids')
+TARGETS = {'classification': ('label',), 'token_classification': ('labels', 'label_weights'),
+           'qa': ('start_positions', 'end_positions')}
+SELECTION_METRIC = {'classification': 'accuracy', 'token_classification': 'entity_f1', 'qa': 'f1'}
+
+
+def make_model(kind: str, model_config: EncoderConfig, num_labels: int | None, pooling: str):
+  if kind == 'classification':
+    return bert.EncoderForSequenceClassification(model_config, num_labels, pooling)
+  if kind == 'token_classification':
+    return bert.EncoderForTokenClassification(model_config, num_labels)
+  return bert.EncoderForQuestionAnswering(model_config)
+
+
+def layer_depths(params, num_layers: int):
+  """Depth per parameter: embeddings 0, layer_i i + 1, everything above num_layers + 1."""
+  def depth(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    if names[:2] == ['encoder', 'embeddings']:
+      return 0
+    if names[:2] == ['encoder', 'layers']:
+      return int(names[2].removeprefix('layer_')) + 1
+    return num_layers + 1
+  return jax.tree_util.tree_map_with_path(depth, params)
+
+
+def make_optimizer(opt_config, num_steps: int, num_layers: int):
+  """training/optimizer.py's optimizer, its updates scaled by layer_decay^(depth from the top)."""
+  tx, schedule = optimizer.make_optimizer(opt_config, num_steps)
+  decay = opt_config.layer_decay
+  if decay == 1.0:
+    return tx, schedule
+  if not 0.0 < decay <= 1.0:
+    raise ConfigError(f'config.optimizer.layer_decay={decay}: must be in (0, 1].')
+  scales = {f'depth_{d}': optax.scale(decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)}
+  labels = lambda params: jax.tree.map(lambda d: f'depth_{d}', layer_depths(params, num_layers))
+  return optax.chain(tx, optax.multi_transform(scales, labels)), schedule
+
+
+def class_weights(labels: np.ndarray, num_labels: int, mode: str) -> np.ndarray:
+  """Per-class loss weights: 'none' -> 1; 'balanced' -> n / (classes * count) (sklearn's)."""
+  if mode == 'none':
+    return np.ones(num_labels, np.float32)
+  if mode == 'balanced':
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float32)
+    return np.where(counts > 0, len(labels) / (num_labels * np.maximum(counts, 1)), 0.0).astype(np.float32)
+  raise ConfigError(f"config.head.class_weights={mode!r}: choose 'none' or 'balanced'.")
+
+
+def apply_model(model, params, batch, rng=None, deterministic=True):
+  return model.apply({'params': params}, *(batch[k] for k in INPUTS), deterministic=deterministic,
+                     rngs=None if deterministic else {'dropout': rng})
+
+
+def task_loss(outputs, batch, kind: str, weights_per_class):
+  """Weighted mean cross-entropy of the task; rows with row_weight 0 are padding."""
+  row_weight = batch['row_weight']
+  if kind == 'classification':
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs, batch['label'])
+    weight = row_weight * weights_per_class[batch['label']]
+  elif kind == 'token_classification':
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs, batch['labels'])
+    weight = batch['label_weights'] * row_weight[:, None]  # [batch, length]
+  else:
+    start_logits, end_logits = outputs
+    cross_entropy = 0.5 * (
+        optax.softmax_cross_entropy_with_integer_labels(start_logits, batch['start_positions'])
+        + optax.softmax_cross_entropy_with_integer_labels(end_logits, batch['end_positions']))
+    weight = row_weight
+  return jnp.sum(cross_entropy * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
+
+
+def train_step(state, batch, *, model, tx, schedule, kind, weights_per_class):
+  rng = jax.random.fold_in(state.rng, state.step)
+  loss_fn = lambda p: task_loss(apply_model(model, p, batch, rng, False), batch, kind,
+                                weights_per_class)
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state)
+  return new_state, dict(loss=loss, grad_norm=optax.global_norm(grads),
+                         learning_rate=schedule(state.step))
+
+
+def take(rows: dict, indices: np.ndarray, valid: np.ndarray | None = None) -> dict:
+  """A batch of rows (model inputs and targets) with row_weight (0 for padding rows)."""
+  batch = {k: v[indices] for k, v in rows.items() if k in INPUTS or k in sum(TARGETS.values(), ())}
+  batch['row_weight'] = (np.ones(len(indices)) if valid is None else valid).astype(np.float32)
+  return batch
+
+
+def predict(predict_fn, params, split: finetune_data.Split, batch_size: int, mesh):
+  """Model outputs for every row of `split` (numpy), in batches padded to `batch_size`."""
+  outputs = []
+  for start in range(0, len(split), batch_size):
+    indices = np.arange(start, min(start + batch_size, len(split)))
+    padded = np.concatenate([indices, np.zeros(batch_size - len(indices), np.int64)])
+    batch = {k: split.rows[k][padded] for k in INPUTS}
+    out = jax.device_get(predict_fn(params, sharding.global_batch(batch, mesh)))
+    outputs.append(jax.tree.map(lambda x: x[:len(indices)], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def evaluate(predict_fn, params, task: finetune_data.Task, split_name: str, config, mesh):
+  split = task.splits[split_name]
+  outputs = predict(predict_fn, params, split, config.train.eval_batch_size, mesh)
+  if task.kind == 'classification':
+    return finetune_metrics.classification_metrics(
+        outputs, split.example_index, np.asarray(split.references), len(task.label_names))
+  if task.kind == 'token_classification':
+    return finetune_metrics.tagging_metrics(outputs, split.rows['word_index'], split.example_index,
+                                            split.references, task.label_names)
+  return finetune_metrics.qa_metrics(*outputs, split, config.data.max_answer_length)
+
+
+def _validate(config, mesh) -> None:
+  dp = sharding.data_parallel_size(mesh)
+  for field in ('batch_size', 'eval_batch_size'):
+    if config.train[field] <= 0 or config.train[field] % dp:
+      raise ConfigError(f'config.train.{field}={config.train[field]}: must be a positive multiple '
+                        f'of the data-parallel size {dp}.')
+  if config.train.num_epochs <= 0:
+    raise ConfigError(f'config.train.num_epochs={config.train.num_epochs}: must be positive.')
+  if config.head.pooling not in ('cls', 'mean', 'max'):
+    raise ConfigError(f"config.head.pooling={config.head.pooling!r}: choose 'cls', 'mean' or 'max'.")
+
+
+class _InitAdapter:
+  """The `init(rng, batch)` that training/state.py's sharded initialisation calls."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def init(self, rng, batch):
+    return self.model.init(rng, *(batch[k] for k in INPUTS))['params']
+
+
+def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> dict:
+  """Fine-tunes per `config` in `workdir`; returns {'dev': ..., 'test': ..., ...} metrics.
+
+  `task` (built by data/finetune_data.py) replaces the one config.task names; tests pass
+  small built tasks this way.
+  """
+  started = time.perf_counter()
+  jax.config.update('jax_threefry_partitionable', True)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules(config.mesh)
+  _validate(config, mesh)
+  source = finetune_init.resolve(config, workdir)
+  model_config = EncoderConfig.from_config(source.model_config)
+  if task is None:
+    task = finetune_data.build_task(config, source.tokenizer, model_config.type_vocab_size > 1)
+  length = task.splits['train'].rows['input_ids'].shape[1]
+  if length + model_config.position_offset > model_config.max_position_embeddings:
+    raise ConfigError(f'config.data.max_length={length} exceeds the model\'s '
+                      f'{model_config.max_position_embeddings} positions.')
+  num_labels = len(task.label_names) if task.label_names else None
+  model = make_model(task.kind, model_config, num_labels, config.head.pooling)
+  train_rows = task.splits['train'].rows
+  weights_per_class = jnp.asarray(class_weights(train_rows['label'], num_labels, config.head.class_weights)
+                                  if task.kind == 'classification' else np.ones(1, np.float32))
+
+  num_train = len(task.splits['train'])
+  batch_size = config.train.batch_size
+  num_steps = max(1, int(np.ceil(config.train.num_epochs * num_train / batch_size)))
+  steps_per_epoch = max(1, int(np.ceil(num_train / batch_size)))
+  eval_every = config.train.eval_every or steps_per_epoch
+  opt_config = config.optimizer.copy_and_resolve_references()
+  with opt_config.unlocked():
+    opt_config.warmup_steps = int(opt_config.warmup_fraction * num_steps)
+  tx, schedule = make_optimizer(opt_config, num_steps, model_config.num_layers)
+
+  # Parameters: the model's own init gives shapes, logical axes and the new head.
+  init_rng, head_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  init_model = _InitAdapter(model)
+  shapes = {k: ((batch_size,) + train_rows[k].shape[1:], np.int32) for k in INPUTS}
+  _, state_shardings = state_lib.state_shardings(init_model, tx, shapes, mesh, rules)
+  example = state_lib.example_batch(shapes)
+  fresh = jax.jit(lambda rng: nn.unbox(init_model.init(rng, example)),
+                  out_shardings=state_shardings.params)(init_rng)
+  params, new = finetune_init.initial_params(source, model, fresh, head_rng, config.reinit)
+  logging.info('Fine-tuning %s from %s (%s); new: %s', task.kind, source.kind, source.path, new)
+  state = jax.jit(lambda p, rng: state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=rng),
+                  out_shardings=state_shardings)(
+                      jax.device_put(params, state_shardings.params), dropout_rng)
+
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                                      kind=task.kind, weights_per_class=weights_per_class),
+                    in_shardings=(state_shardings, batch_sharding),
+                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  param_shardings = state_shardings.params
+  predict_fn = jax.jit(lambda p, batch: apply_model(model, p, batch),
+                       in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
+
+  writer = metrics.MetricWriter(workdir, jax.process_index() == 0)
+  selection = SELECTION_METRIC[task.kind]
+  order = np.random.default_rng(config.seed)
+  stream = np.concatenate([order.permutation(num_train)
+                           for _ in range(int(np.ceil(num_steps * batch_size / num_train)))])
+  best = dict(score=-np.inf, step=0, params=None, dev={})
+  evaluations_without_gain = 0
+  with nn.logical_axis_rules(rules):
+    for step in range(num_steps):
+      batch = take(train_rows, stream[step * batch_size:(step + 1) * batch_size])
+      state, step_metrics = step_fn(state, sharding.global_batch(batch, mesh))
+      done = step + 1
+      if done % config.train.log_every == 0 or done == num_steps:
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if not np.isfinite(values['loss']):
+          raise FloatingPointError(f'Non-finite fine-tuning loss at step {done}: lower '
+                                   'config.optimizer.learning_rate.')
+        writer.write(done, values, 'train')
+      if done % eval_every == 0 or done == num_steps:
+        dev = evaluate(predict_fn, state.params, task, 'dev', config, mesh)
+        writer.write(done, dev, 'dev')
+        if dev[selection] > best['score']:
+          best.update(score=dev[selection], step=done, dev=dev,
+                      params=jax.device_get(state.params))
+          evaluations_without_gain = 0
+        else:
+          evaluations_without_gain += 1
+          if config.train.patience and evaluations_without_gain >= config.train.patience:
+            logging.info('Early stopping at step %d (best dev %s=%.4f at step %d).', done,
+                         selection, best['score'], best['step'])
+            break
+    best_params = jax.device_put(best['params'], param_shardings)
+    test = evaluate(predict_fn, best_params, task, 'test', config, mesh)
+  writer.write(best['step'], test, 'test')
+  writer.close()
+
+  manager = checkpointing.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
+  checkpointing.save(manager, best['step'], {'params': best_params}, {'task': config.task}, config)
+  manager.wait_until_finished()
+  manager.close()
+  result = dict(task=config.task, init_from=source.kind, reinit=bool(config.reinit),
+                best_step=best['step'], steps_run=done, num_steps=num_steps,
+                train_rows=num_train, new_parameters=new, dev=best['dev'], test=test,
+                wall_seconds=time.perf_counter() - started)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  logging.info('Fine-tuning results: %s', result)
+  return result
+

@@ -1,0 +1,121 @@
+"""Where a fine-tuned encoder starts: our pretraining workdir, an HF checkpoint, or random init.
+
+`resolve(config, workdir)` finds the architecture and tokenizer; `initial_params(...)` fills
+the task model's parameters: every encoder weight comes from the source (only BERT's pooler
+may be new, when pretraining had no NSP head), the task head is always new.
+"""
+import dataclasses
+import json
+import logging
+import os
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+from data import tokenizer as tokenizer_lib
+from encoders import hf_interop
+from training import checkpointing
+
+POOLER = ('encoder', 'pooler')
+
+
+@dataclasses.dataclass
+class Source:
+  kind: str  # 'workdir', 'hf' or 'none'.
+  path: str | None
+  model_config: ml_collections.ConfigDict  # The `config.model` section of the encoder.
+  tokenizer: tokenizer_lib.Tokenizer
+  pretrained: dict | None = None  # Workdir: its 'params' tree (numpy).
+
+
+def _is_hf_dir(path: str) -> bool:
+  return os.path.exists(os.path.join(path, 'config.json'))
+
+
+def _pretraining_checkpoint(path: str):
+  manager = checkpointing.make_manager(path, read_only=True)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f'config.init_from={path!r}: no complete checkpoint in '
+                     f'{checkpointing.checkpoint_dir(path)}; pretrain first, or give an HF '
+                     "checkpoint directory, or 'none'.")
+  return manager, step
+
+
+def resolve(config, workdir: str) -> Source:
+  """The encoder's source named by config.init_from ('none', a workdir or an HF directory)."""
+  init_from = config.init_from
+  if init_from in (None, '', 'none'):
+    tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
+    model = ml_collections.ConfigDict(config.model.to_dict())
+    if tokenizer.vocab_size != model.vocab_size:
+      raise ValueError(f'config.model.vocab_size={model.vocab_size} but the tokenizer has '
+                       f'{tokenizer.vocab_size} tokens: set --config.model.vocab_size.')
+    model.pad_token_id = tokenizer.pad_id
+    return Source('none', None, model, tokenizer)
+  path = os.path.abspath(os.path.expanduser(init_from))
+  if _is_hf_dir(path):
+    return Source('hf', path, hf_interop.read_model_config(path), tokenizer_lib.load(path))
+  if os.path.isdir(checkpointing.checkpoint_dir(path)):
+    manager, step = _pretraining_checkpoint(path)
+    pretrain_config = checkpointing.restore_config(manager, step)
+    if pretrain_config.model.get('family', 'bert') not in hf_interop.FAMILIES:
+      raise ValueError(f'config.init_from={path!r} is a {pretrain_config.model.family} model; '
+                       f'fine-tuning supports {hf_interop.FAMILIES}.')
+    state, _ = checkpointing.restore(manager, step, None, with_data=False)
+    manager.close()
+    params = jax.tree.map(np.asarray, state['params'])
+    tokenizer = tokenizer_lib.get_tokenizer(pretrain_config.data, path)
+    logging.info('Fine-tuning from %s step %d.', path, step)
+    return Source('workdir', path, pretrain_config.model, tokenizer, params)
+  raise ValueError(f'config.init_from={init_from!r} is neither an HF checkpoint directory '
+                   '(config.json + model.safetensors) nor a pretraining workdir (checkpoints/), '
+                   "nor 'none'.")
+
+
+def _hf_tensor_names(path: str) -> set[str]:
+  index = os.path.join(path, 'model.safetensors.index.json')
+  if os.path.exists(index):
+    with open(index) as f:
+      return set(json.load(f)['weight_map'])
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(os.path.join(path, 'model.safetensors'), 'numpy') as f:
+    return set(f.keys())
+
+
+def initial_params(source: Source, model, fresh_params: dict, rng: jax.Array,
+                   reinit: bool = False) -> tuple[dict, list[str]]:
+  """(params of `model` as numpy, names of the subtrees initialised fresh).
+
+  `fresh_params` is the model's own random init (unboxed); it is returned as is for
+  init_from='none' or reinit.
+  """
+  fresh = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, fresh_params))
+  if source.kind == 'none' or reinit:
+    return flax.traverse_util.unflatten_dict(fresh), ['all']
+  heads = sorted({path[0] for path in fresh if path[0] != 'encoder'})
+  has_pooler = any(path[:2] == POOLER for path in fresh)
+  if source.kind == 'hf':
+    names = _hf_tensor_names(source.path)
+    new = list(heads)
+    if has_pooler and not any(n.endswith('pooler.dense.weight') for n in names):
+      new.append('/'.join(POOLER))
+    return hf_interop.load_params(source.path, model, fresh=tuple(new), rng=rng), new
+  pretrained = flax.traverse_util.flatten_dict(source.pretrained)
+  params, new = {}, set(heads)
+  for path, value in fresh.items():
+    if path[0] != 'encoder':
+      params[path] = value
+    elif path in pretrained:
+      if pretrained[path].shape != value.shape:
+        raise ValueError(f'{"/".join(path)}: checkpoint shape {pretrained[path].shape}, model '
+                         f'{value.shape}.')
+      params[path] = pretrained[path].astype(value.dtype)
+    elif path[:2] == POOLER:
+      params[path] = value
+      new.add('/'.join(POOLER))
+    else:
+      raise ValueError(f'{source.path} lacks the encoder parameter {"/".join(path)}.')
+  return flax.traverse_util.unflatten_dict(params), sorted(new)
