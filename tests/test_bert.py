@@ -1,0 +1,175 @@
+"""encoders.bert / layers / config from first principles: packing, masking, dtypes, axes, remat, errors."""
+import dataclasses
+import functools
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import bert as bert_config
+from encoders import bert
+from encoders.config import ConfigError, EncoderConfig
+
+CONFIG = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
+                       max_position_embeddings=16, hidden_dropout_rate=0.0,
+                       attention_dropout_rate=0.0)
+LENGTH = 12
+
+
+def init_params(model, seed=0):
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, LENGTH), jnp.int32))['params'])
+
+
+@pytest.fixture(scope='module')
+def encoder():
+  """(apply, params) of a tiny Encoder: apply(params, ids, segments, positions, types) -> hidden."""
+  model = bert.Encoder(CONFIG)
+  apply = jax.jit(lambda params, *inputs: model.apply({'params': params}, *inputs)[0])
+  return apply, init_params(model)
+
+
+def test_packed_row_equals_examples_alone(encoder):
+  apply, params = encoder
+  rng = np.random.default_rng(0)
+  first, second = rng.integers(5, 50, 5), rng.integers(5, 50, 4)
+  first_types, second_types = np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 1])
+  ids = np.zeros((3, LENGTH), np.int32)
+  segments, positions, types = np.zeros_like(ids), np.zeros_like(ids), np.zeros_like(ids)
+  # Row 0: both examples packed; rows 1, 2: each alone, padded.
+  ids[0, :9], segments[0, :9] = np.r_[first, second], np.r_[[1] * 5, [2] * 4]
+  positions[0, :9], types[0, :9] = np.r_[np.arange(5), np.arange(4)], np.r_[first_types, second_types]
+  for row, example, example_types in ((1, first, first_types), (2, second, second_types)):
+    n = len(example)
+    ids[row, :n], segments[row, :n], positions[row, :n], types[row, :n] = (
+        example, 1, np.arange(n), example_types)
+  hidden = np.asarray(apply(params, ids, segments, positions, types))
+  np.testing.assert_allclose(hidden[0, :5], hidden[1, :5], atol=1e-5)
+  np.testing.assert_allclose(hidden[0, 5:9], hidden[2, :4], atol=1e-5)
+  assert np.abs(hidden[0, :5] - hidden[2, :5]).max() > 0.1  # Different inputs do differ.
+
+
+def test_padding_keys_are_masked(encoder):
+  apply, params = encoder
+  ids = np.array([[2, 7, 8, 9, 3, 0, 0, 0, 0, 0, 0, 0]] * 2, np.int32)
+  segments = (np.arange(LENGTH) < 5).astype(np.int32)[None].repeat(2, 0)
+  positions = np.arange(LENGTH)[None].repeat(2, 0) * segments
+  ids[1, 5:] = np.arange(30, 37)  # Other tokens, same segment 0, at the padding.
+  hidden = np.asarray(apply(params, ids, segments, positions, np.zeros_like(ids)))
+  np.testing.assert_allclose(hidden[0, :5], hidden[1, :5], atol=1e-6)
+  # The same change inside the segment does change the real tokens.
+  ids[1, 5:], segments[1, 5:] = ids[0, 5:], 0
+  ids[1, 3] = 40
+  hidden = np.asarray(apply(params, ids, segments, positions, np.zeros_like(ids)))
+  assert np.abs(hidden[0, :3] - hidden[1, :3]).max() > 1e-3
+
+
+def test_bf16_compute_with_f32_params_stays_close():
+  model_f32 = bert.Encoder(CONFIG)
+  model_bf16 = bert.Encoder(dataclasses.replace(CONFIG, dtype='bfloat16'))
+  params = init_params(model_bf16)
+  assert {leaf.dtype for leaf in jax.tree.leaves(nn.unbox(params))} == {jnp.dtype('float32')}
+  ids = np.random.default_rng(0).integers(0, 50, (2, LENGTH)).astype(np.int32)
+  hidden_f32 = jax.jit(model_f32.apply)({'params': params}, ids)[0]
+  hidden_bf16 = jax.jit(model_bf16.apply)({'params': params}, ids)[0]
+  assert hidden_bf16.dtype == jnp.bfloat16
+  diff = np.abs(np.asarray(hidden_bf16, np.float32) - np.asarray(hidden_f32))
+  assert diff.max() < 0.1 and diff.mean() < 0.02  # LayerNorm outputs: entries of order 1.
+
+
+# Logical axis names of every parameter of a model with all heads (path regex -> names).
+EXPECTED_AXES = (
+    (r'.*embeddings/word_embeddings/embedding', ('vocab', 'embed')),
+    (r'.*embeddings/(position|token_type)_embeddings/embedding', (None, 'embed')),
+    (r'.*layer_norm/(scale|bias)', ('embed',)),
+    (r'.*attention/(query|key|value)/kernel', ('embed', 'heads', 'kv')),
+    (r'.*attention/(query|key|value)/bias', ('heads', 'kv')),
+    (r'.*attention/output/kernel', ('heads', 'kv', 'embed')),
+    (r'.*attention/output/bias', ('embed',)),
+    (r'.*mlp/intermediate/kernel', ('embed', 'mlp')),
+    (r'.*mlp/intermediate/bias', ('mlp',)),
+    (r'.*mlp/output/kernel', ('mlp', 'embed')),
+    (r'.*mlp/output/bias', ('embed',)),
+    (r'.*(pooler/dense|mlm_head/transform)/kernel', ('embed', 'embed_out')),
+    (r'.*(pooler/dense|mlm_head/transform)/bias', ('embed_out',)),
+    (r'mlm_head/bias', ('vocab',)),
+    (r'sentence_order_head/dense/kernel', ('embed', None)),
+    (r'sentence_order_head/dense/bias', (None,)),
+)
+
+
+def test_every_param_has_the_expected_logical_axes():
+  model = bert.EncoderForPreTraining(CONFIG, sentence_head=True)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))['params']
+  leaves = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+  flat = {'/'.join(key.key for key in path): leaf for path, leaf in leaves}
+  assert len(flat) == 30  # 5 embedding, 16 layer, 2 pooler, 5 MLM, 2 NSP.
+  for path, leaf in flat.items():
+    matches = [axes for pattern, axes in EXPECTED_AXES if re.fullmatch(pattern, path)]
+    assert len(matches) == 1, f'{path}: {len(matches)} table entries'
+    assert isinstance(leaf, nn.Partitioned) and leaf.names == matches[0], path
+    assert len(leaf.names) == leaf.value.ndim, path
+
+
+@pytest.mark.parametrize('overrides,field', [
+    (dict(hidden_size=30, num_heads=4), 'model.hidden_size'),
+    (dict(dtype='float64'), 'model.dtype'),
+    (dict(param_dtype='f32'), 'model.param_dtype'),
+    (dict(hidden_act='swish'), 'model.hidden_act'),
+    (dict(num_layers=0), 'model.num_layers'),
+    (dict(pad_token_id=30522), 'model.pad_token_id'),
+    (dict(remat_policy='some'), 'model.remat_policy'),
+    (dict(attention_dropout_rate=1.0), 'model.attention_dropout_rate'),
+])
+def test_config_errors_name_the_field(overrides, field):
+  config = bert_config.get_config('tiny').model
+  config.update(overrides)
+  with pytest.raises(ConfigError, match=re.escape(field)):
+    EncoderConfig.from_config(config)
+
+
+def test_unknown_size_is_named():
+  with pytest.raises(ValueError, match="'huge'.*tiny, mini"):
+    bert_config.get_config('huge')
+
+
+def mlm_loss_grads(remat_policy: str, params, batch):
+  """Gradients of an MLM loss; deterministic=False exercises the remat's static argument."""
+  model = bert.EncoderForPreTraining(dataclasses.replace(CONFIG, remat_policy=remat_policy))
+
+  def loss(params):
+    logits = model.apply({'params': params}, batch['ids'], masked_positions=batch['positions'],
+                         deterministic=False)['mlm_logits']
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch['labels'][..., None], -1))
+
+  return jax.jit(jax.grad(loss))(params)
+
+
+def test_remat_policies_give_the_same_gradients():
+  params = init_params(bert.EncoderForPreTraining(CONFIG))
+  rng = np.random.default_rng(0)
+  batch = dict(ids=rng.integers(0, 50, (2, LENGTH)).astype(np.int32),
+               positions=np.array([[1, 4, 7], [0, 2, 11]], np.int32),
+               labels=rng.integers(0, 50, (2, 3)).astype(np.int32))
+  reference = mlm_loss_grads('none', params, batch)
+  assert float(jnp.abs(reference['encoder']['layers']['layer_0']['mlp']['output']['kernel']).max()) > 0
+  for policy in ('full', 'dots'):
+    grads = mlm_loss_grads(policy, params, batch)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6, rtol=1e-5), grads, reference)
+
+
+def test_attention_dropout_path_equals_fused_path():
+  # A rate so small that every probability is kept and scaled by exactly 1 in float32: the spelled-out
+  # softmax path (taken when dropout is on) must then equal jax.nn.dot_product_attention.
+  model = bert.Encoder(dataclasses.replace(CONFIG, attention_dropout_rate=1e-9))
+  params = init_params(model)
+  ids = np.random.default_rng(0).integers(0, 50, (2, LENGTH)).astype(np.int32)
+  segments = np.array([[1] * 7 + [2] * 3 + [0] * 2, [1] * 12], np.int32)
+
+  def run(deterministic):
+    return jax.jit(lambda p: model.apply({'params': p}, ids, segments, deterministic=deterministic,
+                                         rngs={'dropout': jax.random.key(0)})[0])(params)
+
+  np.testing.assert_allclose(run(False), run(True), atol=1e-5)
