@@ -1,11 +1,12 @@
-"""ELECTRA model pair and config: generator sizes, shared embeddings, heads, logical axes."""
-import functools
+"""ELECTRA model pair and config: paper sizes, one shared embedding block, logical axes.
 
+The forward passes are tested against transformers in test_electra_interop.py and through
+the objective (gradients reach the shared embeddings from both networks) in
+test_electra_objective.py.
+"""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
 
 from configs import electra as electra_configs
@@ -15,14 +16,6 @@ from encoders.electra import ElectraConfig, ElectraPair
 TINY = dict(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
             max_position_embeddings=16, embedding_size=16, generator_size_fraction=0.5,
             hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
-
-
-def tiny_pair(**overrides):
-  config = ElectraConfig.from_config({**TINY, **overrides})
-  model = ElectraPair(config)
-  ids = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) + 3
-  params = jax.jit(model.init)(jax.random.key(0), ids, masked_positions=jnp.zeros((2, 2), jnp.int32))
-  return model.apply, nn.unbox(params['params'])
 
 
 # Released google/electra-{base,large}-generator configs (HF hub): hidden 256, 4 heads, MLP 1024.
@@ -73,52 +66,3 @@ def test_parameters_shared_once_with_logical_axes():
       {**TINY, 'embedding_size': 32})).init, jax.random.key(0), ids)['params'])
   assert 'embeddings_project' not in same['discriminator_encoder']
   assert 'embeddings_project' in same['generator_encoder']
-
-
-def test_both_losses_reach_the_shared_embeddings():
-  apply, params = tiny_pair()
-  ids = jnp.array([[2, 7, 9, 4, 1, 0]], jnp.int32)
-
-  @jax.jit
-  def grad_norms(params):
-    norms = {}
-    for method in ('generator', 'discriminator'):
-      grads = jax.grad(lambda p: jnp.sum(apply({'params': p}, ids, method=method) ** 2))(params)
-      norms[method] = {name: optax.tree.norm(tree) for name, tree in grads.items()}
-    return norms
-
-  norms = grad_norms(params)
-  assert norms['generator']['embeddings'] > 0 and norms['discriminator']['embeddings'] > 0
-  assert norms['generator']['discriminator_encoder'] == 0
-  assert norms['discriminator']['generator_encoder'] == 0
-
-
-def test_generator_logits_use_the_tied_embeddings():
-  """Recomputes the generator's logits from its head's LayerNorm output: the decoder is the word table."""
-  apply, params = tiny_pair()
-  ids = jnp.array([[2, 7, 9, 4, 1, 0], [3, 3, 5, 6, 0, 0]], jnp.int32)
-  positions = jnp.array([[1, 3], [0, 2]], jnp.int32)
-
-  @jax.jit
-  def run(params):
-    sparse = apply({'params': params}, ids, masked_positions=positions, method='generator')
-    dense, state = apply({'params': params}, ids, method='generator', capture_intermediates=True)
-    return sparse, dense, state['intermediates']['generator_predictions']['layer_norm']['__call__'][0]
-
-  sparse, dense, head_output = run(params)
-  np.testing.assert_allclose(sparse, np.take_along_axis(dense, positions[..., None], 1), atol=1e-6)
-  table = np.asarray(params['embeddings']['word_embeddings']['embedding'])
-  expected = np.asarray(head_output) @ table.T + np.asarray(params['generator_predictions']['bias'])
-  np.testing.assert_allclose(dense, expected, atol=1e-5)
-
-
-def test_segments_keep_packed_examples_apart():
-  apply, params = tiny_pair()
-  first, second = [5, 6, 7], [8, 9]
-  packed = jnp.array([first + second + [0]], jnp.int32)
-  segments = jnp.array([[1, 1, 1, 2, 2, 0]], jnp.int32)
-  positions = jnp.array([[0, 1, 2, 0, 1, 0]], jnp.int32)
-  discriminator = jax.jit(functools.partial(apply, method='discriminator'))
-  logits = discriminator({'params': params}, packed, segments, positions)
-  alone = discriminator({'params': params}, jnp.array([second], jnp.int32))
-  np.testing.assert_allclose(logits[0, 3:5], alone[0], atol=1e-5)
