@@ -4,8 +4,8 @@
   python -m experiments.pretrain --config configs/electra.py:tiny --workdir /tmp/electra_tiny
 
 Argument: `size` (tiny, small, base, large). Sizes and pretraining hyperparameters are
-the paper's Tables 6 and 7 (small also google-research/electra `configure_pretraining.py`);
-`tiny` keeps the BERT tiny data and training schedule for a laptop CPU.
+the paper's Table 6 (small also google-research/electra `configure_pretraining.py`);
+`tiny` keeps BERT tiny's sequence length and training schedule for a laptop CPU.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -13,7 +13,8 @@ from ml_collections import config_dict
 from configs import bert, common
 from configs.model import get_model_config as get_bert_model_config
 
-# Clark et al. 2020, Table 6. The MLP is 4x hidden; base and large embed at full width.
+# Clark et al. 2020, Table 6. The MLP is 4x hidden; base and large embed at full width. The
+# generator scales hidden, MLP and heads by the fraction (released code: heads = hidden // 64).
 SIZES = {
     #          layers, hidden, heads, embedding, generator width fraction
     'tiny':   (2, 128, 2, 64, 1 / 4),
@@ -21,7 +22,8 @@ SIZES = {
     'base':   (12, 768, 12, 768, 1 / 3),
     'large':  (24, 1024, 16, 1024, 1 / 4),
 }
-# Tables 6 and 7: peak learning rate, batch size, mask rate, train steps, sequence length.
+# Table 6: peak learning rate, batch size, mask rate, train steps; then the sequence length
+# (the released code's 128 for small; 512 for base and large).
 PRETRAINING = {
     'small': (5e-4, 128, 0.15, 1_000_000, 128),
     'base':  (2e-4, 256, 0.15, 766_000, 512),
