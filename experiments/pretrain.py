@@ -3,7 +3,7 @@
 Every config field can be overridden, e.g. `--config.model.num_layers=2`. Re-running the
 same command resumes from the latest checkpoint in DIR.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from training import trainer
@@ -12,6 +12,7 @@ config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/bert.
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the tokenizer.')
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.FLAGS.set_default('verbosity', logging.WARNING)  # Progress bar + validation lines; -v 0: all logs.
 
 
 def main(argv):

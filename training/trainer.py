@@ -7,10 +7,12 @@ reads step s's metrics after dispatching step s + 1. It validates every
 the latest complete checkpoint, data-iterator position included, so a resumed run
 computes exactly the losses of an uninterrupted one.
 """
+import dataclasses
 import functools
 import logging
 import signal
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -20,7 +22,7 @@ import numpy as np
 import optax
 import tqdm
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from encoders.config import ConfigError, EncoderConfig
 from training import checkpointing, flops, metrics, objectives, optimizer, sharding, synthetic
@@ -44,7 +46,7 @@ def batch_shapes(config, sentence_head: bool) -> dict[str, tuple[tuple[int, ...]
 
 def validate_config(config, mesh) -> None:
   """Checks what would otherwise fail deep inside JAX; the message names the field."""
-  model = EncoderConfig.from_config(config.model)
+  model = EncoderConfig.from_config(config.model, prefix='config.model')
   train = config.train
   for field in ('batch_size', 'num_steps', 'grad_accum_steps', 'log_every', 'eval_every',
                 'eval_steps'):
@@ -109,7 +111,7 @@ def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
     (grads, sums), _ = jax.lax.scan(accumulate, zeros,
                                     (microbatches, jnp.arange(grad_accum_steps)))
 
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(sums['loss'][0]) & jnp.isfinite(grad_norm)
@@ -117,8 +119,8 @@ def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
   if skip_nonfinite:
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     new_state = new_state.replace(step=state.step + 1)
-  sums.update(grad_norm=grad_norm, update_norm=optax.global_norm(updates),
-              param_norm=optax.global_norm(new_state.params),
+  sums.update(grad_norm=grad_norm, update_norm=optax.tree.norm(updates),
+              param_norm=optax.tree.norm(new_state.params),
               learning_rate=schedule(state.step), finite=finite)
   return new_state, sums
 
@@ -166,7 +168,8 @@ def make_iterators(config, workdir: str, sentence_head: bool):
                       f'{tokenizer.vocab_size} (and config.data.vocab_size).')
   make = functools.partial(pipeline.make_pretraining_iterator, config, tokenizer,
                            process_index=index, process_count=count)
-  return make(split=config.data.train_split), lambda: make(split=config.data.eval_split)
+  return (make(split=config.data.train_split),
+          lambda: make(split=config.data.eval_split, num_epochs=1))
 
 
 def _check_batch(batch: dict, expected: dict) -> None:
@@ -189,59 +192,85 @@ def evaluate(eval_fn, params, make_eval_iterator, num_batches: int, mesh) -> dic
   return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything the loop needs that depends only on the config and the mesh."""
+  mesh: Mesh
+  rules: tuple
+  sentence_head: bool
+  objective: objectives.MaskedLanguageModeling
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  shapes: dict  # {name: (global shape, dtype)} of a batch.
+  abstract_state: state_lib.TrainState  # ShapeDtypeStructs with shardings.
+  state_shardings: state_lib.TrainState
+  step_fn: Callable  # (state, global batch) -> (state, metric sums); donates state.
+  eval_fn: Callable  # (params, global batch) -> metric sums.
+
+  def init_state(self, seed: int) -> state_lib.TrainState:
+    return state_lib.init_state(self.objective, self.tx, self.shapes, seed, self.state_shardings)
+
+
+def setup(config, mesh: Mesh) -> Setup:
+  """Objective, optimizer, shardings and the jitted step / eval functions for `config` on `mesh`."""
+  validate_config(config, mesh)
+  rules = sharding.rules(config.mesh)
+  sentence_head = config.data.input_format in PAIR_FORMATS
+  objective = objectives.make_objective(config, sentence_head)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.num_steps)
+  shapes = batch_shapes(config, sentence_head)
+  abstract_state, state_shardings = state_lib.state_shardings(objective, tx, shapes, mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  step_fn = jax.jit(
+      functools.partial(train_step, objective=objective, tx=tx, schedule=schedule,
+                        grad_accum_steps=config.train.grad_accum_steps,
+                        skip_nonfinite=config.train.skip_nonfinite_updates, mesh=mesh),
+      in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, objective=objective),
+                    in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+  return Setup(mesh, rules, sentence_head, objective, tx, schedule, shapes, abstract_state,
+               state_shardings, step_fn, eval_fn)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pretrains per `config` in `workdir` (resuming there); returns the last validation metrics."""
   sharding.initialize_distributed(config.mesh)
   jax.config.update('jax_threefry_partitionable', True)
   mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules(config.mesh)
-  validate_config(config, mesh)
+  run = setup(config, mesh)
   is_main = jax.process_index() == 0
   train = config.train
-
-  sentence_head = config.data.input_format in PAIR_FORMATS
-  train_iter, make_eval_iterator = make_iterators(config, workdir, sentence_head)
-  objective = objectives.make_objective(config, sentence_head)
-  tx, schedule = optimizer.make_optimizer(config.optimizer, train.num_steps)
-  shapes = batch_shapes(config, sentence_head)
-  abstract_state, state_shardings = state_lib.state_shardings(objective, tx, shapes, mesh, rules)
+  train_iter, make_eval_iterator = make_iterators(config, workdir, run.sentence_head)
 
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   latest = manager.latest_step()
   if latest is None:
-    state = state_lib.init_state(objective, tx, shapes, config.seed, state_shardings)
+    state = run.init_state(config.seed)
     start_step = 0
   else:
-    state, data_state = checkpointing.restore(manager, latest, abstract_state)
+    state, data_state = checkpointing.restore(manager, latest, run.abstract_state)
     train_iter.set_state(data_state)
     start_step = latest
-    logging.info('Resumed from %s at step %d.', checkpointing.checkpoint_dir(workdir), latest)
-
-  batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, objective=objective, tx=tx, schedule=schedule,
-                        grad_accum_steps=train.grad_accum_steps,
-                        skip_nonfinite=train.skip_nonfinite_updates, mesh=mesh),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
-      donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(eval_step, objective=objective),
-                    in_shardings=(state_shardings.params, batch_sharding),
-                    out_shardings=NamedSharding(mesh, PartitionSpec()))
 
   writer = metrics.MetricWriter(workdir, is_main, start_step)
   model_flops = train.batch_size * flops.flops_per_sequence(
-      objective.model.config, config.data.seq_length, shapes['masked_ids'][0][1], sentence_head)
+      run.objective.model.config, config.data.seq_length, run.shapes['masked_ids'][0][1],
+      run.sentence_head)
   peak_flops = flops.peak_flops_total()
-  preemption = _Preemption(config.checkpoint.save_on_preemption)
+  # With several processes JAX's preemption service (started by jax.distributed) owns SIGTERM.
+  preemption = _Preemption(config.checkpoint.save_on_preemption and jax.process_count() == 1)
   progress = tqdm.tqdm(total=train.num_steps, initial=start_step, unit='step', dynamic_ncols=True,
                        disable=not (is_main and train.progress_bar))
+  if start_step:
+    progress.write(f'Resumed from {checkpointing.checkpoint_dir(workdir)} at step {start_step}.')
   interval = dict(sums=None, steps=0, start=None)
   eval_metrics = {}
 
   def run_eval(step):
     nonlocal eval_metrics
-    eval_metrics = evaluate(eval_fn, state.params, make_eval_iterator, train.eval_steps, mesh)
+    eval_metrics = evaluate(run.eval_fn, state.params, make_eval_iterator, train.eval_steps, mesh)
     writer.write(step, eval_metrics, 'eval')
     progress.write(f'step {step}: validation ' + ', '.join(
         f'{k}={v:.4f}' for k, v in eval_metrics.items()))
@@ -274,15 +303,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       interval.update(sums=None, steps=0, start=time.perf_counter())
 
   try:
-    with nn.logical_axis_rules(rules):  # TODO(lead's layers.py fix): jax.set_mesh(mesh) too.
+    with nn.logical_axis_rules(run.rules):  # TODO(lead's layers.py fix): jax.set_mesh(mesh) too.
       if start_step == 0:
         run_eval(0)
       pending = None
       for step in range(start_step, train.num_steps):
         local_batch = next(train_iter)
         if step == start_step:
-          _check_batch(local_batch, shapes)
-        state, step_metrics = step_fn(state, sharding.global_batch(local_batch, mesh))
+          _check_batch(local_batch, run.shapes)
+        state, step_metrics = run.step_fn(state, sharding.global_batch(local_batch, mesh))
         if pending is not None:
           finish_step(*pending)  # Step s's metrics, fetched after step s + 1 was dispatched.
         pending = (step + 1, step_metrics)

@@ -1,0 +1,57 @@
+"""Shared helpers of the training tests: a tiny config and subprocess runs of the entry point."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A model and batch small enough for a few CPU steps per second.
+TINY = {
+    'model.num_layers': 1, 'model.hidden_size': 32, 'model.num_heads': 2,
+    'model.intermediate_size': 64, 'model.vocab_size': 128, 'model.max_position_embeddings': 64,
+    'data.seq_length': 32, 'train.batch_size': 8, 'train.num_steps': 12,
+    'train.synthetic_data': True, 'train.progress_bar': False, 'train.log_every': 1,
+    'train.eval_every': 1000, 'train.eval_steps': 1, 'optimizer.warmup_steps': 2,
+    'checkpoint.every_steps': 3,
+}
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """configs/bert.py:tiny with TINY and `overrides` ('section__field'=value) applied."""
+  from configs import bert  # pylint: disable=g-import-not-at-top
+  config = bert.get_config('tiny')
+  for key, value in {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def flags(**overrides) -> list[str]:
+  """Command-line overrides for experiments.pretrain: TINY plus `overrides`."""
+  values = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def env(num_devices: int = 1) -> dict[str, str]:
+  """Environment of a subprocess: `num_devices` CPU devices, compilations cached across runs."""
+  return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
+              JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), 'encoders_test_jax_cache'),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+
+
+def pretrain(workdir: str, *extra: str, num_devices: int = 1, **overrides) -> subprocess.Popen:
+  """Starts `python -m experiments.pretrain --config configs/bert.py:tiny` in a subprocess."""
+  command = [sys.executable, '-m', 'experiments.pretrain', '--config', 'configs/bert.py:tiny',
+             '--workdir', workdir, *flags(**overrides), *extra]
+  return subprocess.Popen(command, cwd=ROOT, env=env(num_devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def train_losses(workdir: str) -> dict[int, float]:
+  """{step: train loss} from <workdir>/metrics.jsonl."""
+  from training import metrics  # pylint: disable=g-import-not-at-top
+  return {r['step']: r['train/loss'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r}
