@@ -1,0 +1,58 @@
+"""Batch size at an equal number of training tokens (RoBERTa, Liu et al. 2019, Table 3).
+
+  python -m experiments.ablate_batch_size --out /tmp/ablate_batch_size     # tiny, 2 seeds
+  python -m experiments.ablate_batch_size --out /tmp/abs_smoke --smoke
+
+Batches in the paper's ratio 256 : 2K : 8K with steps 1M : 125K : 31K and peak learning rates
+1e-4 : 7e-4 : 1e-3. Large batches go through gradient accumulation
+(`train.grad_accum_steps`), so they fit the memory of the smallest. Tiny scale: batches
+8 / 64 / 256 for 1024 / 128 / 32 steps (the same 8192 sequences), learning rates 2x the
+paper's (tiny models train at larger rates), warm-up 1% of the steps (BERT's 10k of 1M).
+Reported: validation MLM perplexity and topic accuracy.
+"""
+from absl import app
+
+from training import finetune_ablation, sweep
+
+# name: (paper batch, paper steps, paper lr, perplexity, MNLI-m, SST-2) -- RoBERTa Table 3.
+PAPER = {'256': (256, 1_000_000, 1e-4, 3.99, 84.7, 92.7),
+         '2K': (2048, 125_000, 7e-4, 3.68, 85.2, 92.9),
+         '8K': (8192, 31_000, 1e-3, 3.77, 84.6, 92.8)}
+TINY_SCALE = 32  # Paper batch / tiny batch.
+SMOKE_BATCHES = {'256': (8, 8), '2K': (16, 4), '8K': (32, 2)}  # batch, steps
+
+
+def paper_config(config) -> None:
+  config.data.seq_length = 512
+
+
+def cells(scale, base):
+  result = []
+  for name, (batch, steps, lr, ppl, mnli, sst2) in PAPER.items():
+    if scale == 'paper':
+      accum = 1
+    elif scale == 'tiny':
+      batch, steps, lr = batch // TINY_SCALE, 1024 * 256 // batch, 2 * lr
+      accum = max(1, batch // 64)  # Micro-batches of at most 64 rows.
+    else:
+      (batch, steps), lr, accum = SMOKE_BATCHES[name], 10 * lr, 1 if name != '8K' else 2
+    overrides = {'train.batch_size': batch, 'train.num_steps': steps,
+                 'train.grad_accum_steps': accum, 'optimizer.learning_rate': lr,
+                 'optimizer.warmup_steps': max(1, steps // 100),
+                 'train.eval_every': steps, 'checkpoint.every_steps': steps,
+                 'train.log_every': max(1, steps // 10)}
+    result.append(sweep.Cell(f'bsz={name} ({batch}x{steps}, lr={lr:g})', overrides,
+                             {'perplexity': ppl, 'MNLI-m': mnli, 'SST-2': sst2}))
+  del base
+  return result
+
+
+ABLATION = finetune_ablation.Ablation(
+    name='batch_size', title='Batch size at equal training tokens',
+    paper='Liu et al. 2019, RoBERTa, Table 3 (BERT-base, BookCorpus+Wikipedia, ppl on held-out data)',
+    metrics=('mlm_perplexity', 'test_accuracy', 'test_macro_f1'), cells=cells,
+    paper_config=paper_config)
+
+if __name__ == '__main__':
+  finetune_ablation.define_flags()
+  app.run(lambda argv: finetune_ablation.main(ABLATION))

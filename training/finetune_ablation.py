@@ -1,0 +1,229 @@
+"""One ablation run and the command line shared by experiments/ablate_*.py.
+
+A run pretrains a variant of the base config with `training.trainer.train_and_evaluate`,
+optionally measures its MLM loss on the validation split at a fixed masking rate (Wettig et
+al. evaluate every masking rate at 15%), and fine-tunes it on the Wikipedia topic task
+(training/finetune.py). An ablation script is a base config plus a list of cells
+(training/sweep.py), at one of three scales:
+
+  smoke  minutes: a 1-layer width-32 model, a few steps, the first two cells, one seed.
+  tiny   BERT tiny (2 x 128) on the embedded corpus, a few hundred steps: the CPU setting.
+  paper  the paper's model size, batch and steps (for TPU VMs; set data.dataset to a real corpus).
+
+All runs of a sweep share one tokenizer (trained once into <out>/tokenizer), so the tokenized
+corpus cache is shared too.
+"""
+import dataclasses
+import os
+import sys
+from typing import Callable
+
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+
+from configs import bert
+from configs import finetune as finetune_configs
+from data import pipeline
+from data import tokenizer as tokenizer_lib
+from training import checkpointing, finetune, metrics, objectives, sweep, trainer
+
+SCALES = ('smoke', 'tiny', 'paper')
+PAIR_FORMATS = trainer.PAIR_FORMATS
+
+SMOKE_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64,
+                   max_position_embeddings=64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  name: str
+  title: str  # Table title.
+  paper: str  # The paper and table the reported numbers come from.
+  metrics: tuple[str, ...]  # Columns of the table, keys of a run's metrics.
+  cells: Callable[[str, ml_collections.ConfigDict], list[sweep.Cell]]  # (scale, base) -> cells.
+  paper_config: Callable[[ml_collections.ConfigDict], None] = lambda config: None  # Paper scale.
+  eval_mask_rate: float | None = None  # Also evaluate MLM loss at this masking rate.
+
+
+def pretrain_config(scale: str) -> ml_collections.ConfigDict:
+  """The base pretraining config of a scale (BERT recipe; cells change what they ablate)."""
+  if scale not in SCALES:
+    raise ValueError(f'--scale={scale!r}: choose one of {SCALES}.')
+  config = bert.get_config('base' if scale == 'paper' else 'tiny')
+  train, ckpt = config.train, config.checkpoint
+  train.progress_bar = False
+  if scale == 'smoke':
+    config.model.update(SMOKE_MODEL)
+    config.data.seq_length = 32
+    train.update(batch_size=8, num_steps=4, log_every=2, eval_every=1000, eval_steps=1)
+    config.optimizer.warmup_steps = 1
+    ckpt.every_steps = 1000
+  elif scale == 'tiny':  # About a minute of pretraining per run on a quiet 2-core CPU.
+    train.update(batch_size=32, num_steps=300, log_every=50, eval_every=300, eval_steps=8)
+    config.optimizer.warmup_steps = 30
+    ckpt.every_steps = 300
+  ckpt.async_save = False
+  return config
+
+
+def finetune_config(scale: str) -> ml_collections.ConfigDict:
+  """Topic-task fine-tuning of each pretrained variant."""
+  config = finetune_configs.get_config('topic')
+  data, train = config.data, config.train
+  if scale == 'smoke':
+    data.update(max_length=32, max_windows=1, max_examples=48)
+    train.update(batch_size=8, num_epochs=1.0, eval_batch_size=16, log_every=2)
+    config.optimizer.learning_rate = 1e-3
+  elif scale == 'tiny':
+    data.update(max_length=128, max_windows=1)
+    train.update(batch_size=32, num_epochs=1.0)
+    config.optimizer.learning_rate = 2e-4  # Tiny models want a larger rate than BERT-base's.
+  return config
+
+
+def shared_tokenizer(config: ml_collections.ConfigDict, out_dir: str) -> str:
+  """Trains (once) or reuses <out>/tokenizer; returns its path for config.data.tokenizer_path."""
+  if config.data.get('tokenizer_path'):
+    return config.data.tokenizer_path
+  tokenizer_lib.get_tokenizer(config.data, out_dir)
+  return os.path.join(out_dir, 'tokenizer')
+
+
+def mean_tokens_per_row(config: ml_collections.ConfigDict, num_batches: int = 4) -> float:
+  """Average real (non-padding) tokens per row of the training batches of `config`."""
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, None)
+  batches = pipeline.make_pretraining_iterator(config, tokenizer, config.data.train_split)
+  counts = [np.sum(batch['segment_ids'] > 0, axis=1) for _, batch in zip(range(num_batches), batches)]
+  return float(np.mean(np.concatenate(counts)))
+
+
+def latest_params(workdir: str):
+  manager = checkpointing.make_manager(workdir, read_only=True)
+  state, _ = checkpointing.restore(manager, manager.latest_step(), None, with_data=False)
+  manager.close()
+  return state['params']
+
+
+def mlm_eval(config: ml_collections.ConfigDict, workdir: str, mask_rate: float) -> dict[str, float]:
+  """MLM loss / accuracy of the workdir's model on the eval split masked at `mask_rate` (80/10/10)."""
+  eval_config = ml_collections.ConfigDict(config.to_dict())
+  eval_config.data.update(mask_rate=mask_rate, mask_token_prob=0.8, random_token_prob=0.1,
+                          max_predictions=None, static_masking=False, num_workers=0)
+  sentence_head = eval_config.data.input_format in PAIR_FORMATS
+  objective = objectives.make_objective(eval_config, sentence_head)
+  params = latest_params(workdir)
+  tokenizer = tokenizer_lib.get_tokenizer(eval_config.data, workdir)
+  batches = pipeline.make_pretraining_iterator(eval_config, tokenizer, eval_config.data.eval_split,
+                                               num_epochs=1)
+
+  @jax.jit
+  def sums(batch):
+    return objective.loss(params, batch, None, objective.denominators(batch), deterministic=True)[1]
+
+  total = None
+  for _, batch in zip(range(eval_config.train.eval_steps), batches):
+    total = metrics.add_sums(total, jax.device_get(sums(batch)))
+  result = metrics.summarize(total)
+  return {'mlm_loss': result['mlm_loss'], 'mlm_accuracy': result['mlm_accuracy']}
+
+
+def pretrain_and_finetune(pretrain: ml_collections.ConfigDict, tune: ml_collections.ConfigDict,
+                          workdir: str, seed: int, eval_mask_rate: float | None) -> dict:
+  """Pretrains `pretrain` in <workdir>/pretrain, fine-tunes on the topic task; returns metrics."""
+  pretrain = ml_collections.ConfigDict(pretrain.to_dict())
+  pretrain.seed = seed
+  pretrain.data.shuffle_seed = seed
+  pretrain_dir = os.path.join(workdir, 'pretrain')
+  validation = trainer.train_and_evaluate(pretrain, pretrain_dir)
+  if not validation:  # Resumed after the last step: validate again.
+    validation = mlm_eval(pretrain, pretrain_dir, pretrain.data.mask_rate)
+  result = {'mlm_loss': validation['mlm_loss'], 'mlm_perplexity': float(np.exp(validation['mlm_loss'])),
+            'mlm_accuracy': validation['mlm_accuracy']}
+  if 'sentence_accuracy' in validation:
+    result['nsp_accuracy'] = validation['sentence_accuracy']
+  if eval_mask_rate is not None:
+    at_rate = mlm_eval(pretrain, pretrain_dir, eval_mask_rate)
+    tag = f'{round(100 * eval_mask_rate)}'
+    result.update({f'mlm_loss_at_{tag}': at_rate['mlm_loss'],
+                   f'mlm_accuracy_at_{tag}': at_rate['mlm_accuracy']})
+  tune = ml_collections.ConfigDict(tune.to_dict())
+  tune.seed = seed
+  tune.init_from = pretrain_dir
+  tuned = finetune.finetune(tune, os.path.join(workdir, 'finetune'))
+  result.update(test_accuracy=tuned['test']['accuracy'], test_macro_f1=tuned['test']['macro_f1'],
+                dev_accuracy=tuned['dev']['accuracy'])
+  return result
+
+
+# --------------------------------------------------------------------------- command line
+def define_flags() -> None:
+  flags.DEFINE_enum('scale', 'tiny', SCALES, 'Model / data / steps scale.')
+  flags.DEFINE_bool('smoke', False, 'Same as --scale=smoke: a minutes-scale check.')
+  flags.DEFINE_string('out', None, 'Output directory (results, tables, plots, runs).')
+  flags.DEFINE_integer('seeds', 2, 'Seeds per cell (0, 1, ...).')
+  flags.DEFINE_enum('mode', 'inprocess', ('inprocess', 'subprocess', 'print'),
+                    'Run cells here, one subprocess each, or print one command per run.')
+  flags.DEFINE_string('cell', None, 'Run only this cell (a job of a launched sweep).')
+  flags.DEFINE_integer('seed', None, 'With --cell: run only this seed.')
+  flags.DEFINE_multi_string('set', [], 'Base pretraining override, e.g. train.num_steps=1000.')
+  flags.DEFINE_multi_string('finetune_set', [], 'Fine-tuning override, e.g. train.num_epochs=2.')
+  flags.mark_flag_as_required('out')
+
+
+def _parse_overrides(items: list[str]) -> dict:
+  result = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'Override {item!r} needs the form section.field=value.')
+    try:
+      result[key] = eval(value, {}, {})  # Literals only: numbers, booleans, strings in quotes.
+    except (NameError, SyntaxError):
+      result[key] = value
+  return result
+
+
+def main(ablation: Ablation) -> str:
+  """Runs the ablation's sweep per the flags and writes its report; returns the markdown."""
+  f = flags.FLAGS
+  scale = 'smoke' if f.smoke else f.scale
+  out = os.path.abspath(f.out)
+  base = pretrain_config(scale)
+  if scale == 'paper':
+    ablation.paper_config(base)
+  base = sweep.apply_overrides(base, _parse_overrides(f.set))
+  tune = sweep.apply_overrides(finetune_config(scale), _parse_overrides(f.finetune_set))
+  base.data.tokenizer_path = shared_tokenizer(base, out)  # Before cells: some measure the data.
+  cells = ablation.cells(scale, base)
+  seeds = list(range(f.seeds))
+  if scale == 'smoke':
+    cells, seeds = cells[:2], [0]
+  if f.cell is not None:
+    cells = [c for c in cells if c.name == f.cell] or _unknown_cell(f.cell, ablation.cells(scale, base))
+    seeds = seeds if f.seed is None else [f.seed]
+
+  def run_fn(cell: sweep.Cell, seed: int) -> dict:
+    config = sweep.apply_overrides(base, cell.overrides)
+    workdir = os.path.join(out, 'runs', sweep.run_name(cell, seed))
+    return pretrain_and_finetune(config, tune, workdir, seed, ablation.eval_mask_rate)
+
+  def command_fn(cell: sweep.Cell, seed: int) -> list[str]:
+    script = f'experiments.ablate_{ablation.name}'
+    extra = [f'--set={s}' for s in f.set] + [f'--finetune_set={s}' for s in f.finetune_set]
+    return [sys.executable, '-m', script, f'--scale={scale}', f'--out={out}',
+            f'--cell={cell.name}', f'--seed={seed}', '--mode=inprocess', *extra]
+
+  sweep.run(cells, seeds, out, run_fn, mode=f.mode, command_fn=command_fn)
+  if f.mode == 'print':
+    return ''
+  all_cells = cells if scale == 'smoke' else ablation.cells(scale, base)
+  markdown = sweep.report(all_cells, seeds if scale == 'smoke' else list(range(f.seeds)), out,
+                          ablation.metrics, f'{ablation.title} (scale={scale})', ablation.paper)
+  print(markdown)
+  return markdown
+
+
+def _unknown_cell(name: str, cells: list[sweep.Cell]):
+  raise ValueError(f'--cell={name!r}: known cells are {[c.name for c in cells]}.')
