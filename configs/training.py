@@ -28,12 +28,12 @@ def get_training_config(size: str, runlocal: bool = False) -> ml_collections.Con
   config = ml_collections.ConfigDict()
 
   config.train = train = ml_collections.ConfigDict()
-  train.batch_size = 64 if tiny else 256  # Global batch: sequences per optimizer step, all hosts.
-  train.num_steps = 1200 if tiny else 1_000_000  # Optimizer steps.
+  train.batch_size = 32 if tiny else 256  # Global batch: sequences per optimizer step, all hosts.
+  train.num_steps = 800 if tiny else 1_000_000  # Optimizer steps.
   train.grad_accum_steps = 1  # Micro-batches per step (scanned inside the step); divides batch_size.
   train.sentence_loss_weight = 1.0  # Weight of the NSP/SOP loss when the input format has pairs.
   train.log_every = 20 if tiny else 100  # Steps between train-metric writes.
-  train.eval_every = 400 if tiny else 10_000  # Steps between validations (also at step 0 and the end).
+  train.eval_every = 200 if tiny else 10_000  # Steps between validations (also at step 0 and the end).
   train.eval_steps = 8 if tiny else 100  # Batches of the held-out split per validation.
   train.skip_nonfinite_updates = False  # True: skip a step whose loss/grads are not finite; else stop.
   train.synthetic_data = False  # True: random batches (training/synthetic.py) instead of config.data.
@@ -42,7 +42,7 @@ def get_training_config(size: str, runlocal: bool = False) -> ml_collections.Con
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = 'adamw'  # 'adamw' (BERT, RoBERTa) or 'lamb' (You et al. 2020, large batches).
   opt.learning_rate = 1e-3 if tiny else 1e-4  # Peak learning rate, reached after warm-up.
-  opt.warmup_steps = 100 if tiny else 10_000  # Linear warm-up from 0.
+  opt.warmup_steps = 80 if tiny else 10_000  # Linear warm-up from 0.
   opt.decay = 'linear'  # After warm-up: 'linear' (BERT) or 'cosine' decay, or 'constant'.
   opt.end_learning_rate_fraction = 0.0  # Learning rate at num_steps, as a fraction of the peak.
   opt.b1 = 0.9  # Adam beta1.

@@ -270,10 +270,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def run_eval(step):
     nonlocal eval_metrics
+    start = time.perf_counter()
     eval_metrics = evaluate(run.eval_fn, state.params, make_eval_iterator, train.eval_steps, mesh)
     writer.write(step, eval_metrics, 'eval')
     progress.write(f'step {step}: validation ' + ', '.join(
         f'{k}={v:.4f}' for k, v in eval_metrics.items()))
+    if interval['start'] is not None:  # Validation time is not training step time.
+      interval['start'] += time.perf_counter() - start
 
   def finish_step(step, device_metrics):
     """Host side of step `step` (1-based count of steps done): checks, logs."""

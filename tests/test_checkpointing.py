@@ -1,0 +1,75 @@
+"""Checkpoint reliability: SIGKILL + resume is exact, SIGTERM saves and exits, tmp dirs are ignored."""
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from tests import training_util
+from training import checkpointing, metrics, trainer
+
+
+def _wait_for_step(process, workdir: str, step: int, timeout: float = 300) -> int:
+  """Polls metrics.jsonl until a train record at >= `step`; returns the last logged step."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert process.poll() is None, 'the run ended before the signal: ' + process.stdout.read()[-3000:]
+    if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+      logged = list(training_util.train_losses(workdir))
+      if logged and logged[-1] >= step:
+        return logged[-1]
+    time.sleep(0.02)
+  raise TimeoutError(f'no step {step} in {workdir}')
+
+
+def _finish(process) -> str:
+  output, _ = process.communicate(timeout=600)
+  assert process.returncode == 0, output[-5000:]
+  return output
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  steps = dict(train__num_steps=30)
+  reference = training_util.pretrain(straight, **steps)
+  run = training_util.pretrain(killed, **steps)
+  kill_at = random.randint(4, 24)  # After the first checkpoint (every 3 steps).
+  _wait_for_step(run, killed, kill_at)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  restart_from = checkpointing.make_manager(killed, read_only=True).latest_step()
+  assert restart_from is not None and restart_from < 30
+  _finish(training_util.pretrain(killed, **steps))
+  _finish(reference)
+  expected = training_util.train_losses(straight)
+  assert sorted(expected) == list(range(1, 31))
+  assert training_util.train_losses(killed) == expected, f'killed at {kill_at}'
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path)
+  run = training_util.pretrain(workdir, train__num_steps=1000, checkpoint__every_steps=1000)
+  _wait_for_step(run, workdir, 5)
+  run.send_signal(signal.SIGTERM)
+  _finish(run)
+  stopped_at = max(training_util.train_losses(workdir))
+  assert 5 <= stopped_at < 1000
+  assert checkpointing.make_manager(workdir, read_only=True).all_steps() == [stopped_at]
+
+
+def test_leftover_tmp_checkpoint_is_ignored(tmp_path):
+  workdir = str(tmp_path)
+  trainer.train_and_evaluate(training_util.tiny_config(train__num_steps=6), workdir)
+  leftover = tmp_path / 'checkpoints' / '9.orbax-checkpoint-tmp-1234'
+  (leftover / 'state').mkdir(parents=True)
+  (leftover / 'state' / 'garbage').write_text('half-written')
+  assert checkpointing.make_manager(workdir, read_only=True).latest_step() == 6
+
+  trainer.train_and_evaluate(training_util.tiny_config(train__num_steps=9), workdir)
+  steps = [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
+  assert steps == list(range(1, 10))  # Resumed at 6, not 9 and not 0.
+  assert checkpointing.make_manager(workdir, read_only=True).latest_step() == 9
+  assert not leftover.exists()

@@ -1,0 +1,133 @@
+"""The training loop on one device: outputs of a run, determinism, accumulation, NaN, config errors."""
+import glob
+import json
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from encoders.config import ConfigError
+from tests import training_util
+from training import checkpointing, metrics, sharding, synthetic, trainer
+
+
+def _setup(config):
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  return trainer.setup(config, mesh), mesh
+
+
+def _steps(config, num_steps, seed=0, run_and_mesh=None):
+  """Losses, finite flags and final params of `num_steps` steps on one device, outside the loop."""
+  run, mesh = run_and_mesh or _setup(config)
+  state = run.init_state(seed)
+  batches = synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)
+  losses, finite = [], []
+  with nn.logical_axis_rules(run.rules):
+    for _ in range(num_steps):
+      state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
+      losses.append(float(sums['loss'][0]))
+      finite.append(bool(sums['finite']))
+  return losses, finite, jax.device_get(state.params)
+
+
+def test_run_writes_metrics_tensorboard_and_checkpoints(tmp_path):
+  config = training_util.tiny_config(train__num_steps=7, train__eval_every=4, train__log_every=2,
+                                     checkpoint__every_steps=2, checkpoint__keep=2)
+  final = trainer.train_and_evaluate(config, str(tmp_path))
+  records = metrics.read_jsonl(str(tmp_path))
+  train_steps = [r['step'] for r in records if 'train/loss' in r]
+  eval_steps = [r['step'] for r in records if 'eval/mlm_loss' in r]
+  assert train_steps == [1, 2, 4, 6, 7] and eval_steps == [0, 4, 7]
+  timed = [r for r in records if 'train/step_time_s' in r][-1]
+  for name in ('loss', 'mlm_loss', 'mlm_accuracy', 'grad_norm', 'param_norm', 'update_norm',
+               'learning_rate', 'step_time_s', 'tokens_per_s', 'mfu'):
+    assert math.isfinite(timed[f'train/{name}']), name
+  assert final['mlm_perplexity'] == pytest.approx(math.exp(final['mlm_loss']))
+  assert 0.0 <= final['mlm_accuracy'] <= 1.0
+  assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+  manager = checkpointing.make_manager(str(tmp_path), read_only=True)
+  assert manager.all_steps() == [6, 7]  # Every 2 steps and at the end, keeping 2.
+  saved = checkpointing.restore_config(manager, 7)
+  assert saved.model.hidden_size == 32 and saved.train.num_steps == 7
+  with open(tmp_path / 'checkpoints' / '7' / 'data' / 'process_0-of-1.json') as f:
+    assert json.load(f) == {'step': 7}
+
+
+def test_same_seed_same_losses_and_different_seed_differs():
+  config = training_util.tiny_config()
+  run_and_mesh = _setup(config)
+  first = _steps(config, 3, run_and_mesh=run_and_mesh)[0]
+  assert _steps(config, 3, run_and_mesh=run_and_mesh)[0] == first
+  assert _steps(config, 3, seed=1, run_and_mesh=run_and_mesh)[0] != first
+
+
+def test_gradient_accumulation_matches_one_batch():
+  no_dropout = dict(model__hidden_dropout_rate=0.0, model__attention_dropout_rate=0.0)
+  losses, _, params = _steps(training_util.tiny_config(**no_dropout), 3)
+  losses_accum, _, params_accum = _steps(
+      training_util.tiny_config(train__grad_accum_steps=4, **no_dropout), 3)
+  assert losses_accum == pytest.approx(losses, rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params_accum, params)
+
+
+# A huge unclipped learning rate: the first update is finite, the loss after it is not.
+EXPLODE = dict(optimizer__learning_rate=1e30, optimizer__warmup_steps=0,
+               optimizer__grad_clip_norm=0.0)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+  config = training_util.tiny_config(checkpoint__every_steps=1, **EXPLODE)
+  with pytest.raises(FloatingPointError, match=r'at step (\d+)') as error:
+    trainer.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(error.value.args[0].split('at step ')[1].split()[0])
+  manager = checkpointing.make_manager(str(tmp_path), read_only=True)
+  assert 1 < bad_step < 12 and manager.latest_step() == bad_step - 1
+
+
+def test_nonfinite_updates_are_skipped_when_configured():
+  losses, finite, params = _steps(
+      training_util.tiny_config(train__skip_nonfinite_updates=True, **EXPLODE), 4)
+  assert finite[0] and not all(finite)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))  # Bad updates not applied.
+
+
+@pytest.mark.parametrize('overrides, field', [
+    (dict(train__batch_size=6, train__grad_accum_steps=4), 'config.train.batch_size'),
+    (dict(train__grad_accum_steps=0), 'config.train.grad_accum_steps'),
+    (dict(optimizer__warmup_steps=100), 'config.optimizer.warmup_steps'),
+    (dict(data__seq_length=128), 'config.data.seq_length'),
+    (dict(model__num_heads=3), 'config.model.hidden_size'),
+    (dict(checkpoint__every_steps=0), 'config.checkpoint.every_steps'),
+])
+def test_bad_configs_name_the_field(overrides, field):
+  config = training_util.tiny_config(**overrides)
+  with pytest.raises(ConfigError, match=field.replace('.', r'\.')):
+    trainer.validate_config(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+
+
+def test_tensor_axis_must_divide_heads():
+  config = training_util.tiny_config(model__num_heads=2)
+
+  class FakeMesh:  # One real device: check the rule on a mesh shape alone.
+    shape = {'data': 1, 'fsdp': 1, 'tensor': 4}
+  with pytest.raises(ConfigError, match=r'config\.model\.num_heads=2'):
+    trainer.validate_config(config, FakeMesh())
+
+
+def test_synthetic_batches_follow_the_contract():
+  config = training_util.tiny_config()
+  batch = next(synthetic.SyntheticIterator(config, 'train', pairs=True))
+  B, L, P = 8, 32, synthetic.max_predictions(config.data)
+  assert {k: v.shape for k, v in batch.items()} == {
+      'input_ids': (B, L), 'segment_ids': (B, L), 'position_ids': (B, L),
+      'token_type_ids': (B, L), 'masked_positions': (B, P), 'masked_ids': (B, P),
+      'masked_weights': (B, P), 'nsp_labels': (B,)}
+  rows = np.arange(B)[:, None]
+  original = batch['input_ids'].copy()
+  original[rows, batch['masked_positions']] = np.where(
+      batch['masked_weights'] > 0, batch['masked_ids'], original[rows, batch['masked_positions']])
+  real = batch['segment_ids'] > 0
+  assert np.all(np.diff(original, axis=1)[real[:, 1:] & real[:, :-1]] != 0)  # Progressions.
+  assert np.all(batch['input_ids'][~real] == 0) and np.all(batch['position_ids'][~real] == 0)
