@@ -167,6 +167,18 @@ def _hf_names(params_shapes: dict, family: str, prefix: str = '') -> dict[tuple[
   return names
 
 
+def _num_inputs(path: tuple[str, ...]) -> int:
+  """Leading input dims of our kernel: 2 for the attention output [heads, head_dim, embed], else 1."""
+  return 2 if path[-3:-1] == ('attention', 'output') else 1
+
+
+def _hf_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+  if path[-1] == 'kernel':  # HF (out, in).
+    n = _num_inputs(path)
+    return (int(np.prod(shape[n:])), int(np.prod(shape[:n])))
+  return (int(np.prod(shape)),) if path[-1] == 'bias' else tuple(shape)
+
+
 def _from_hf(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
   if path[-1] == 'kernel':  # HF (out, in) -> ours (in..., out...).
     tensor = tensor.T
@@ -175,10 +187,10 @@ def _from_hf(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) 
 
 def _to_hf(param: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
   param = np.asarray(param, np.float32)
+  hf_shape = _hf_shape(path, param.shape)
   if path[-1] == 'kernel':  # Ours (in..., out...) -> HF (out, in).
-    num_inputs = 2 if path[-3:-1] == ('attention', 'output') else 1  # [heads, head_dim, embed]
-    return np.ascontiguousarray(param.reshape(int(np.prod(param.shape[:num_inputs])), -1).T)
-  return param.reshape(-1) if path[-1] == 'bias' else param
+    return np.ascontiguousarray(param.reshape(hf_shape[::-1]).T)
+  return param.reshape(hf_shape)
 
 
 def _read_tensors(checkpoint_dir: str, family: str) -> dict[str, np.ndarray]:
@@ -273,8 +285,9 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
   for path, name in wanted.items():
     shape, dtype = flat_shapes[path].shape, flat_shapes[path].dtype
     tensor = tensors[name]
-    if tensor.size != np.prod(shape):
-      raise ValueError(f'{name} has shape {tensor.shape}, ours {"/".join(path)} needs {shape}.')
+    if tensor.shape != _hf_shape(path, shape):
+      raise ValueError(f'{checkpoint_dir}: {name} has shape {tensor.shape}, but ours '
+                       f'{"/".join(path)} {shape} needs {_hf_shape(path, shape)}.')
     params[path] = _from_hf(tensor, path, shape).astype(dtype)
   if fresh:
     if rng is None:
