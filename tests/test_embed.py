@@ -1,6 +1,7 @@
 """experiments.embed with the real MiniLM weights: batching is invisible and the ranking is sensible."""
 import numpy as np
 import pytest
+import transformers
 
 from experiments import embed
 
@@ -22,3 +23,12 @@ def test_embedder_ranks_and_batches(minilm_dir):
              'an instrument with strings played with a bow']
   best = np.argmax(embedder(queries) @ together.T, axis=1)
   assert [TITLES[i] for i in best] == ['Albert Einstein', 'Amazon River', 'Cello']
+
+
+def test_tokenizer_matches_the_reference(minilm_dir):
+  texts = ['Café crème à la française.', '東京は日本の首都です。 🍕', 'word ' * 300]
+  reference = transformers.AutoTokenizer.from_pretrained(minilm_dir)(
+      texts, truncation=True, max_length=128)['input_ids']
+  ours = [e.ids for e in embed.load_tokenizer(minilm_dir, 128).encode_batch(texts)]
+  assert ours == reference
+  assert len(ours[2]) == 128 and len(ours[0]) < 128  # Truncated, and not padded.
