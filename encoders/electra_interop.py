@@ -30,8 +30,8 @@ from safetensors.numpy import save_file
 from configs import electra as electra_configs
 from encoders.config import ConfigError
 from encoders.electra import ElectraConfig, ElectraPair
-from encoders.hf_interop import (_CONFIG_KEYS, _ENCODER_RULES, _HF_ACTIVATIONS, _LEAF_NAMES,
-                                 _from_hf, _read_json, _read_tensors, _to_hf)
+from encoders.hf_interop import (CONFIG_KEYS, ENCODER_RULES, HF_ACTIVATIONS, LEAF_NAMES,
+                                 from_hf, read_json, read_tensors, to_hf)
 
 NETWORKS = ('discriminator', 'generator')
 ARCHITECTURES = {'discriminator': 'ElectraForPreTraining', 'generator': 'ElectraForMaskedLM'}
@@ -54,20 +54,20 @@ _GENERATOR_KEYS = {'hidden_size': 'generator_hidden_size', 'num_layers': 'genera
 def _network_fields(checkpoint_dir: str) -> dict:
   """Our encoder fields (+ embedding_size) from an HF ELECTRA `config.json`."""
   path = os.path.join(checkpoint_dir, 'config.json')
-  hf = _read_json(path)
+  hf = read_json(path)
   if hf.get('model_type') != 'electra':
     raise ConfigError(f'{path}: model_type={hf.get("model_type")!r}, expected "electra".')
   if hf.get('position_embedding_type', 'absolute') != 'absolute':
     raise ConfigError(f'{path}: position_embedding_type={hf["position_embedding_type"]!r}; '
                       'only absolute positions are supported.')
-  if hf.get('hidden_act') not in _HF_ACTIVATIONS:
+  if hf.get('hidden_act') not in HF_ACTIVATIONS:
     raise ConfigError(f'{path}: hidden_act={hf.get("hidden_act")!r} is not supported; '
-                      f'known: {tuple(_HF_ACTIVATIONS)}.')
-  missing = [key for key in _CONFIG_KEYS if key not in hf and key != 'pad_token_id']
+                      f'known: {tuple(HF_ACTIVATIONS)}.')
+  missing = [key for key in CONFIG_KEYS if key not in hf and key != 'pad_token_id']
   if missing:
     raise ConfigError(f'{path} lacks {missing}.')
-  fields = {ours: hf[key] for key, ours in _CONFIG_KEYS.items() if key in hf}
-  fields['hidden_act'] = _HF_ACTIVATIONS[hf['hidden_act']]
+  fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
+  fields['hidden_act'] = HF_ACTIVATIONS[hf['hidden_act']]
   fields['embedding_size'] = hf.get('embedding_size') or hf['hidden_size']
   return fields
 
@@ -106,12 +106,12 @@ def _hf_name(path: tuple[str, ...], network: str) -> str:
   encoder_path = module.removeprefix(f'{network}_encoder/')
   rules = _HEAD_RULES[network]
   if module.startswith(('embeddings/', f'{network}_encoder/')):
-    rules = ((r'embeddings_project', 'embeddings_project'),) + _ENCODER_RULES
+    rules = ((r'embeddings_project', 'embeddings_project'),) + ENCODER_RULES
     rules = tuple((pattern, 'electra.' + replacement) for pattern, replacement in rules)
     module = encoder_path
   for pattern, replacement in rules:
-    if re.fullmatch(pattern, module) and path[-1] in _LEAF_NAMES:
-      return f'{re.sub(pattern, replacement, module)}.{_LEAF_NAMES[path[-1]]}'
+    if re.fullmatch(pattern, module) and path[-1] in LEAF_NAMES:
+      return f'{re.sub(pattern, replacement, module)}.{LEAF_NAMES[path[-1]]}'
   raise ValueError(f'No HF name for our parameter {"/".join(path)} ({network}).')
 
 
@@ -144,7 +144,7 @@ def _read_network(model: ElectraPair, network: str, checkpoint_dir: str, shapes:
   """{our param path: numpy array} for `network` from its HF checkpoint."""
   _check_config(model.config, network, checkpoint_dir)
   tensors = {f'electra.{name}' if name.startswith(('embeddings', 'encoder')) else name: tensor
-             for name, tensor in _read_tensors(checkpoint_dir, 'electra').items()}
+             for name, tensor in read_tensors(checkpoint_dir, 'electra').items()}
   flat_shapes = flax.traverse_util.flatten_dict(_network_params(shapes, network))
   names = {path: _hf_name(path, network) for path in flat_shapes}
   missing = [f'{name} (ours: {"/".join(path)})' for path, name in names.items() if name not in tensors]
@@ -167,7 +167,7 @@ def _read_network(model: ElectraPair, network: str, checkpoint_dir: str, shapes:
     if tensor.size != np.prod(shape):
       raise ValueError(f'{checkpoint_dir}: {name} has shape {tensor.shape}, ours '
                        f'{"/".join(path)} needs {shape}.')
-    params[path] = _from_hf(tensor, path, shape).astype(flat_shapes[path].dtype)
+    params[path] = from_hf(tensor, path, shape).astype(flat_shapes[path].dtype)
   return params
 
 
@@ -202,7 +202,7 @@ def hf_config(config: ElectraConfig, network: str) -> dict:
   if network == 'generator' and c.hidden_act != 'gelu':
     raise ConfigError(f'model.hidden_act={c.hidden_act!r}: HF ElectraForMaskedLM always uses '
                       "'gelu' in generator_predictions; export needs hidden_act='gelu'.")
-  fields = {key: getattr(c, ours) for key, ours in _CONFIG_KEYS.items()}
+  fields = {key: getattr(c, ours) for key, ours in CONFIG_KEYS.items()}
   fields.update(architectures=[ARCHITECTURES[network]], model_type='electra',
                 embedding_size=config.embedding_size, position_embedding_type='absolute',
                 tie_word_embeddings=True)
@@ -218,7 +218,7 @@ def save_checkpoint(out_dir: str, model: ElectraPair, params: dict, network: str
     raise ValueError(f'network={network!r}: choose one of {NETWORKS}.')
   config = hf_config(model.config, network)
   flat = flax.traverse_util.flatten_dict(_network_params(nn.unbox(params), network))
-  tensors = {_hf_name(path, network): _to_hf(jax.device_get(value), path)
+  tensors = {_hf_name(path, network): to_hf(jax.device_get(value), path)
              for path, value in flat.items()}
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})

@@ -1,7 +1,7 @@
 """Import and export of Hugging Face BERT / RoBERTa checkpoints (`config.json` + safetensors).
 
 Reads with `safetensors.numpy` (no torch). A parameter of ours maps to one HF tensor
-by name rules (`_ENCODER_RULES`, `_HEAD_RULES`) and a layout change: HF stores linear
+by name rules (`ENCODER_RULES`, `_HEAD_RULES`) and a layout change: HF stores linear
 weights as (out, in), we store kernels as (in, out), with attention projections split
 into (embed, heads, head_dim) and the attention output as (heads, head_dim, embed).
 
@@ -35,7 +35,7 @@ from encoders.config import ConfigError, EncoderConfig
 FAMILIES = ('bert', 'roberta')
 
 # HF config.json key -> our config.model field.
-_CONFIG_KEYS = {
+CONFIG_KEYS = {
     'vocab_size': 'vocab_size',
     'hidden_size': 'hidden_size',
     'num_hidden_layers': 'num_layers',
@@ -50,7 +50,7 @@ _CONFIG_KEYS = {
     'layer_norm_eps': 'layer_norm_eps',
     'initializer_range': 'initializer_range',
 }
-_HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': 'gelu_new',
+HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': 'gelu_new',
                    'relu': 'relu'}
 # Fields that change the function the weights compute: they must match the checkpoint.
 _ARCHITECTURE_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
@@ -58,7 +58,7 @@ _ARCHITECTURE_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                         'type_vocab_size', 'position_offset', 'pad_token_id', 'layer_norm_eps')
 
 # Our module path (inside the encoder) -> HF module name (without the 'bert.'/'roberta.' prefix).
-_ENCODER_RULES = (
+ENCODER_RULES = (
     (r'embeddings/(word|position|token_type)_embeddings', r'embeddings.\1_embeddings'),
     (r'embeddings/layer_norm', r'embeddings.LayerNorm'),
     (r'layers/layer_(\d+)/attention/(query|key|value)', r'encoder.layer.\1.attention.self.\2'),
@@ -87,7 +87,7 @@ _HEAD_RULES = {
         (r'span/dense', 'qa_outputs'),
     ),
 }
-_LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
+LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
 
 # Checkpoint tensors that may go unused, each read past with a log line: buffers, and the
 # heads / pooler of HF models that the target model does not have.
@@ -104,7 +104,7 @@ _TIED = {
 }
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: an HF checkpoint directory needs config.json '
                             'and model.safetensors.')
@@ -115,7 +115,7 @@ def _read_json(path: str) -> dict:
 def read_model_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
   """The `config.model` section for an HF BERT / RoBERTa checkpoint's `config.json`."""
   path = os.path.join(checkpoint_dir, 'config.json')
-  hf = _read_json(path)
+  hf = read_json(path)
   family = hf.get('model_type')
   if family not in FAMILIES:
     raise ConfigError(f'{path}: model_type={family!r} is not supported; known: {FAMILIES}.')
@@ -124,14 +124,14 @@ def read_model_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
                       'only absolute positions are supported.')
   if not hf.get('tie_word_embeddings', True):
     raise ConfigError(f'{path}: tie_word_embeddings=false; our MLM decoder is tied.')
-  if hf.get('hidden_act') not in _HF_ACTIVATIONS:
+  if hf.get('hidden_act') not in HF_ACTIVATIONS:
     raise ConfigError(f'{path}: hidden_act={hf.get("hidden_act")!r} is not supported; '
-                      f'known: {tuple(_HF_ACTIVATIONS)}.')
-  missing = [key for key in _CONFIG_KEYS if key not in hf and key != 'pad_token_id']
+                      f'known: {tuple(HF_ACTIVATIONS)}.')
+  missing = [key for key in CONFIG_KEYS if key not in hf and key != 'pad_token_id']
   if missing:
     raise ConfigError(f'{path} lacks {missing}.')
-  fields = {ours: hf[key] for key, ours in _CONFIG_KEYS.items() if key in hf}
-  fields['hidden_act'] = _HF_ACTIVATIONS[hf['hidden_act']]
+  fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
+  fields['hidden_act'] = HF_ACTIVATIONS[hf['hidden_act']]
   fields.setdefault('pad_token_id', 1 if family == 'roberta' else 0)
   # RoBERTa numbers positions from padding_idx + 1 (fairseq); BERT from 0.
   fields['position_offset'] = fields['pad_token_id'] + 1 if family == 'roberta' else 0
@@ -147,7 +147,7 @@ def _hf_module_name(module_path: str, family: str, prefix: str) -> str | None:
   `prefix` ('bert.', 'roberta.' or '') goes before the encoder's names, not the heads'.
   """
   encoder_path = module_path.removeprefix('encoder/')
-  for pattern, replacement in _ENCODER_RULES:
+  for pattern, replacement in ENCODER_RULES:
     if re.fullmatch(pattern, encoder_path):
       return prefix + re.sub(pattern, replacement, encoder_path)
   for pattern, replacement in _HEAD_RULES[family]:
@@ -161,9 +161,9 @@ def _hf_names(params_shapes: dict, family: str, prefix: str = '') -> dict[tuple[
   names = {}
   for path in flax.traverse_util.flatten_dict(params_shapes):
     module = _hf_module_name('/'.join(path[:-1]), family, prefix)
-    if module is None or path[-1] not in _LEAF_NAMES:
+    if module is None or path[-1] not in LEAF_NAMES:
       raise ValueError(f'No HF name for our parameter {"/".join(path)} ({family}).')
-    names[path] = f'{module}.{_LEAF_NAMES[path[-1]]}'
+    names[path] = f'{module}.{LEAF_NAMES[path[-1]]}'
   return names
 
 
@@ -179,13 +179,13 @@ def _hf_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
   return (int(np.prod(shape)),) if path[-1] == 'bias' else tuple(shape)
 
 
-def _from_hf(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+def from_hf(tensor: np.ndarray, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
   if path[-1] == 'kernel':  # HF (out, in) -> ours (in..., out...).
     tensor = tensor.T
   return tensor.reshape(shape)
 
 
-def _to_hf(param: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
+def to_hf(param: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
   param = np.asarray(param, np.float32)
   hf_shape = _hf_shape(path, param.shape)
   if path[-1] == 'kernel':  # Ours (in..., out...) -> HF (out, in).
@@ -193,14 +193,14 @@ def _to_hf(param: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
   return param.reshape(hf_shape)
 
 
-def _read_tensors(checkpoint_dir: str, family: str) -> dict[str, np.ndarray]:
+def read_tensors(checkpoint_dir: str, family: str) -> dict[str, np.ndarray]:
   """All tensors of the checkpoint, names stripped of the 'bert.'/'roberta.' prefix."""
   single = os.path.join(checkpoint_dir, 'model.safetensors')
   index = os.path.join(checkpoint_dir, 'model.safetensors.index.json')
   if os.path.exists(single):
     files = [single]
   elif os.path.exists(index):
-    shards = sorted(set(_read_json(index)['weight_map'].values()))
+    shards = sorted(set(read_json(index)['weight_map'].values()))
     files = [os.path.join(checkpoint_dir, shard) for shard in shards]
   else:
     raise FileNotFoundError(
@@ -259,7 +259,7 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
   for subtree in fresh:
     if not any(under(path, subtree) for path in names):
       raise ValueError(f'fresh={fresh!r}: {subtree!r} names no parameter subtree of the model.')
-  tensors = _read_tensors(checkpoint_dir, family)
+  tensors = read_tensors(checkpoint_dir, family)
 
   wanted = {path: name for path, name in names.items() if not is_fresh(path)}
   missing = [f'{name} (ours: {"/".join(path)})' for path, name in wanted.items()
@@ -288,7 +288,7 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
     if tensor.shape != _hf_shape(path, shape):
       raise ValueError(f'{checkpoint_dir}: {name} has shape {tensor.shape}, but ours '
                        f'{"/".join(path)} {shape} needs {_hf_shape(path, shape)}.')
-    params[path] = _from_hf(tensor, path, shape).astype(dtype)
+    params[path] = from_hf(tensor, path, shape).astype(dtype)
   if fresh:
     if rng is None:
       raise ValueError(f'fresh={fresh!r} needs an rng to initialise them.')
@@ -333,7 +333,7 @@ def hf_config(model: nn.Module, family: str) -> dict:
     raise ConfigError(f'model.position_offset={c.position_offset}: transformers {family} needs '
                       f'{c.pad_token_id + 1 if family == "roberta" else 0}.')
   arch, _ = architecture(model, family)
-  fields = {key: getattr(c, ours) for key, ours in _CONFIG_KEYS.items()}
+  fields = {key: getattr(c, ours) for key, ours in CONFIG_KEYS.items()}
   fields.update(architectures=[arch], model_type=family, position_embedding_type='absolute',
                 tie_word_embeddings=True)
   if hasattr(model, 'num_labels'):
@@ -353,7 +353,7 @@ def save_checkpoint(out_dir: str, model: nn.Module, params: dict, *, family: str
   config = hf_config(model, family)
   params = nn.unbox(params)
   names = _hf_names(params, family, f'{prefix}.' if prefix else '')
-  tensors = {names[path]: _to_hf(jax.device_get(param), path)
+  tensors = {names[path]: to_hf(jax.device_get(param), path)
              for path, param in flax.traverse_util.flatten_dict(params).items()}
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
