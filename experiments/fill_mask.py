@@ -19,7 +19,6 @@ flags.DEFINE_multi_string('text', [
 flags.DEFINE_integer('top_k', 5, 'Guesses shown per mask.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 flags.mark_flag_as_required('workdir')
-flags.FLAGS.set_default('verbosity', logging.WARNING)
 
 
 def fill_mask(model, params, tokenizer, text: str, top_k: int) -> list[list[tuple[str, float]]]:
@@ -38,6 +37,8 @@ def fill_mask(model, params, tokenizer, text: str, top_k: int) -> list[list[tupl
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:  # Quiet by default; -v 0 shows all logs.
+    logging.set_verbosity(logging.WARNING)
   del argv
   config, model, params = reload.load_workdir(flags.FLAGS.workdir, flags.FLAGS.step)
   tokenizer = tokenizer_lib.get_tokenizer(config.data, flags.FLAGS.workdir)

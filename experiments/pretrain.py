@@ -12,10 +12,11 @@ config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/bert.
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the tokenizer.')
 flags.mark_flags_as_required(['config', 'workdir'])
-flags.FLAGS.set_default('verbosity', logging.WARNING)  # Progress bar + validation lines; -v 0: all logs.
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:  # Quiet by default; -v 0 shows all logs.
+    logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -14,8 +14,8 @@ from tests import training_util
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 STEPS = 3
-# f32: sharded reductions reorder sums (~1e-7), and Adam's g / sqrt(v) amplifies that on
-# near-zero gradients, so after 3 steps losses agree to ~3e-5 and parameters to ~1e-5.
+# f32: sharded reductions reorder sums (~1e-7 relative); after 3 Adam steps losses agree
+# to ~3e-5 and parameters (but the key biases, NOISE_ONLY) to ~1e-5.
 LOSS_RTOL = 1e-4
 PARAM_ATOL = 1e-4
 
@@ -37,7 +37,15 @@ EXPECTED_SPECS = (
     (r'mlm_head/transform/kernel$', ('fsdp', 'tensor')),
     (r'mlm_head/transform/bias$', ('tensor',)),
     (r'mlm_head/bias$', ('tensor',)),
+    (r'pooler/dense/kernel$', ('fsdp', 'tensor')),
+    (r'pooler/dense/bias$', ('tensor',)),
+    (r'sentence_order_head/dense/kernel$', ('fsdp',)),
+    (r'sentence_order_head/dense/bias$', ()),
 )
+# The key bias shifts every score of a query by the same amount, so softmax makes its true
+# gradient exactly zero; its computed gradient is rounding noise, which Adam normalises to
+# +-lr with a sign that depends on the summation order. Its values are not comparable.
+NOISE_ONLY = r'attention/key/bias$'
 
 
 def expected_spec(name: str) -> tuple:
@@ -73,7 +81,9 @@ def _child():
     return losses, state, run
 
   def max_diff(a, b):
-    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+    diffs = {'/'.join(k.key for k in path): float(np.max(np.abs(x - y))) for (path, x), y in
+             zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b))}
+    return max(d for name, d in diffs.items() if not re.search(NOISE_ONLY, name))
 
   def spec_of(array):
     spec = tuple(array.sharding.spec)

@@ -69,6 +69,10 @@ def test_gradient_accumulation_matches_one_batch():
   losses_accum, _, params_accum = _steps(
       training_util.tiny_config(train__grad_accum_steps=4, **no_dropout), 3)
   assert losses_accum == pytest.approx(losses, rel=1e-5)
+  for layer in params_accum['encoder']['layers'].values():  # See test_sharding.NOISE_ONLY.
+    del layer['attention']['key']['bias']
+  for layer in params['encoder']['layers'].values():
+    del layer['attention']['key']['bias']
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params_accum, params)
 
 
@@ -131,3 +135,16 @@ def test_synthetic_batches_follow_the_contract():
   real = batch['segment_ids'] > 0
   assert np.all(np.diff(original, axis=1)[real[:, 1:] & real[:, :-1]] != 0)  # Progressions.
   assert np.all(batch['input_ids'][~real] == 0) and np.all(batch['position_ids'][~real] == 0)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
+  config = training_util.tiny_config(model__dtype='bfloat16', model__hidden_dropout_rate=0.0,
+                                     model__attention_dropout_rate=0.0)
+  run, mesh = _setup(config)
+  dtypes = {x.dtype for x in jax.tree.leaves((run.abstract_state.params,
+                                               run.abstract_state.opt_state)) if x.ndim}
+  assert dtypes == {np.dtype('float32')}
+  losses_bf16 = _steps(config, 1, run_and_mesh=(run, mesh))[0]
+  losses_f32 = _steps(training_util.tiny_config(model__hidden_dropout_rate=0.0,
+                                                model__attention_dropout_rate=0.0), 1)[0]
+  assert losses_bf16 == pytest.approx(losses_f32, rel=2e-2)
