@@ -5,8 +5,9 @@ Three task kinds, each turned into rows of the batch contract's input arrays
 plus targets, one row per window, `example_index` naming the record a row came from:
 
 - 'classification': one label per text or text pair (`label` [N]). A single text longer
-  than a row is cut into windows of `max_length - 2` tokens that start every `doc_stride`
-  tokens (at most `max_windows`); evaluation averages the logits of a record's windows.
+  than a row is cut into (at most `max_windows`) windows of `max_length - 2` tokens that start
+  every `doc_stride` tokens (capped at the window length); evaluation averages the logits of
+  a record's windows.
   Pairs (GLUE) are truncated longest-first, as BERT's `truncate_seq_pair`.
 - 'token_classification': one tag per word (`labels`, `label_weights` [N, L]: the first
   sub-token of each word carries the word's tag). Long sentences get windows; each word is
@@ -154,7 +155,7 @@ def classification_split(texts: list[str], labels, tokenizer, max_length: int, d
   if texts_b is None:
     for i, encoding in enumerate(encoded_a):
       ids = encoding.ids
-      spans = windows(len(ids), max_length - 2, doc_stride)
+      spans = windows(len(ids), max_length - 2, min(doc_stride, max_length - 2))
       for start, end in spans[:max_windows or None]:
         row = [cls] + ids[start:end] + [sep]
         writer.add(row, [0] * len(row), i, label=labels[i])
@@ -188,7 +189,7 @@ def token_classification_split(words: list[list[str]], tags: list[list[int]], to
     first = np.zeros(len(word_ids), bool)  # First sub-token of each word.
     first[np.unique(word_ids, return_index=True)[1]] = True
     first &= word_ids >= 0
-    spans = windows(len(word_ids), max_length - 2, doc_stride)
+    spans = windows(len(word_ids), max_length - 2, min(doc_stride, max_length - 2))
     owner = max_context(spans, len(word_ids))
     for w, (start, end) in enumerate(spans):
       row = [cls] + encoding.ids[start:end] + [sep]
@@ -316,8 +317,7 @@ def build_task(config, tokenizer, pair_types: bool) -> Task:
   data = config.data
   task = config.task
   common = dict(tokenizer=tokenizer, max_length=data.max_length, doc_stride=data.doc_stride)
-  limit = lambda records, split: records[:data.max_examples] if (
-      data.max_examples and split == 'train') else records
+  limit = lambda records, split: records[:data.max_examples or None]
   if task == 'topic':
     splits, names = topic_records(data, data.dev_fraction)
     made = {s: classification_split([r['text'] for r in limit(recs, s)],

@@ -30,7 +30,7 @@ def cells(scale, base):
   result = []
   for name, (batch, steps, lr, ppl, mnli, sst2) in PAPER.items():
     if scale == 'paper':
-      accum = 1
+      accum = batch // 256  # Micro-batches of the smallest batch.
     elif scale == 'tiny':
       batch, steps, lr = batch // TINY_SCALE, 1024 * 256 // batch, 2 * lr
       accum = max(1, batch // 64)  # Micro-batches of at most 64 rows.

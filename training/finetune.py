@@ -164,6 +164,24 @@ class _InitAdapter:
     return self.model.init(rng, *(batch[k] for k in INPUTS))['params']
 
 
+def _initial_state(model, source, config, tx, train_rows, mesh, rules):
+  """(sharded TrainState, its shardings, names of new subtrees): the model's own init gives
+  shapes, logical axes and the new head; the source fills in the encoder."""
+  init_rng, head_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  init_model = _InitAdapter(model)
+  shapes = {k: ((config.train.batch_size,) + train_rows[k].shape[1:], np.int32) for k in INPUTS}
+  _, state_shardings = state_lib.state_shardings(init_model, tx, shapes, mesh, rules)
+  example = state_lib.example_batch(shapes)
+  fresh = jax.jit(lambda rng: nn.unbox(init_model.init(rng, example)),
+                  out_shardings=state_shardings.params)(init_rng)
+  params, new = finetune_init.initial_params(source, model, fresh, head_rng, config.reinit)
+  make_state = lambda p, rng: state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                                   opt_state=tx.init(p), rng=rng)
+  state = jax.jit(make_state, out_shardings=state_shardings)(
+      jax.device_put(params, state_shardings.params), dropout_rng)
+  return state, state_shardings, new
+
+
 def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> dict:
   """Fine-tunes per `config` in `workdir`; returns {'dev': ..., 'test': ..., ...} metrics.
 
@@ -200,20 +218,8 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
     opt_config.warmup_steps = int(opt_config.warmup_fraction * num_steps)
   tx, schedule = make_optimizer(opt_config, num_steps, model_config.num_layers)
 
-  # Parameters: the model's own init gives shapes, logical axes and the new head.
-  init_rng, head_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  init_model = _InitAdapter(model)
-  shapes = {k: ((batch_size,) + train_rows[k].shape[1:], np.int32) for k in INPUTS}
-  _, state_shardings = state_lib.state_shardings(init_model, tx, shapes, mesh, rules)
-  example = state_lib.example_batch(shapes)
-  fresh = jax.jit(lambda rng: nn.unbox(init_model.init(rng, example)),
-                  out_shardings=state_shardings.params)(init_rng)
-  params, new = finetune_init.initial_params(source, model, fresh, head_rng, config.reinit)
+  state, state_shardings, new = _initial_state(model, source, config, tx, train_rows, mesh, rules)
   logging.info('Fine-tuning %s from %s (%s); new: %s', task.kind, source.kind, source.path, new)
-  state = jax.jit(lambda p, rng: state_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=rng),
-                  out_shardings=state_shardings)(
-                      jax.device_put(params, state_shardings.params), dropout_rng)
 
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = sharding.batch_sharding(mesh)

@@ -118,13 +118,11 @@ def mlm_eval(config: ml_collections.ConfigDict, workdir: str, mask_rate: float) 
   batches = pipeline.make_pretraining_iterator(eval_config, tokenizer, eval_config.data.eval_split,
                                                num_epochs=1)
 
-  @jax.jit
-  def sums(batch):
-    return objective.loss(params, batch, None, objective.denominators(batch), deterministic=True)[1]
-
+  sums = jax.jit(lambda p, batch: objective.loss(p, batch, None, objective.denominators(batch),
+                                                  deterministic=True)[1])
   total = None
   for _, batch in zip(range(eval_config.train.eval_steps), batches):
-    total = metrics.add_sums(total, jax.device_get(sums(batch)))
+    total = metrics.add_sums(total, jax.device_get(sums(params, batch)))
   result = metrics.summarize(total)
   return {'mlm_loss': result['mlm_loss'], 'mlm_accuracy': result['mlm_accuracy']}
 

@@ -1,0 +1,89 @@
+"""Ablation scripts: their cells follow the papers' settings; each smoke run writes its outputs."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import ablate_batch_size, ablate_masking_rate, ablate_masking_strategy, ablate_nsp
+from training import finetune_ablation, sweep
+from tests import training_util
+
+
+def test_masking_rate_cells():
+  cells = ablate_masking_rate.cells('tiny', finetune_ablation.pretrain_config('tiny'))
+  rates = sorted({c.overrides['data.mask_rate'] for c in cells})
+  assert rates == [0.15, 0.30, 0.40, 0.60, 0.80] and len(cells) == 10
+  corruption = {(c.overrides['data.mask_token_prob'], c.overrides['data.random_token_prob'])
+                for c in cells}
+  assert corruption == {(0.8, 0.1), (1.0, 0.0)}
+  assert ablate_masking_rate.ABLATION.eval_mask_rate == 0.15
+  assert 'mlm_loss_at_15' in ablate_masking_rate.ABLATION.metrics
+
+
+@pytest.mark.parametrize('scale', ['tiny', 'paper'])
+def test_batch_size_cells_train_on_equal_tokens(scale):
+  base = finetune_ablation.pretrain_config(scale)
+  cells = ablate_batch_size.cells(scale, base)
+  rows = [c.overrides['train.batch_size'] * c.overrides['train.num_steps'] for c in cells]
+  batches = [c.overrides['train.batch_size'] for c in cells]
+  lrs = [c.overrides['optimizer.learning_rate'] for c in cells]
+  assert np.allclose(np.array(batches) / batches[0], [1, 8, 32])
+  assert max(rows) / min(rows) < 1.03  # Paper: 256 x 1M = 2K x 125K ~ 8K x 31K.
+  assert np.allclose(np.array(lrs) / lrs[0], [1, 7, 10])
+  for cell in cells:
+    config = sweep.apply_overrides(base, cell.overrides)
+    micro = config.train.batch_size // config.train.grad_accum_steps
+    assert config.train.batch_size % config.train.grad_accum_steps == 0 and micro <= max(64, batches[0])
+
+
+def test_masking_strategy_and_nsp_cells(monkeypatch):
+  base = finetune_ablation.pretrain_config('tiny')
+  strategy = {c.name: c.overrides for c in ablate_masking_strategy.cells('tiny', base)}
+  assert strategy['dynamic']['data.static_masking'] is False
+  assert strategy['static (dupe_factor=10)']['data.dupe_factor'] == 10
+  tokens = {'segment_pair_nsp': 120.0, 'sentence_pair_nsp': 40.0}
+  monkeypatch.setattr(finetune_ablation, 'mean_tokens_per_row',
+                      lambda config: tokens[config.data.input_format])
+  nsp = {c.name: c.overrides for c in ablate_nsp.cells('tiny', base)}
+  assert len(nsp) == 5
+  assert nsp['SENTENCE-PAIR + NSP']['train.batch_size'] == 3 * base.train.batch_size
+  assert nsp['SEGMENT-PAIR, No NSP (BERT)'] == {'data.input_format': 'segment_pair_nsp',
+                                                'train.sentence_loss_weight': 0.0,
+                                                'data.static_masking': False}
+  assert {o['data.input_format'] for o in nsp.values()} == {
+      'segment_pair_nsp', 'sentence_pair_nsp', 'full_sentences', 'doc_sentences'}
+
+
+@pytest.fixture(scope='module')
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA cache for the smoke runs: their cells compile the same steps."""
+  return str(tmp_path_factory.mktemp('xla_cache'))
+
+
+def _smoke(name, out_dir, cache_dir):
+  command = [sys.executable, '-m', f'experiments.ablate_{name}', '--smoke', f'--out={out_dir}']
+  env = dict(training_util.env(1), JAX_COMPILATION_CACHE_DIR=cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  return subprocess.run(command, cwd=training_util.ROOT, env=env, capture_output=True, text=True,
+                        timeout=1500)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,paper', [
+    ('masking_rate', 'Wettig et al. 2022'), ('nsp', 'RoBERTa, Table 2'),
+    ('batch_size', 'RoBERTa, Table 3'), ('masking_strategy', 'RoBERTa, Table 1')])
+def test_smoke_run_writes_csv_table_and_plot(name, paper, tmp_path, compilation_cache):
+  result = _smoke(name, tmp_path, compilation_cache)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  with open(tmp_path / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 2  # Smoke: the first two cells, one seed.
+  for row in rows:
+    assert 0.0 <= float(row['test_accuracy']) <= 1.0 and np.isfinite(float(row['mlm_loss']))
+  markdown = (tmp_path / 'results.md').read_text()
+  assert paper in markdown and 'paper: ' in markdown
+  assert (tmp_path / 'results.png').stat().st_size > 1000
+  assert len(os.listdir(tmp_path / 'results')) == 2
