@@ -10,6 +10,10 @@
 Argument: `task` ('topic', 'glue/<name>', 'conll2003', 'squad') and `size` (the model built for
 init_from=none). Defaults follow BERT's fine-tuning recipe (Devlin et al. 2019, A.3: AdamW,
 lr in {2,3,5}e-5, batch 32, 2-4 epochs, 10% warm-up, linear decay, dropout 0.1).
+
+Splits of the topic task: model selection / early stopping on 'dev', a hashed `dev_fraction`
+of the corpus 'train' split (so never pretraining's 'validation' split), results on 'test'
+(seen by neither pretraining nor model selection); see data/finetune_data.py.
 """
 import ml_collections
 from ml_collections import config_dict

@@ -6,7 +6,7 @@
 Batches in the paper's ratio 256 : 2K : 8K with steps 1M : 125K : 31K and peak learning rates
 1e-4 : 7e-4 : 1e-3. Large batches go through gradient accumulation
 (`train.grad_accum_steps`), so they fit the memory of the smallest. Tiny scale: batches
-8 / 64 / 256 for 1024 / 128 / 32 steps (the same 8192 sequences), learning rates 2x the
+8 / 64 / 256 for 512 / 64 / 16 steps (the same 4096 sequences), learning rates 2x the
 paper's (tiny models train at larger rates), warm-up 1% of the steps (BERT's 10k of 1M).
 Reported: validation MLM perplexity and topic accuracy.
 """
@@ -32,7 +32,7 @@ def cells(scale, base):
     if scale == 'paper':
       accum = batch // 256  # Micro-batches of the smallest batch.
     elif scale == 'tiny':
-      batch, steps, lr = batch // TINY_SCALE, 1024 * 256 // batch, 2 * lr
+      batch, steps, lr = batch // TINY_SCALE, 512 * 256 // batch, 2 * lr
       accum = max(1, batch // 64)  # Micro-batches of at most 64 rows.
     else:
       (batch, steps), lr, accum = SMOKE_BATCHES[name], 10 * lr, 1 if name != '8K' else 2
