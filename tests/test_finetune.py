@@ -6,6 +6,7 @@ import os
 import jax
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -252,6 +253,18 @@ def test_init_from_hf_minilm_reads_its_weights(minilm_dir, tmp_path):
                                 tensors['encoder.layer.5.output.dense.weight'].T)
   assert params['classifier']['dense']['kernel'].shape == (384, 3)
   assert np.std(params['classifier']['dense']['kernel']) > 0  # Initialised, not left at zero.
+
+
+def test_electra_discriminator_becomes_the_encoder():
+  stack = {'layer_0': {'w': np.ones(2)}}
+  params = {'embeddings': {'e': np.zeros(2)}, 'generator_encoder': {'layers': {}},
+            'discriminator_encoder': {'layers': stack}, 'discriminator_predictions': {}}
+  config = ml_collections.ConfigDict(dict(embedding_size=256, hidden_size=256))
+  assert finetune_init.electra_discriminator(params, config) == {
+      'encoder': {'embeddings': {'e': params['embeddings']['e']}, 'layers': stack}}
+  config.embedding_size = 128
+  with pytest.raises(ValueError, match='embeddings_project'):
+    finetune_init.electra_discriminator(params, config)
 
 
 def test_bad_init_from_is_named(minilm_dir, tmp_path):

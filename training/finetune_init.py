@@ -1,6 +1,7 @@
 """Where a fine-tuned encoder starts: our pretraining workdir, an HF checkpoint, or random init.
 
-`resolve(config, workdir)` finds the architecture and tokenizer; `initial_params(...)` fills
+`resolve(config, workdir)` finds the architecture and tokenizer (ELECTRA workdirs give their
+discriminator); `initial_params(...)` fills
 the task model's parameters: every encoder weight comes from the source (only BERT's pooler
 may be new, when pretraining had no NSP head), the task head is always new.
 """
@@ -61,18 +62,36 @@ def resolve(config, workdir: str) -> Source:
   if os.path.isdir(checkpointing.checkpoint_dir(path)):
     manager, step = _pretraining_checkpoint(path)
     pretrain_config = checkpointing.restore_config(manager, step)
-    if pretrain_config.model.get('family', 'bert') not in hf_interop.FAMILIES:
-      raise ValueError(f'config.init_from={path!r} is a {pretrain_config.model.family} model; '
-                       f'fine-tuning supports {hf_interop.FAMILIES}.')
+    family = pretrain_config.model.get('family', 'bert')
+    if family not in hf_interop.FAMILIES + ('electra',):
+      raise ValueError(f'config.init_from={path!r} is a {family} model; fine-tuning supports '
+                       f'{hf_interop.FAMILIES + ("electra",)}.')
     state, _ = checkpointing.restore(manager, step, None, with_data=False)
     manager.close()
     params = jax.tree.map(np.asarray, state['params'])
+    if family == 'electra':
+      params = electra_discriminator(params, pretrain_config.model)
     tokenizer = tokenizer_lib.get_tokenizer(pretrain_config.data, path)
     logging.info('Fine-tuning from %s step %d.', path, step)
     return Source('workdir', path, pretrain_config.model, tokenizer, params)
   raise ValueError(f'config.init_from={init_from!r} is neither an HF checkpoint directory '
                    '(config.json + model.safetensors) nor a pretraining workdir (checkpoints/), '
                    "nor 'none'.")
+
+
+def electra_discriminator(params: dict, model_config) -> dict:
+  """ELECTRA pair params -> {'encoder': ...} of the discriminator as a BERT encoder.
+
+  The discriminator is a BERT encoder over the shared embeddings when they have its width
+  (ELECTRA base / large); narrower embeddings (small) need the `embeddings_project` layer,
+  which encoders.bert's task models do not have.
+  """
+  if model_config.embedding_size != model_config.hidden_size:
+    raise ValueError(f'ELECTRA with embedding_size={model_config.embedding_size} != hidden_size='
+                     f'{model_config.hidden_size} cannot be fine-tuned yet: the task models have no '
+                     'embeddings_project (see /tmp/team/NOTES_finetune.md).')
+  return {'encoder': {'embeddings': params['embeddings'],
+                      'layers': params['discriminator_encoder']['layers']}}
 
 
 def _hf_tensor_names(path: str) -> set[str]:
