@@ -6,6 +6,7 @@ logical constraints, so a mesh shards them by the rules of `training/sharding.py
   batch, length  activations          vocab    word embeddings / MLM bias
   embed          the hidden size      heads    attention heads
   kv             per-head features    mlp      the MLP's inner size
+  embed_out      output side of square hidden->hidden kernels (pooler, MLM transform)
 """
 import functools
 from typing import Callable
@@ -88,6 +89,31 @@ class Embeddings(nn.Module):
     return self.word_embeddings.attend(x)
 
 
+class HeadProjection(nn.Module):
+  """hidden -> (heads, head_dim) when `to_heads`, else back; the kernel is created at full rank.
+
+  (flax's DenseGeneral creates its kernel flat and then applies the 3-D logical
+  constraint to the 2-D array, which fails under an active mesh.)
+  """
+  config: EncoderConfig
+  to_heads: bool
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    heads_shape, heads_axes = (c.num_heads, c.head_dim), ('heads', 'kv')
+    if self.to_heads:
+      kernel_shape, kernel_axes = (c.hidden_size, *heads_shape), ('embed', *heads_axes)
+      bias_shape, bias_axes, equation = heads_shape, heads_axes, 'bld,dhk->blhk'
+    else:
+      kernel_shape, kernel_axes = (*heads_shape, c.hidden_size), (*heads_axes, 'embed')
+      bias_shape, bias_axes, equation = (c.hidden_size,), ('embed',), 'blhk,hkd->bld'
+    kernel = self.param('kernel', normal_init(c, kernel_axes), kernel_shape, c.storage_dtype)
+    bias = self.param('bias', zeros_init(bias_axes), bias_shape, c.storage_dtype)
+    dtype = c.compute_dtype
+    return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
 class SelfAttention(nn.Module):
   """Bidirectional multi-head self-attention with a boolean mask.
 
@@ -100,13 +126,9 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x, mask, deterministic: bool):
     c = self.config
-    projection = functools.partial(
-        nn.DenseGeneral, features=(c.num_heads, c.head_dim), dtype=c.compute_dtype,
-        param_dtype=c.storage_dtype, kernel_init=normal_init(c, ('embed', 'heads', 'kv')),
-        bias_init=zeros_init(('heads', 'kv')))
-    query = projection(name='query')(x)  # [batch, length, heads, head_dim]
-    key = projection(name='key')(x)
-    value = projection(name='value')(x)
+    query = HeadProjection(c, to_heads=True, name='query')(x)  # [batch, length, heads, head_dim]
+    key = HeadProjection(c, to_heads=True, name='key')(x)
+    value = HeadProjection(c, to_heads=True, name='value')(x)
 
     if deterministic or c.attention_dropout_rate == 0.0:
       context = jax.nn.dot_product_attention(query, key, value, mask=mask)
@@ -118,11 +140,7 @@ class SelfAttention(nn.Module):
       probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=False)
       context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(value.dtype), value)
     context = nn.with_logical_constraint(context, ('batch', 'length', 'heads', 'kv'))
-
-    return nn.DenseGeneral(
-        features=c.hidden_size, axis=(-2, -1), dtype=c.compute_dtype,
-        param_dtype=c.storage_dtype, kernel_init=normal_init(c, ('heads', 'kv', 'embed')),
-        bias_init=zeros_init(('embed',)), name='output')(context)  # [batch, length, hidden]
+    return HeadProjection(c, to_heads=False, name='output')(context)  # [batch, length, hidden]
 
 
 class MLP(nn.Module):
