@@ -38,7 +38,7 @@ def fill_mask(model, params, tokenizer, text: str, top_k: int) -> list[list[tupl
 
 def main(argv):
   if not flags.FLAGS['verbosity'].present:  # Quiet by default; -v 0 shows all logs.
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
   del argv
   config, model, params = reload.load_workdir(flags.FLAGS.workdir, flags.FLAGS.step)
   tokenizer = tokenizer_lib.get_tokenizer(config.data, flags.FLAGS.workdir)

@@ -14,13 +14,17 @@ from tests import training_util
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 STEPS = 3
-# f32: sharded reductions reorder sums (~1e-7 relative); after 3 Adam steps losses agree
-# to ~3e-5 and parameters (but the key biases, NOISE_ONLY) to ~1e-5.
+# f32. Sharded reductions reorder sums (~1e-7 relative). Adam's first updates are
+# lr * g / (|g| + eps): with the default eps=1e-6 every element whose gradient is near zero
+# moves by +-lr with a sign set by rounding, so parameters would differ by ~2 lr in a few
+# elements whatever the sharding's correctness. The comparison therefore uses eps=1e-2,
+# which keeps updates linear in such gradients (parameters then agree to ~1e-7).
 LOSS_RTOL = 1e-4
-PARAM_ATOL = 1e-4
+PARAM_ATOL = 1e-5
+COMPARABLE = dict(optimizer__eps=1e-2)
 
 # Expected mesh axes per parameter on any mesh, from the rules in configs/training.py
-# (embed->fsdp, vocab/heads/mlp/embed_out->tensor, kv->None) applied by hand to the
+# (embed->fsdp, vocab/heads/mlp->tensor, embed_out/kv->None) applied by hand to the
 # logical axes of encoders/layers.py and heads.py. Trailing Nones dropped.
 EXPECTED_SPECS = (
     (r'word_embeddings/embedding$', ('tensor', 'fsdp')),
@@ -34,18 +38,14 @@ EXPECTED_SPECS = (
     (r'mlp/intermediate/bias$', ('tensor',)),
     (r'mlp/output/kernel$', ('tensor', 'fsdp')),
     (r'mlp/output/bias$', ('fsdp',)),
-    (r'mlm_head/transform/kernel$', ('fsdp', 'tensor')),
-    (r'mlm_head/transform/bias$', ('tensor',)),
+    (r'mlm_head/transform/kernel$', ('fsdp',)),
+    (r'mlm_head/transform/bias$', ()),
     (r'mlm_head/bias$', ('tensor',)),
-    (r'pooler/dense/kernel$', ('fsdp', 'tensor')),
-    (r'pooler/dense/bias$', ('tensor',)),
+    (r'pooler/dense/kernel$', ('fsdp',)),
+    (r'pooler/dense/bias$', ()),
     (r'sentence_order_head/dense/kernel$', ('fsdp',)),
     (r'sentence_order_head/dense/bias$', ()),
 )
-# The key bias shifts every score of a query by the same amount, so softmax makes its true
-# gradient exactly zero; its computed gradient is rounding noise, which Adam normalises to
-# +-lr with a sign that depends on the summation order. Its values are not comparable.
-NOISE_ONLY = r'attention/key/bias$'
 
 
 def expected_spec(name: str) -> tuple:
@@ -67,7 +67,7 @@ def _child():
   assert jax.device_count() == 8
 
   def train(mesh_shape, devices, **overrides):
-    config = training_util.tiny_config(**overrides)
+    config = training_util.tiny_config(**COMPARABLE, **overrides)
     config.mesh.shape = mesh_shape
     mesh = sharding.make_mesh(config.mesh, devices)
     run = trainer.setup(config, mesh)
@@ -81,9 +81,7 @@ def _child():
     return losses, state, run
 
   def max_diff(a, b):
-    diffs = {'/'.join(k.key for k in path): float(np.max(np.abs(x - y))) for (path, x), y in
-             zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b))}
-    return max(d for name, d in diffs.items() if not re.search(NOISE_ONLY, name))
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
 
   def spec_of(array):
     spec = tuple(array.sharding.spec)
