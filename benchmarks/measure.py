@@ -107,12 +107,16 @@ def time_steps(step, spec: Spec) -> dict:
   first_step_s = time.perf_counter() - start
   for _ in range(spec.warmup):
     step()
-  times = []
+  times, cpu_times = [], []
   deadline = time.perf_counter() + spec.max_time
   while len(times) < spec.steps and (len(times) < 3 or time.perf_counter() < deadline):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step()
     times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
   tokens = spec.batch * spec.seq
+  # CPU seconds (all threads) per step: less sensitive than wall time to other processes
+  # taking cores away, so A/B comparisons on a shared machine can use it too.
   return dict(first_step_s=first_step_s, step_s=percentile_stats(times),
-              tokens_per_s=percentile_stats([tokens / t for t in times]), timed_steps=len(times))
+              tokens_per_s=percentile_stats([tokens / t for t in times]),
+              cpu_s_per_step=percentile_stats(cpu_times), timed_steps=len(times))

@@ -51,6 +51,8 @@ def parse_args(argv):
   parser.add_argument('--no-peak', action='store_true', help='Skip the matmul peak measurement.')
   parser.add_argument('--timeout', type=float, default=900.0, help='Seconds per run.')
   parser.add_argument('--out', default=None, help='Directory for results.json and tokens_per_s.png.')
+  parser.add_argument('--merge', nargs='+', default=None, metavar='RESULTS_JSON',
+                      help='Run nothing: combine earlier results.json files into one table (and --out).')
   return parser.parse_args(argv)
 
 
@@ -179,11 +181,26 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def write_json(args, peaks: list[dict], results: list[dict]) -> None:
+  if args.out:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'results.json').write_text(json.dumps(
+        dict(args=vars(args), cpu_count=os.cpu_count(), matmul_peaks=peaks, results=results),
+        indent=1))
+
+
 def main(argv=None):
   args = parse_args(argv)
-  specs = specs_from_args(args)
-  results, peaks = [], []
-  if not args.no_peak:
+  if args.merge:
+    reports = [json.loads(pathlib.Path(f).read_text()) for f in args.merge]
+    peaks = [p for r in reports for p in r['matmul_peaks']]
+    results = [r for report in reports for r in report['results']]
+    specs = []
+  else:
+    specs = specs_from_args(args)
+    results, peaks = [], []
+  if not args.no_peak and not args.merge:
     peaks.append(run_in_subprocess(measure.Spec(system='matmul_peak'), args.timeout))
   for i, spec in enumerate(specs):
     print(f'[{i + 1}/{len(specs)}] {spec.name} {spec.shape} seq={spec.seq} batch={spec.batch}',
@@ -191,7 +208,8 @@ def main(argv=None):
     results.append(run_in_subprocess(spec, args.timeout))
     if results[-1]['status'] != 'ok':
       print(f"  {results[-1]['status']}: {results[-1]['error'].splitlines()[0]}", file=sys.stderr)
-  if not args.no_peak:
+    write_json(args, peaks, results)  # So far: an interrupted run keeps what it measured.
+  if not args.no_peak and not args.merge:
     peaks.append(run_in_subprocess(measure.Spec(system='matmul_peak'), args.timeout))
   ok_peaks = [p for p in peaks if p['status'] == 'ok']
   peak = max(ok_peaks, key=lambda p: p['f32_gflops']['max']) if ok_peaks else None
@@ -202,13 +220,9 @@ def main(argv=None):
           f"bf16 with f32 accumulation {peak['bf16_acc_f32_gflops']['max']:.0f} GFLOP/s "
           f"({peak['device_kind']}, {os.cpu_count()} cores)")
   print(markdown_table(results))
+  write_json(args, peaks, results)
   if args.out:
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'results.json').write_text(json.dumps(
-        dict(args=vars(args), cpu_count=os.cpu_count(), matmul_peaks=peaks, results=results),
-        indent=1))
-    plot(results, out / 'tokens_per_s.png')
+    plot(results, pathlib.Path(args.out) / 'tokens_per_s.png')
   return results
 
 
