@@ -74,7 +74,7 @@ def _child():
     state = run.init_state(config.seed)
     batches = synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)
     losses = []
-    with nn.logical_axis_rules(run.rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
       for _ in range(STEPS):
         state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
         losses.append(float(sums['loss'][0]))

@@ -24,7 +24,7 @@ def _steps(config, num_steps, seed=0, run_and_mesh=None):
   state = run.init_state(seed)
   batches = synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)
   losses, finite = [], []
-  with nn.logical_axis_rules(run.rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
     for _ in range(num_steps):
       state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
       losses.append(float(sums['loss'][0]))
@@ -69,7 +69,9 @@ def test_gradient_accumulation_matches_one_batch():
   losses_accum, _, params_accum = _steps(
       training_util.tiny_config(train__grad_accum_steps=4, **no_dropout), 3)
   assert losses_accum == pytest.approx(losses, rel=1e-5)
-  for layer in params_accum['encoder']['layers'].values():  # See test_sharding.NOISE_ONLY.
+  # The key bias's true gradient is zero (softmax ignores a per-query shift); Adam turns its
+  # rounding noise into +-lr steps, so it is left out.
+  for layer in params_accum['encoder']['layers'].values():
     del layer['attention']['key']['bias']
   for layer in params['encoder']['layers'].values():
     del layer['attention']['key']['bias']

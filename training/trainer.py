@@ -306,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       interval.update(sums=None, steps=0, start=time.perf_counter())
 
   try:
-    with nn.logical_axis_rules(run.rules):  # TODO(lead's layers.py fix): jax.set_mesh(mesh) too.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):  # Activation constraints on.
       if start_step == 0:
         run_eval(0)
       pending = None
