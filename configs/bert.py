@@ -19,6 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Seeds parameter init, dropout and the data order.
   config.model = get_model_config(arg.size)
+  if arg.size == 'tiny':
+    config.model.vocab_size = common.TINY_VOCAB_SIZE
   config.data = get_data_config(
       input_format='segment_pair_nsp',  # BERT: two spans of sentences + next-sentence prediction.
       static_masking=True,  # BERT's create_pretraining_data.py masks once, dupe_factor=10 copies.

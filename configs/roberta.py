@@ -6,13 +6,15 @@ Argument: `size` (tiny, mini, small, medium, base, large).
 """
 import ml_collections
 
-from configs import bert
+from configs import bert, common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = bert.get_config(arg)
+  size = common.parse_arg(arg, size='base').size
+  config = bert.get_config(size)
   config.model.family = 'roberta'
-  config.model.vocab_size = 50265  # GPT-2's byte-level BPE plus RoBERTa's specials.
+  # GPT-2's byte-level BPE plus RoBERTa's specials (tiny trains a small BPE on the corpus).
+  config.model.vocab_size = common.TINY_VOCAB_SIZE if size == 'tiny' else 50265
   config.model.type_vocab_size = 1
   config.model.pad_token_id = 1  # <s>=0, <pad>=1, </s>=2, <unk>=3.
   config.model.position_offset = 2  # fairseq counts positions from pad_token_id + 1.

@@ -3,9 +3,12 @@
 Every config field can be overridden, e.g. `--config.model.num_layers=2`. Re-running the
 same command resumes from the latest checkpoint in DIR.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from encoders.config import ConfigError
 from training import trainer
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/bert.py:tiny.',
@@ -19,7 +22,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except ConfigError as error:  # A bad config value: the message names the field.
+    sys.exit(f'Config error: {error}')
 
 
 if __name__ == '__main__':

@@ -23,6 +23,7 @@ import optax
 
 from encoders.bert import EncoderForPreTraining
 from encoders.config import EncoderConfig
+from training import flops
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
 
@@ -88,8 +89,16 @@ class MaskedLanguageModeling:
       metrics.update(sentence_metrics)
     return loss, metrics
 
+  def flops_per_sequence(self, seq_length: int, num_predictions: int) -> float:
+    """Training FLOPs for one sequence (training/flops.py)."""
+    return flops.flops_per_sequence(self.model.config, seq_length, num_predictions,
+                                    self.sentence_head)
 
-def make_objective(config, sentence_head: bool) -> MaskedLanguageModeling:
+
+def make_objective(config, sentence_head: bool):
   """The objective for `config` (the model family's pretraining loss)."""
+  if config.model.family == 'electra':
+    from training.electra_objective import ReplacedTokenDetection  # pylint: disable=g-import-not-at-top
+    return ReplacedTokenDetection.from_config(config)
   return MaskedLanguageModeling(EncoderConfig.from_config(config.model), sentence_head,
                                 config.train.sentence_loss_weight)

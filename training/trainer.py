@@ -255,9 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = latest
 
   writer = metrics.MetricWriter(workdir, is_main, start_step)
-  model_flops = train.batch_size * flops.flops_per_sequence(
-      run.objective.model.config, config.data.seq_length, run.shapes['masked_ids'][0][1],
-      run.sentence_head)
+  model_flops = train.batch_size * run.objective.flops_per_sequence(
+      config.data.seq_length, run.shapes['masked_ids'][0][1])
   peak_flops = flops.peak_flops_total()
   # With several processes JAX's preemption service (started by jax.distributed) owns SIGTERM.
   preemption = _Preemption(config.checkpoint.save_on_preemption and jax.process_count() == 1)
