@@ -238,7 +238,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
                            for _ in range(int(np.ceil(num_steps * batch_size / num_train)))])
   best = dict(score=-np.inf, step=0, params=None, dev={})
   evaluations_without_gain = 0
-  with nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # Activation constraints on.
     for step in range(num_steps):
       batch = take(train_rows, stream[step * batch_size:(step + 1) * batch_size])
       state, step_metrics = step_fn(state, sharding.global_batch(batch, mesh))
