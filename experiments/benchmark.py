@@ -130,16 +130,16 @@ def add_mfu(result: dict, peak: dict | None) -> None:
 def markdown_table(results: list[dict]) -> str:
   reference = {(r['spec']['shape'], r['spec']['seq']): r['tokens_per_s']['median']
                for r in results if r['name'] == REFERENCE and r['status'] == 'ok'}
-  lines = ['| shape | seq | batch | system | tokens/s median [p10-p90] | step ms | compile s '
-           '| peak RSS MB | MFU useful | MFU executed | vs HF Flax f32 |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+  lines = ['| shape | seq | batch | system | tokens/s median [p10-p90] | step ms | CPU s/step '
+           '| compile s | peak RSS MB | MFU useful | MFU executed | vs HF Flax f32 |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in results:
     s = r['spec']
     if s['system'] == 'matmul_peak':
       continue
     head = f"| {s['shape']} | {s['seq']} | {s['batch']} | {r['name']} "
     if r['status'] != 'ok':
-      lines.append(head + f"| {r['status']}: {r['error'].splitlines()[0][:80]} |||||||")
+      lines.append(head + f"| {r['status']}: {r['error'].splitlines()[0][:80]} ||||||||")
       continue
     t = r['tokens_per_s']
     ref = reference.get((s['shape'], s['seq']))
@@ -147,7 +147,8 @@ def markdown_table(results: list[dict]) -> str:
     speedup = f"{t['median'] / ref:.2f}x" if ref else '-'
     lines.append(
         head + f"| {t['median']:,.0f} [{t['p10']:,.0f}-{t['p90']:,.0f}] "
-        f"| {1000 * r['step_s']['median']:,.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:,.0f} "
+        f"| {1000 * r['step_s']['median']:,.0f} | {r.get('cpu_s_per_step', {}).get('median', float('nan')):.2f} "
+        f"| {r['compile_s']:.1f} | {r['peak_rss_mb']:,.0f} "
         f"| {mfu('mfu_useful')} | {mfu('mfu_executed')} | {speedup} |")
   return '\n'.join(lines)
 
