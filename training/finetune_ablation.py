@@ -77,10 +77,11 @@ def finetune_config(scale: str) -> ml_collections.ConfigDict:
     data.update(max_length=32, max_windows=1, max_examples=48)
     train.update(batch_size=8, num_epochs=1.0, eval_batch_size=16, log_every=2)
     config.optimizer.learning_rate = 1e-3
-  elif scale == 'tiny':
-    data.update(max_length=128, max_windows=1, max_examples=2000)
-    train.update(batch_size=32, num_epochs=1.0)
-    config.optimizer.learning_rate = 2e-4  # Tiny models want a larger rate than BERT-base's.
+  elif scale == 'tiny':  # The recipe that lifted BERT-tiny off chance level (lr 2e-4, 1 epoch did not).
+    data.update(max_length=64, max_windows=1, max_examples=2000)
+    train.update(batch_size=32, num_epochs=2.0)
+    config.head.pooling = 'mean'
+    config.optimizer.learning_rate = 1e-3
   return config
 
 
