@@ -50,10 +50,12 @@ ABLATION = finetune_ablation.Ablation(
     metrics=('mlm_loss_at_15', 'mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells,
     paper_config=paper_config, eval_mask_rate=0.15)
 
+
 def main(argv):
   del argv  # The report is printed by finetune_ablation.main; exit status 0.
   finetune_ablation.main(ABLATION)
 
 
 if __name__ == '__main__':
+  finetune_ablation.define_flags()
   app.run(main)

@@ -57,10 +57,12 @@ ABLATION = finetune_ablation.Ablation(
           'al. 2019, BERT, Table 5 (BERT_BASE vs No NSP)',
     metrics=('mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells, paper_config=paper_config)
 
+
 def main(argv):
   del argv  # The report is printed by finetune_ablation.main; exit status 0.
   finetune_ablation.main(ABLATION)
 
 
 if __name__ == '__main__':
+  finetune_ablation.define_flags()
   app.run(main)
