@@ -10,7 +10,6 @@ Batches in the paper's ratio 256 : 2K : 8K with steps 1M : 125K : 31K and peak l
 paper's (tiny models train at larger rates), warm-up 1% of the steps (BERT's 10k of 1M).
 Reported: validation MLM perplexity and topic accuracy.
 """
-from absl import app
 
 from training import finetune_ablation, sweep
 
@@ -54,11 +53,5 @@ ABLATION = finetune_ablation.Ablation(
     paper_config=paper_config)
 
 
-def main(argv):
-  del argv  # The report is printed by finetune_ablation.main; exit status 0.
-  finetune_ablation.main(ABLATION)
-
-
 if __name__ == '__main__':
-  finetune_ablation.define_flags()
-  app.run(main)
+  finetune_ablation.run_script(ABLATION)

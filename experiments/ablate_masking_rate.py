@@ -11,7 +11,6 @@ evaluates all rates at 15%), and topic-task accuracy / macro-F1 after fine-tunin
 Anchor (paper, BERT-large): 40% >= 15% on GLUE and SQuAD; 80% keeps ~95% of the fine-tuning
 performance. At tiny scale smaller models favour lower rates (the paper's Section 4 trend).
 """
-from absl import app
 
 from training import finetune_ablation, sweep
 
@@ -51,11 +50,5 @@ ABLATION = finetune_ablation.Ablation(
     paper_config=paper_config, eval_mask_rate=0.15)
 
 
-def main(argv):
-  del argv  # The report is printed by finetune_ablation.main; exit status 0.
-  finetune_ablation.main(ABLATION)
-
-
 if __name__ == '__main__':
-  finetune_ablation.define_flags()
-  app.run(main)
+  finetune_ablation.run_script(ABLATION)

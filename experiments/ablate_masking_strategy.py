@@ -11,7 +11,6 @@ e < dupe_factor (data/pipeline.py), so the two differ only after dupe_factor epo
 trained ~40 epochs over 10 copies. The tiny scale therefore pretrains on 1.5% of the corpus
 ('train[:1.5%]', ~13 epochs in its 100 steps) so that masks repeat as they did for BERT.
 """
-from absl import app
 
 from training import finetune_ablation, sweep
 
@@ -43,11 +42,5 @@ ABLATION = finetune_ablation.Ablation(
     metrics=('mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells, paper_config=paper_config)
 
 
-def main(argv):
-  del argv  # The report is printed by finetune_ablation.main; exit status 0.
-  finetune_ablation.main(ABLATION)
-
-
 if __name__ == '__main__':
-  finetune_ablation.define_flags()
-  app.run(main)
+  finetune_ablation.run_script(ABLATION)

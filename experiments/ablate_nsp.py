@@ -9,7 +9,6 @@ DOC-SENTENCES (no NSP), plus BERT's "No NSP" ablation (SEGMENT-PAIR input, NSP l
 by the measured ratio of real tokens per row to SEGMENT-PAIR's (rounded to a multiple of 8);
 the single-segment formats pack their rows full.
 """
-from absl import app
 
 from training import finetune_ablation, sweep
 
@@ -58,11 +57,5 @@ ABLATION = finetune_ablation.Ablation(
     metrics=('mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells, paper_config=paper_config)
 
 
-def main(argv):
-  del argv  # The report is printed by finetune_ablation.main; exit status 0.
-  finetune_ablation.main(ABLATION)
-
-
 if __name__ == '__main__':
-  finetune_ablation.define_flags()
-  app.run(main)
+  finetune_ablation.run_script(ABLATION)

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Callable
 
-from absl import flags
+from absl import app, flags
 import jax
 import ml_collections
 import numpy as np
@@ -227,3 +227,14 @@ def main(ablation: Ablation) -> str:
 
 def _unknown_cell(name: str, cells: list[sweep.Cell]):
   raise ValueError(f'--cell={name!r}: known cells are {[c.name for c in cells]}.')
+
+
+def run_script(ablation: Ablation) -> None:
+  """An ablation script's entry point: defines the flags, runs the sweep, exits 0."""
+  define_flags()
+
+  def run_main(argv):
+    del argv  # main() prints the report; app.run would sys.exit with a returned string.
+    main(ablation)
+
+  app.run(run_main)
