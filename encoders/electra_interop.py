@@ -30,7 +30,7 @@ from safetensors.numpy import save_file
 from configs import electra as electra_configs
 from encoders.config import ConfigError
 from encoders.electra import ElectraConfig, ElectraPair
-from encoders.hf_interop import (CONFIG_KEYS, ENCODER_RULES, HF_ACTIVATIONS, LEAF_NAMES,
+from encoders.hf_interop import (CONFIG_KEYS, ENCODER_RULES, LEAF_NAMES, encoder_fields,
                                  from_hf, read_json, read_tensors, to_hf)
 
 NETWORKS = ('discriminator', 'generator')
@@ -57,17 +57,7 @@ def _network_fields(checkpoint_dir: str) -> dict:
   hf = read_json(path)
   if hf.get('model_type') != 'electra':
     raise ConfigError(f'{path}: model_type={hf.get("model_type")!r}, expected "electra".')
-  if hf.get('position_embedding_type', 'absolute') != 'absolute':
-    raise ConfigError(f'{path}: position_embedding_type={hf["position_embedding_type"]!r}; '
-                      'only absolute positions are supported.')
-  if hf.get('hidden_act') not in HF_ACTIVATIONS:
-    raise ConfigError(f'{path}: hidden_act={hf.get("hidden_act")!r} is not supported; '
-                      f'known: {tuple(HF_ACTIVATIONS)}.')
-  missing = [key for key in CONFIG_KEYS if key not in hf and key != 'pad_token_id']
-  if missing:
-    raise ConfigError(f'{path} lacks {missing}.')
-  fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
-  fields['hidden_act'] = HF_ACTIVATIONS[hf['hidden_act']]
+  fields = encoder_fields(hf, path)
   fields['embedding_size'] = hf.get('embedding_size') or hf['hidden_size']
   return fields
 

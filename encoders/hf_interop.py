@@ -112,18 +112,11 @@ def read_json(path: str) -> dict:
     return json.load(f)
 
 
-def read_model_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
-  """The `config.model` section for an HF BERT / RoBERTa checkpoint's `config.json`."""
-  path = os.path.join(checkpoint_dir, 'config.json')
-  hf = read_json(path)
-  family = hf.get('model_type')
-  if family not in FAMILIES:
-    raise ConfigError(f'{path}: model_type={family!r} is not supported; known: {FAMILIES}.')
+def encoder_fields(hf: dict, path: str) -> dict:
+  """Our encoder fields from an HF `config.json` dict; unsupported settings raise naming them."""
   if hf.get('position_embedding_type', 'absolute') != 'absolute':
     raise ConfigError(f'{path}: position_embedding_type={hf["position_embedding_type"]!r}; '
                       'only absolute positions are supported.')
-  if not hf.get('tie_word_embeddings', True):
-    raise ConfigError(f'{path}: tie_word_embeddings=false; our MLM decoder is tied.')
   if hf.get('hidden_act') not in HF_ACTIVATIONS:
     raise ConfigError(f'{path}: hidden_act={hf.get("hidden_act")!r} is not supported; '
                       f'known: {tuple(HF_ACTIVATIONS)}.')
@@ -132,6 +125,19 @@ def read_model_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
     raise ConfigError(f'{path} lacks {missing}.')
   fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
   fields['hidden_act'] = HF_ACTIVATIONS[hf['hidden_act']]
+  return fields
+
+
+def read_model_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
+  """The `config.model` section for an HF BERT / RoBERTa checkpoint's `config.json`."""
+  path = os.path.join(checkpoint_dir, 'config.json')
+  hf = read_json(path)
+  family = hf.get('model_type')
+  if family not in FAMILIES:
+    raise ConfigError(f'{path}: model_type={family!r} is not supported; known: {FAMILIES}.')
+  if not hf.get('tie_word_embeddings', True):
+    raise ConfigError(f'{path}: tie_word_embeddings=false; our MLM decoder is tied.')
+  fields = encoder_fields(hf, path)
   fields.setdefault('pad_token_id', 1 if family == 'roberta' else 0)
   # RoBERTa numbers positions from padding_idx + 1 (fairseq); BERT from 0.
   fields['position_offset'] = fields['pad_token_id'] + 1 if family == 'roberta' else 0
