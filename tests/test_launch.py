@@ -2,6 +2,7 @@
 import os
 import shlex
 import subprocess
+import sys
 
 from tests import training_util
 
@@ -51,3 +52,60 @@ def test_usage_without_arguments():
   for script in ('tpu_vm.sh', 'slurm_gpu.sbatch'):
     rc, _, err = _dry_run(script)
     assert rc == 2 and 'DRY_RUN=1' in err
+
+
+def _run_commands(lines, *args, dry_run=False):
+  result = subprocess.run([sys.executable, os.path.join('launch', 'run_commands.py'), '-', *args],
+                          cwd=training_util.ROOT, input='\n'.join(lines) + '\n', text=True,
+                          capture_output=True, env=dict(os.environ, DRY_RUN='1' if dry_run else '0'))
+  return result.returncode, [shlex.split(line) for line in result.stdout.splitlines()], result.stderr
+
+
+# Two jobs that each wait for the other's file: they finish only if they run at the same time.
+RENDEZVOUS = """import os, sys, time
+directory, mine, other = sys.argv[1:]
+open(os.path.join(directory, mine), 'w').close()
+deadline = time.time() + 20
+while not os.path.exists(os.path.join(directory, other)):
+  assert time.time() < deadline
+  time.sleep(0.05)
+"""
+
+
+def test_run_commands_runs_jobs_in_parallel_locally_and_names_failures(tmp_path):
+  (tmp_path / 'rendezvous.py').write_text(RENDEZVOUS)
+  script = str(tmp_path / 'rendezvous.py')
+  lines = ['# a comment', '',
+           shlex.join([sys.executable, script, str(tmp_path), 'a', 'b']),
+           shlex.join([sys.executable, script, str(tmp_path), 'b', 'a']),
+           shlex.join([sys.executable, '-c', 'import sys; sys.exit(3)'])]
+  rc, printed, err = _run_commands(lines, '--parallel=2')
+  assert rc == 1 and len(printed) == 3
+  assert (tmp_path / 'a').exists() and (tmp_path / 'b').exists()
+  assert 'FAILED' in err and 'sys.exit(3)' in err and 'rendezvous' not in err
+
+
+ABLATION_JOBS = [shlex.join(['/venv/bin/python', '-m', 'experiments.ablate_nsp', '--scale=paper',
+                             '--out=gs://bucket/nsp', f'--cell=cell {i}', f'--seed={i}'])
+                 for i in range(3)]
+
+
+def test_run_commands_submits_slurm_jobs():
+  rc, printed, err = _run_commands(ABLATION_JOBS, '--slurm', '--nodes=2',
+                                   '--sbatch_args=--time=4:00:00', dry_run=True)
+  assert rc == 0, err
+  for command, job in zip(printed, ABLATION_JOBS):
+    assert command[:3] == ['sbatch', '--nodes=2', '--time=4:00:00']
+    assert command[3].endswith('launch/slurm_gpu.sbatch')
+    assert command[4:] == shlex.split(job)[2:]  # The module and its arguments, intact.
+
+
+def test_run_commands_spreads_jobs_over_tpu_vms():
+  rc, printed, err = _run_commands(ABLATION_JOBS, '--tpu=tpu-a,tpu-b', '--zone=us-central2-b',
+                                   dry_run=True)
+  assert rc == 0, err
+  assert sorted(c[1] for c in printed) == ['tpu-a', 'tpu-a', 'tpu-b']
+  assert all(c[0].endswith('launch/tpu_vm.sh') and c[2] == 'us-central2-b' for c in printed)
+  assert sorted(tuple(c[3:]) for c in printed) == sorted(tuple(shlex.split(j)[2:]) for j in ABLATION_JOBS)
+  rc, _, err = _run_commands(['echo hi'], '--tpu=tpu-a', '--zone=z', dry_run=True)
+  assert rc == 2 and 'python -m MODULE' in err
