@@ -8,7 +8,6 @@ import logging
 import os
 
 import numpy as np
-import tensorboardX
 
 
 def summarize(sums: dict) -> dict[str, float]:
@@ -49,6 +48,9 @@ class MetricWriter:
       with open(self.path, 'w') as f:
         f.writelines(kept)
     self.jsonl = open(self.path, 'a')
+    # Imported here, not at the top: tensorboardX imports torch whenever torch is installed
+    # (~180 MB of RSS), which nothing that only builds or steps a model should pay.
+    import tensorboardX  # pylint: disable=g-import-not-at-top
     self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, scalars: dict[str, float], prefix: str) -> None:
