@@ -9,7 +9,7 @@ Argument: `size` (tiny, mini, small, medium, base, large).
 import ml_collections
 
 from configs import common
-from configs.data import get_data_config
+from configs.data import get_data_config, get_eval_data_config
 from configs.model import get_model_config
 from configs.training import get_training_config
 
@@ -27,5 +27,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # One vocabulary size: a command-line override of model.vocab_size also sizes the tokenizer.
   config.data.vocab_size = config.model.get_ref('vocab_size')
+  config.eval_data = get_eval_data_config()  # Validation's overrides of config.data (none set).
   config.update(get_training_config(arg.size))
   return config

@@ -57,3 +57,21 @@ def get_data_config(**overrides) -> ml_collections.ConfigDict:
 
   config.update(overrides)
   return config
+
+
+def get_eval_data_config() -> ml_collections.ConfigDict:
+  """The `config.eval_data` section: config.data fields that validation takes instead.
+
+  Unset (None) fields follow config.data. E.g. `--config.eval_data.mask_rate=0.15` validates a
+  run trained at any masking rate at BERT's 15%, as Wettig et al. 2022 compare their rates.
+  """
+  placeholder = ml_collections.config_dict.placeholder
+  config = ml_collections.ConfigDict()
+  config.eval_split = placeholder(str)  # Split to validate on.
+  config.mask_rate = placeholder(float)  # Fraction of non-special tokens to predict.
+  config.mask_token_prob = placeholder(float)  # Of those: replaced by [MASK] ...
+  config.random_token_prob = placeholder(float)  # ... by a random token.
+  config.masking = placeholder(str)  # 'token', 'whole_word', 'ngram' or 'span'.
+  config.max_predictions = placeholder(int)  # P per validation row.
+  config.static_masking = placeholder(bool)  # Fixed (dupe_factor) or fresh masks.
+  return config

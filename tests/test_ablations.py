@@ -20,7 +20,7 @@ def test_masking_rate_cells():
                 for c in cells}
   assert corruption == {(0.8, 0.1), (1.0, 0.0)}
   assert ablate_masking_rate.ABLATION.eval_mask_rate == 0.15
-  assert 'mlm_loss_at_15' in ablate_masking_rate.ABLATION.metrics
+  assert ablate_masking_rate.ABLATION.metrics[:2] == ('mlm_loss_at_15', 'train_mlm_loss')
 
 
 @pytest.mark.parametrize('scale', ['tiny', 'paper'])

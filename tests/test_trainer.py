@@ -150,3 +150,22 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
   losses_f32 = _steps(training_util.tiny_config(model__hidden_dropout_rate=0.0,
                                                 model__attention_dropout_rate=0.0), 1)[0]
   assert losses_bf16 == pytest.approx(losses_f32, rel=2e-2)
+
+
+def test_eval_data_overrides_only_the_validation_batches(tmp_path):
+  config = training_util.tiny_config(train__num_steps=2, train__eval_every=2)
+  config.eval_data.mask_rate = 0.5
+  train_iter, make_eval_iterator = trainer.make_iterators(config, str(tmp_path), False)
+  # P = ceil(rate * L) rounded up to a multiple of 8, with L = 32: 8 at 15%, 16 at 50%.
+  assert next(train_iter)['masked_ids'].shape == (8, 8)
+  assert next(make_eval_iterator())['masked_ids'].shape == (8, 16)
+  assert config.data.mask_rate == 0.15
+  final = trainer.train_and_evaluate(config, str(tmp_path))  # Eval compiles for its own P.
+  assert 0.0 <= final['mlm_accuracy'] <= 1.0
+
+
+def test_eval_data_unknown_field_names_it():
+  config = training_util.tiny_config()
+  config.eval_data = {'mask_rte': 0.15}
+  with pytest.raises(ConfigError, match=r'config\.eval_data\.mask_rte'):
+    trainer.validate_config(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))

@@ -1,8 +1,8 @@
 """One ablation run and the command line shared by experiments/ablate_*.py.
 
 A run pretrains a variant of the base config with `training.trainer.train_and_evaluate`,
-optionally measures its MLM loss on the validation split at a fixed masking rate (Wettig et
-al. evaluate every masking rate at 15%), and fine-tunes it on the Wikipedia topic task
+optionally validates its MLM loss at a fixed masking rate (config.eval_data; Wettig et al.
+evaluate every masking rate at 15%), and fine-tunes it on the Wikipedia topic task
 (training/finetune.py). An ablation script is a base config plus a list of cells
 (training/sweep.py), at one of three scales:
 
@@ -20,7 +20,6 @@ import sys
 from typing import Callable
 
 from absl import app, flags
-import jax
 import ml_collections
 import numpy as np
 
@@ -28,7 +27,7 @@ from configs import bert
 from configs import finetune as finetune_configs
 from data import pipeline
 from data import tokenizer as tokenizer_lib
-from training import checkpointing, finetune, metrics, objectives, sweep, trainer
+from training import finetune, metrics, sweep, trainer
 
 SCALES = ('smoke', 'tiny', 'paper')
 PAIR_FORMATS = trainer.PAIR_FORMATS
@@ -45,7 +44,7 @@ class Ablation:
   metrics: tuple[str, ...]  # Columns of the table, keys of a run's metrics.
   cells: Callable[[str, ml_collections.ConfigDict], list[sweep.Cell]]  # (scale, base) -> cells.
   paper_config: Callable[[ml_collections.ConfigDict], None] = lambda config: None  # Paper scale.
-  eval_mask_rate: float | None = None  # Also evaluate MLM loss at this masking rate.
+  eval_mask_rate: float | None = None  # Validate MLM loss at this masking rate (config.eval_data).
 
 
 def pretrain_config(scale: str) -> ml_collections.ConfigDict:
@@ -101,53 +100,37 @@ def mean_tokens_per_row(config: ml_collections.ConfigDict, num_batches: int = 4)
   return float(np.mean(np.concatenate(counts)))
 
 
-def latest_params(workdir: str):
-  manager = checkpointing.make_manager(workdir, read_only=True)
-  state, _ = checkpointing.restore(manager, manager.latest_step(), None, with_data=False)
-  manager.close()
-  return state['params']
-
-
-def mlm_eval(config: ml_collections.ConfigDict, workdir: str, mask_rate: float) -> dict[str, float]:
-  """MLM loss / accuracy of the workdir's model on the eval split masked at `mask_rate` (80/10/10)."""
-  eval_config = ml_collections.ConfigDict(config.to_dict())
-  eval_config.data.update(mask_rate=mask_rate, mask_token_prob=0.8, random_token_prob=0.1,
-                          max_predictions=None, static_masking=False, num_workers=0)
-  sentence_head = eval_config.data.input_format in PAIR_FORMATS
-  objective = objectives.make_objective(eval_config, sentence_head)
-  params = latest_params(workdir)
-  tokenizer = tokenizer_lib.get_tokenizer(eval_config.data, workdir)
-  batches = pipeline.make_pretraining_iterator(eval_config, tokenizer, eval_config.data.eval_split,
-                                               num_epochs=1)
-
-  sums = jax.jit(lambda p, batch: objective.loss(p, batch, None, objective.denominators(batch),
-                                                  deterministic=True)[1])
-  total = None
-  for _, batch in zip(range(eval_config.train.eval_steps), batches):
-    total = metrics.add_sums(total, jax.device_get(sums(params, batch)))
-  result = metrics.summarize(total)
-  return {'mlm_loss': result['mlm_loss'], 'mlm_accuracy': result['mlm_accuracy']}
+def last_metrics(workdir: str, prefix: str) -> dict[str, float]:
+  """The last `prefix/...` record of <workdir>/metrics.jsonl, without the prefix."""
+  records = [r for r in metrics.read_jsonl(workdir) if any(k.startswith(prefix + '/') for k in r)]
+  return {k.removeprefix(prefix + '/'): v for k, v in records[-1].items() if k != 'step'}
 
 
 def pretrain_and_finetune(pretrain: ml_collections.ConfigDict, tune: ml_collections.ConfigDict,
                           workdir: str, seed: int, eval_mask_rate: float | None) -> dict:
-  """Pretrains `pretrain` in <workdir>/pretrain, fine-tunes on the topic task; returns metrics."""
+  """Pretrains `pretrain` in <workdir>/pretrain, fine-tunes on the topic task; returns metrics.
+
+  With `eval_mask_rate`, validation masks at that rate with 80/10/10 (config.eval_data) and
+  `train_mlm_loss` is the last logged training MLM loss at the run's own rate.
+  """
   pretrain = ml_collections.ConfigDict(pretrain.to_dict())
   pretrain.seed = seed
   pretrain.data.shuffle_seed = seed
+  if eval_mask_rate is not None:
+    pretrain.eval_data.update(mask_rate=eval_mask_rate, mask_token_prob=0.8, random_token_prob=0.1,
+                              static_masking=False)
   pretrain_dir = os.path.join(workdir, 'pretrain')
-  validation = trainer.train_and_evaluate(pretrain, pretrain_dir)
-  if not validation:  # Resumed after the last step: validate again.
-    validation = mlm_eval(pretrain, pretrain_dir, pretrain.data.mask_rate)
+  # Empty when resumed after the last step: the last validation is in metrics.jsonl.
+  validation = trainer.train_and_evaluate(pretrain, pretrain_dir) or last_metrics(pretrain_dir, 'eval')
   result = {'mlm_loss': validation['mlm_loss'], 'mlm_perplexity': float(np.exp(validation['mlm_loss'])),
             'mlm_accuracy': validation['mlm_accuracy']}
   if 'sentence_accuracy' in validation:
     result['nsp_accuracy'] = validation['sentence_accuracy']
   if eval_mask_rate is not None:
-    at_rate = mlm_eval(pretrain, pretrain_dir, eval_mask_rate)
     tag = f'{round(100 * eval_mask_rate)}'
-    result.update({f'mlm_loss_at_{tag}': at_rate['mlm_loss'],
-                   f'mlm_accuracy_at_{tag}': at_rate['mlm_accuracy']})
+    result.update({f'mlm_loss_at_{tag}': validation['mlm_loss'],
+                   f'mlm_accuracy_at_{tag}': validation['mlm_accuracy'],
+                   'train_mlm_loss': last_metrics(pretrain_dir, 'train')['mlm_loss']})
   tune = ml_collections.ConfigDict(tune.to_dict())
   tune.seed = seed
   tune.init_from = pretrain_dir

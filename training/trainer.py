@@ -44,6 +44,25 @@ def batch_shapes(config, sentence_head: bool) -> dict[str, tuple[tuple[int, ...]
   return shapes
 
 
+def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with the set (non-None) fields of config.eval_data over config.data: what the
+  validation iterator reads. Without eval_data, or with none set, `config` itself."""
+  overrides = {k: v for k, v in (config.get('eval_data') or {}).items() if v is not None}
+  unknown = sorted(set(overrides) - set(config.data.keys()))
+  if unknown:
+    raise ConfigError(f'config.eval_data.{unknown[0]}: not a field of config.data (config.eval_data '
+                      'overrides config.data fields for validation, e.g. mask_rate).')
+  if not overrides:
+    return config
+  result = ml_collections.ConfigDict(config.to_dict())
+  result.data.update(overrides)
+  if (result.data.input_format in PAIR_FORMATS) != (config.data.input_format in PAIR_FORMATS):
+    raise ConfigError(f'config.eval_data.input_format={result.data.input_format!r}: validation '
+                      f'must keep the sentence head of config.data.input_format='
+                      f'{config.data.input_format!r} (both pair formats or neither).')
+  return result
+
+
 def validate_config(config, mesh) -> None:
   """Checks what would otherwise fail deep inside JAX; the message names the field."""
   model = EncoderConfig.from_config(config.model, prefix='config.model')
@@ -79,6 +98,10 @@ def validate_config(config, mesh) -> None:
   if config.optimizer.warmup_steps > train.num_steps:
     raise ConfigError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds '
                       f'config.train.num_steps={train.num_steps}.')
+  eval_seq_length = eval_config(config).data.seq_length
+  if eval_seq_length + model.position_offset > model.max_position_embeddings:
+    raise ConfigError(f'config.eval_data.seq_length={eval_seq_length} exceeds '
+                      f'config.model.max_position_embeddings={model.max_position_embeddings}.')
 
 
 def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
@@ -155,21 +178,23 @@ class _Preemption:
 
 
 def make_iterators(config, workdir: str, sentence_head: bool):
-  """(train iterator, function returning a fresh eval iterator) for this process."""
+  """(train iterator, function returning a fresh eval iterator) for this process; the eval
+  iterator reads config.data with config.eval_data's overrides."""
   index, count = jax.process_index(), jax.process_count()
+  validation = eval_config(config)
   if config.train.synthetic_data:
     return (synthetic.SyntheticIterator(config, 'train', index, count, sentence_head),
-            lambda: synthetic.SyntheticIterator(config, 'validation', index, count, sentence_head))
+            lambda: synthetic.SyntheticIterator(validation, 'validation', index, count, sentence_head))
   from data import pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ConfigError(f'config.model.vocab_size={config.model.vocab_size} but the tokenizer has '
                       f'{tokenizer.vocab_size} tokens: set --config.model.vocab_size='
                       f'{tokenizer.vocab_size} (and config.data.vocab_size).')
-  make = functools.partial(pipeline.make_pretraining_iterator, config, tokenizer,
+  make = functools.partial(pipeline.make_pretraining_iterator, tokenizer=tokenizer,
                            process_index=index, process_count=count)
-  return (make(split=config.data.train_split),
-          lambda: make(split=config.data.eval_split, num_epochs=1))
+  return (make(config, split=config.data.train_split),
+          lambda: make(validation, split=validation.data.eval_split, num_epochs=1))
 
 
 def _check_batch(batch: dict, expected: dict) -> None:
