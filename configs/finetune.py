@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.max_answer_length = 30  # QA: longest predicted answer in tokens.
   data.dev_fraction = 0.1  # Hashed fraction of 'train' used for model selection.
   data.max_examples = 0  # Use only the first N records of each split (0: all); for quick runs.
+  data.max_train_examples = 0  # Train on only the first N training records (0: all): low-data runs.
 
   config.head = head = ml_collections.ConfigDict()
   head.pooling = 'cls'  # Sequence classification: 'cls' (BERT's pooler), 'mean' or 'max'.

@@ -317,7 +317,11 @@ def build_task(config, tokenizer, pair_types: bool) -> Task:
   data = config.data
   task = config.task
   common = dict(tokenizer=tokenizer, max_length=data.max_length, doc_stride=data.doc_stride)
-  limit = lambda records, split: records[:data.max_examples or None]
+
+  def limit(records, split):
+    records = records[:data.max_examples or None]
+    return records[:data.max_train_examples or None] if split == 'train' else records
+
   if task == 'topic':
     splits, names = topic_records(data, data.dev_fraction)
     made = {s: classification_split([r['text'] for r in limit(recs, s)],

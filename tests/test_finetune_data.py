@@ -145,6 +145,14 @@ def test_topic_split_never_overlaps_pretraining_validation():
   assert 0.08 < fraction < 0.12
 
 
+def test_max_train_examples_limits_only_the_training_records(tokenizer):
+  config = finetune_configs.get_config('topic')
+  config.data.update(max_length=32, max_windows=1, max_examples=60, max_train_examples=20)
+  task = finetune_data.build_task(config, tokenizer, pair_types=False)
+  assert {s: split.num_examples for s, split in task.splits.items()} == {
+      'train': 20, 'dev': 60, 'test': 60}
+
+
 def test_glue_without_prepared_data_names_the_fix(tmp_path, tokenizer):
   config = finetune_configs.get_config('task=glue/sst2')
   config.data.data_dir = str(tmp_path)
