@@ -20,6 +20,9 @@ class ConfigError(ValueError):
 class EncoderConfig:
   vocab_size: int = 30522
   hidden_size: int = 768
+  # Width of the token/position/type embeddings; a dense `embeddings_project` maps them to
+  # hidden_size when it differs (ELECTRA-small: 128 -> 256). None: hidden_size, no projection.
+  embedding_size: int | None = None
   num_layers: int = 12
   num_heads: int = 12
   intermediate_size: int = 3072
@@ -35,10 +38,23 @@ class EncoderConfig:
   dtype: str = 'float32'  # Compute dtype of matmuls and activations.
   param_dtype: str = 'float32'  # Storage dtype of parameters.
   remat_policy: str = 'none'  # Rematerialisation of each layer: 'none', 'full' or 'dots'.
+  scan_layers: bool = False  # One nn.scan over stacked layers: compiles one layer, not num_layers.
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def projects_embeddings(self) -> bool:
+    return self.embedding_size not in (None, self.hidden_size)
+
+  @property
+  def embedding(self) -> 'EncoderConfig':
+    """The config the embeddings (and a tied MLM head) are built with: width embedding_size."""
+    if not self.projects_embeddings:
+      return self
+    return dataclasses.replace(self, hidden_size=self.embedding_size, num_heads=1,
+                               embedding_size=None)
 
   @property
   def compute_dtype(self):
@@ -66,6 +82,9 @@ class EncoderConfig:
       value = getattr(self, field)
       if not isinstance(value, int) or value <= 0:
         fail(field, 'must be a positive integer.')
+    if self.embedding_size is not None and (not isinstance(self.embedding_size, int)
+                                            or self.embedding_size <= 0):
+      fail('embedding_size', 'must be a positive integer, or None for hidden_size.')
     if self.hidden_size % self.num_heads:
       fail('hidden_size', f'is not divisible by {prefix}.num_heads={self.num_heads}.')
     if self.hidden_act not in ACTIVATIONS:

@@ -14,6 +14,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from encoders.config import EncoderConfig
 
@@ -170,17 +171,66 @@ class TransformerLayer(nn.Module):
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
+class ScanBody(nn.Module):
+  """One TransformerLayer as the body of `nn.scan`: (x, mask) -> (x, None)."""
+  config: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, mask):
+    return layer_class(self.config)(self.config, name='layer')(x, mask, self.deterministic), None
+
+
+def layer_class(config: EncoderConfig):
+  """TransformerLayer, wrapped in `nn.remat` with the config's policy unless 'none'."""
+  if config.remat_policy == 'none':
+    return TransformerLayer
+  return nn.remat(TransformerLayer, policy=REMAT_POLICIES[config.remat_policy],
+                  static_argnums=(3,))  # (self, x, mask, deterministic)
+
+
 class TransformerStack(nn.Module):
-  """`num_layers` TransformerLayers, each optionally rematerialised."""
+  """`num_layers` TransformerLayers, each optionally rematerialised.
+
+  Unrolled, layer i's parameters are `layer_{i}/...`. With `scan_layers` the layers are
+  one `nn.scan` body whose parameters are stacked along a leading 'layers' axis
+  (`stacked/layer/...`, [num_layers, ...]): one layer is traced and compiled instead of
+  num_layers. `unroll_layers` / `stack_layers` convert between the two layouts.
+  """
   config: EncoderConfig
 
   @nn.compact
   def __call__(self, x, mask, deterministic: bool):
     c = self.config
-    layer_cls = TransformerLayer
-    if c.remat_policy != 'none':
-      layer_cls = nn.remat(TransformerLayer, policy=REMAT_POLICIES[c.remat_policy],
-                           static_argnums=(3,))  # (self, x, mask, deterministic)
+    if c.scan_layers:
+      stacked = nn.scan(
+          ScanBody, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+          in_axes=nn.broadcast, length=c.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = stacked(c, deterministic, name='stacked')(x, mask)
+      return x
     for i in range(c.num_layers):
-      x = layer_cls(c, name=f'layer_{i}')(x, mask, deterministic)
+      x = layer_class(c)(c, name=f'layer_{i}')(x, mask, deterministic)
     return x
+
+
+def unroll_layers(params):
+  """Any params tree with scanned stacks (`stacked/layer/...`) -> the unrolled `layer_{i}` layout."""
+  if not isinstance(params, dict):
+    return params
+  if set(params) == {'stacked'}:
+    layers = params['stacked']['layer']
+    num_layers = jax.tree.leaves(layers)[0].shape[0]
+    return {f'layer_{i}': jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)}
+  return {name: unroll_layers(value) for name, value in params.items()}
+
+
+def stack_layers(params):
+  """The inverse of `unroll_layers`: every `layer_0..layer_{n-1}` dict -> `stacked/layer/...`."""
+  if not isinstance(params, dict):
+    return params
+  names = [f'layer_{i}' for i in range(len(params))]
+  if params and sorted(params) == sorted(names):
+    layers = [params[name] for name in names]
+    return {'stacked': {'layer': jax.tree.map(lambda *a: np.stack(a), *layers)}}
+  return {name: stack_layers(value) for name, value in params.items()}

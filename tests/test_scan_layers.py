@@ -1,0 +1,102 @@
+"""`scan_layers`: one nn.scan over stacked layers computes what the unrolled stack computes.
+
+Reference: the unrolled model (`layer_{i}` parameters), whose parity with HF transformers
+is tested in test_hf_interop.py; the scanned model gets the same weights through
+`stack_layers`. Training is compared with dropout off, since scan and the unrolled loop
+split the dropout key differently.
+"""
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from encoders import bert
+from encoders.config import EncoderConfig
+from encoders.layers import stack_layers, unroll_layers
+from tests import training_util
+
+CONFIG = EncoderConfig(vocab_size=97, hidden_size=32, num_layers=3, num_heads=2,
+                       intermediate_size=64, max_position_embeddings=32)
+STEPS = 3
+
+
+def _params(model, input_ids):
+  return jax.tree.map(np.asarray, nn.meta.unbox(model.init(jax.random.key(0), input_ids)['params']))
+
+
+@pytest.mark.parametrize('remat_policy', ['none', 'full'])
+def test_scanned_forward_matches_unrolled(remat_policy):
+  input_ids = jnp.asarray(np.random.default_rng(0).integers(1, 97, (2, 16)), jnp.int32)
+  segment_ids = jnp.asarray([[1] * 10 + [2] * 6, [1] * 12 + [0] * 4], jnp.int32)
+  unrolled = bert.EncoderForPreTraining(CONFIG, sentence_head=True)
+  scanned = bert.EncoderForPreTraining(
+      EncoderConfig(**{**CONFIG.__dict__, 'scan_layers': True, 'remat_policy': remat_policy}),
+      sentence_head=True)
+  params = _params(unrolled, input_ids)
+  stacked = stack_layers(params)
+  assert jax.tree.structure(stacked) == jax.tree.structure(_params(scanned, input_ids))
+  assert stacked['encoder']['layers']['stacked']['layer']['mlp']['output']['kernel'].shape == (3, 64, 32)
+  expected = unrolled.apply({'params': params}, input_ids, segment_ids)
+  got = scanned.apply({'params': stacked}, input_ids, segment_ids)
+  for name in expected:
+    np.testing.assert_allclose(got[name], expected[name], atol=1e-5, rtol=1e-5)
+  round_trip = unroll_layers(stacked)
+  assert jax.tree.structure(round_trip) == jax.tree.structure(params)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(round_trip), jax.tree.leaves(params)))
+
+
+def _child():
+  """In a subprocess with 8 CPU devices: unrolled on 1 device vs scanned on a 2x2x2 mesh."""
+  from training import sharding, synthetic, trainer  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_threefry_partitionable', True)
+
+  def train(mesh_shape, devices, scan, start_params=None):
+    config = training_util.tiny_config(
+        model__num_layers=2, model__scan_layers=scan, model__hidden_dropout_rate=0.0,
+        model__attention_dropout_rate=0.0, optimizer__eps=1e-2)  # eps: see test_sharding.py.
+    config.mesh.shape = mesh_shape
+    mesh = sharding.make_mesh(config.mesh, devices)
+    run = trainer.setup(config, mesh)
+    state = run.init_state(config.seed)
+    if start_params is not None:
+      params = jax.tree.map(lambda x, s: jax.device_put(x, s.sharding),
+                            stack_layers(start_params), state.params)
+      state = state.replace(params=params)
+    initial = jax.device_get(state.params)
+    batches = synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)
+    losses = []
+    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
+      for _ in range(STEPS):
+        state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
+        losses.append(float(sums['loss'][0]))
+    return losses, initial, state.params
+
+  ref_losses, ref_initial, ref_params = train((1, 1, 1), jax.devices()[:1], scan=False)
+  losses, _, params = train((2, 2, 2), None, scan=True, start_params=ref_initial)
+  kernel = params['encoder']['layers']['stacked']['layer']['mlp']['intermediate']['kernel']
+  diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                      unroll_layers(jax.device_get(params)), jax.device_get(ref_params))
+  print('REPORT ' + json.dumps(dict(
+      reference=ref_losses, scanned=losses, param_diff=max(jax.tree.leaves(diff)),
+      kernel_spec=[a for a in kernel.sharding.spec], kernel_shape=list(kernel.shape))))
+
+
+@pytest.mark.slow
+def test_scanned_training_on_a_mesh_matches_unrolled():
+  result = subprocess.run(
+      [sys.executable, '-c', 'from tests import test_scan_layers; test_scan_layers._child()'],
+      cwd=training_util.ROOT, env=training_util.env(8), capture_output=True, text=True, timeout=600)
+  lines = [l for l in result.stdout.splitlines() if l.startswith('REPORT ')]
+  assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-5000:]
+  report = json.loads(lines[-1][len('REPORT '):])
+  assert report['scanned'] == pytest.approx(report['reference'], rel=1e-5)
+  assert report['reference'][-1] != report['reference'][0]
+  assert report['param_diff'] < 1e-5
+  # [layers, hidden, mlp]: the stacking axis is replicated, the rest sharded as unrolled.
+  assert report['kernel_shape'][0] == 2
+  assert report['kernel_spec'][:3] == [None, 'fsdp', 'tensor']
