@@ -22,5 +22,6 @@ def get_model_config(size: str, **overrides) -> ml_collections.ConfigDict:
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
   config.param_dtype = 'float32'  # Parameter (and optimizer state) dtype.
   config.remat_policy = 'none'  # Per-layer rematerialisation: 'none', 'full' or 'dots'.
+  config.scan_layers = False  # True: nn.scan over stacked layers (one layer compiled; deep models).
   config.update(overrides)
   return config

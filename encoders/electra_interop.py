@@ -14,6 +14,7 @@ writes `<out>/discriminator` and `<out>/generator`.
 Names and layouts are `encoders/hf_interop.py`'s (the encoder layers are BERT's); only
 the ELECTRA-specific modules (`embeddings_project` and the two heads) are added here.
 """
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from safetensors.numpy import save_file
 from configs import electra as electra_configs
 from encoders.config import ConfigError
 from encoders.electra import ElectraConfig, ElectraPair
+from encoders.layers import stack_layers, unroll_layers
 from encoders.hf_interop import (CONFIG_KEYS, ENCODER_RULES, LEAF_NAMES, encoder_fields,
                                  from_hf, read_json, read_tensors, to_hf)
 
@@ -111,6 +113,14 @@ def _network_params(params: dict, network: str) -> dict:
           if name == 'embeddings' or name.startswith(f'{network}_')}
 
 
+def _unrolled(model: ElectraPair) -> ElectraPair:
+  """`model` with scan_layers off in both networks: the layout of HF's numbered layers."""
+  c = model.config
+  return model.clone(config=dataclasses.replace(
+      c, discriminator=dataclasses.replace(c.discriminator, scan_layers=False),
+      generator=dataclasses.replace(c.generator, scan_layers=False)))
+
+
 def _abstract_params(model: ElectraPair) -> dict:
   ids = jnp.zeros((1, 8), jnp.int32)
   return nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), ids))['params'])
@@ -170,6 +180,8 @@ def load_params(model: ElectraPair, discriminator_dir: str | None = None,
   """
   if discriminator_dir is None and generator_dir is None:
     raise ValueError('load_params needs discriminator_dir, generator_dir or both.')
+  if model.config.discriminator.scan_layers:  # HF numbers its layers: read unrolled, then stack.
+    return stack_layers(load_params(_unrolled(model), discriminator_dir, generator_dir))
   shapes = _abstract_params(model)
   params = {}
   for network, checkpoint_dir in zip(NETWORKS, (discriminator_dir, generator_dir)):
@@ -206,6 +218,8 @@ def save_checkpoint(out_dir: str, model: ElectraPair, params: dict, network: str
   """
   if network not in NETWORKS:
     raise ValueError(f'network={network!r}: choose one of {NETWORKS}.')
+  if model.config.discriminator.scan_layers:
+    return save_checkpoint(out_dir, _unrolled(model), unroll_layers(nn.unbox(params)), network)
   config = hf_config(model.config, network)
   flat = flax.traverse_util.flatten_dict(_network_params(nn.unbox(params), network))
   tensors = {_hf_name(path, network): to_hf(jax.device_get(value), path)

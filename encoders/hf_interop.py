@@ -15,6 +15,7 @@ subtree is named in `fresh=` (e.g. a new classifier). Checkpoint tensors that ma
 nothing raise too, except those in `SKIPPABLE` (buffers, and heads the target model does
 not have), which are logged.
 """
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from safetensors.numpy import load_file, save_file
 from configs.model import get_model_config
 from encoders import bert
 from encoders.config import ConfigError, EncoderConfig
+from encoders.layers import stack_layers, unroll_layers
 
 FAMILIES = ('bert', 'roberta')
 
@@ -222,6 +224,11 @@ def read_tensors(checkpoint_dir: str, family: str) -> dict[str, np.ndarray]:
   return tensors
 
 
+def unrolled(model: nn.Module) -> nn.Module:
+  """`model` with scan_layers off: the `layer_{i}` layout that HF's numbered layers map onto."""
+  return model.clone(config=dataclasses.replace(model.config, scan_layers=False))
+
+
 def _abstract_params(model: nn.Module) -> dict:
   """The 'params' tree of `model` as ShapeDtypeStructs (nothing is computed)."""
   ids = jnp.zeros((1, 8), jnp.int32)
@@ -229,8 +236,18 @@ def _abstract_params(model: nn.Module) -> dict:
   return nn.unbox(variables['params'])
 
 
+def _check_no_projection(model_config: EncoderConfig) -> None:
+  """HF BERT / RoBERTa embed at hidden_size: a model with `embeddings_project` has no HF layout."""
+  if model_config.projects_embeddings:
+    raise ConfigError(
+        f'model.embedding_size={model_config.embedding_size} differs from model.hidden_size='
+        f'{model_config.hidden_size}: transformers\' BERT / RoBERTa have no embeddings_project. '
+        'Export the ELECTRA pair with encoders/electra_interop.py, or set embedding_size=None.')
+
+
 def _check_config(model_config: EncoderConfig, checkpoint_dir: str) -> str:
   """Raises if the model's architecture fields differ from the checkpoint's; returns the family."""
+  _check_no_projection(model_config)
   checkpoint = read_model_config(checkpoint_dir)
   for field in _ARCHITECTURE_FIELDS:
     if getattr(model_config, field) != checkpoint[field]:
@@ -256,6 +273,8 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
   `fresh` names subtrees of ours ('classifier', 'encoder/pooler', ...) to initialise with
   `rng` instead of reading them, for heads the checkpoint does not have.
   """
+  if model.config.scan_layers:  # HF numbers its layers: read them unrolled, then stack.
+    return stack_layers(load_params(checkpoint_dir, unrolled(model), fresh=fresh, rng=rng))
   family = _check_config(model.config, checkpoint_dir)
   _check_mlm_activation(model, family)
   shapes = _abstract_params(model)
@@ -309,6 +328,7 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
 
 def architecture(model: nn.Module, family: str) -> tuple[str, str]:
   """(HF architecture class, tensor-name prefix) that holds exactly `model`'s parameters."""
+  _check_no_projection(model.config)
   _check_mlm_activation(model, family)
   name = 'Bert' if family == 'bert' else 'Roberta'
   if isinstance(model, bert.Encoder):
@@ -355,6 +375,8 @@ def save_checkpoint(out_dir: str, model: nn.Module, params: dict, *, family: str
   """
   if family not in FAMILIES:
     raise ValueError(f'family={family!r}: choose one of {FAMILIES}.')
+  if model.config.scan_layers:
+    return save_checkpoint(out_dir, unrolled(model), unroll_layers(nn.unbox(params)), family=family)
   arch, prefix = architecture(model, family)
   config = hf_config(model, family)
   params = nn.unbox(params)

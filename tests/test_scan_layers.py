@@ -5,6 +5,7 @@ is tested in test_hf_interop.py; the scanned model gets the same weights through
 `stack_layers`. Training is compared with dropout off, since scan and the unrolled loop
 split the dropout key differently.
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,8 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from encoders import bert
+from safetensors.numpy import load_file
+
+from encoders import bert, electra_interop, hf_interop
 from encoders.config import EncoderConfig
+from encoders.electra import ElectraConfig, ElectraPair
 from encoders.layers import stack_layers, unroll_layers
 from tests import training_util
 
@@ -48,6 +52,45 @@ def test_scanned_forward_matches_unrolled(remat_policy):
   round_trip = unroll_layers(stacked)
   assert jax.tree.structure(round_trip) == jax.tree.structure(params)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(round_trip), jax.tree.leaves(params)))
+
+
+def _assert_same_trees(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _assert_same_files(a, b):
+  a, b = load_file(a), load_file(b)
+  assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_hf_checkpoints_load_into_and_export_from_scanned_models(tmp_path):
+  input_ids = jnp.ones((1, 8), jnp.int32)
+  unrolled = bert.EncoderForPreTraining(CONFIG)
+  scanned = bert.EncoderForPreTraining(dataclasses.replace(CONFIG, scan_layers=True))
+  params = _params(unrolled, input_ids)
+  hf_interop.save_checkpoint(str(tmp_path / 'unrolled'), unrolled, params, family='bert')
+  loaded = hf_interop.load_params(str(tmp_path / 'unrolled'), scanned)
+  _assert_same_trees(loaded, stack_layers(params))
+  hf_interop.save_checkpoint(str(tmp_path / 'scanned'), scanned, loaded, family='bert')
+  _assert_same_files(tmp_path / 'unrolled' / 'model.safetensors',
+                     tmp_path / 'scanned' / 'model.safetensors')
+
+
+def test_electra_checkpoints_load_into_and_export_from_scanned_pairs(tmp_path):
+  fields = dict(vocab_size=60, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                max_position_embeddings=32, embedding_size=24, generator_hidden_size=16,
+                generator_num_heads=2, generator_intermediate_size=32)
+  unrolled = ElectraPair(ElectraConfig.from_config(fields))
+  scanned = ElectraPair(ElectraConfig.from_config({**fields, 'scan_layers': True}))
+  params = _params(unrolled, jnp.ones((1, 8), jnp.int32))
+  directories = electra_interop.save_pair(str(tmp_path / 'unrolled'), unrolled, params)
+  loaded = electra_interop.load_params(scanned, directories['discriminator'], directories['generator'])
+  _assert_same_trees(loaded, stack_layers(params))
+  electra_interop.save_pair(str(tmp_path / 'scanned'), scanned, loaded)
+  for network in directories:
+    _assert_same_files(tmp_path / 'unrolled' / network / 'model.safetensors',
+                       tmp_path / 'scanned' / network / 'model.safetensors')
 
 
 def _child():
