@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from encoders.config import EncoderConfig
 from encoders.heads import (POOLINGS, ClassifierHead, MaskedLMHead, Pooler, gather_positions,
                             pool)
-from encoders.layers import Embeddings, TransformerStack, attention_mask
+from encoders.layers import Embeddings, TransformerStack, attention_mask, dense
 
 
 def default_inputs(input_ids, segment_ids=None, position_ids=None, token_type_ids=None):
@@ -27,13 +27,32 @@ def default_inputs(input_ids, segment_ids=None, position_ids=None, token_type_id
   return segment_ids, position_ids, token_type_ids
 
 
+def embeddings_project(config: EncoderConfig) -> nn.Dense | None:
+  """ELECTRA's `embeddings_project`: embedding_size -> hidden_size (None when they are equal)."""
+  if not config.projects_embeddings:
+    return None
+  return dense(config, config.hidden_size, ('embed', 'embed_out'), 'embeddings_project')
+
+
+def project(projection: nn.Dense | None, embedded: jax.Array) -> jax.Array:
+  """[batch, length, embedding_size] -> [batch, length, hidden] (as is without a projection)."""
+  if projection is None:
+    return embedded
+  return nn.with_logical_constraint(projection(embedded), ('batch', 'length', 'embed'))
+
+
 class Encoder(nn.Module):
-  """Embeddings + post-LN transformer stack (+ BERT's pooler when `add_pooler`)."""
+  """Embeddings [+ embeddings_project] + post-LN transformer stack (+ BERT's pooler when `add_pooler`).
+
+  The projection exists only when `config.embedding_size` differs from `hidden_size`
+  (an ELECTRA-small discriminator fine-tuned as a BERT encoder).
+  """
   config: EncoderConfig
   add_pooler: bool = False
 
   def setup(self):
-    self.embeddings = Embeddings(self.config)
+    self.embeddings = Embeddings(self.config.embedding)
+    self.embeddings_project = embeddings_project(self.config)
     self.layers = TransformerStack(self.config)
     if self.add_pooler:
       self.pooler = Pooler(self.config)
@@ -44,7 +63,7 @@ class Encoder(nn.Module):
     segment_ids, position_ids, token_type_ids = default_inputs(
         input_ids, segment_ids, position_ids, token_type_ids)
     x = self.embeddings(input_ids, position_ids, token_type_ids, deterministic)
-    x = self.layers(x, attention_mask(segment_ids), deterministic)
+    x = self.layers(project(self.embeddings_project, x), attention_mask(segment_ids), deterministic)
     return x, (self.pooler(x) if self.add_pooler else None)
 
   def decode(self, x):
@@ -64,7 +83,7 @@ class EncoderForPreTraining(nn.Module):
 
   def setup(self):
     self.encoder = Encoder(self.config, add_pooler=self.sentence_head)
-    self.mlm_head = MaskedLMHead(self.config)
+    self.mlm_head = MaskedLMHead(self.config.embedding)  # Ends at the tied embeddings' width.
     if self.sentence_head:
       self.sentence_order_head = ClassifierHead(self.config, 2, dropout_rate=0.0)
 

@@ -22,26 +22,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from encoders.bert import default_inputs
+from encoders.bert import default_inputs, embeddings_project, project
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import MaskedLMHead, gather_positions
 from encoders.layers import ACTIVATIONS, Embeddings, TransformerStack, attention_mask, dense
 
-GENERATOR_FIELDS = ('generator_hidden_size', 'generator_num_heads',
-                    'generator_intermediate_size', 'generator_num_layers')
-
-
 @dataclasses.dataclass(frozen=True)
 class ElectraConfig:
-  """The two encoders' configs and the width of the embeddings they share."""
+  """The two encoders' configs; both carry the width of the embeddings they share."""
   discriminator: EncoderConfig
   generator: EncoderConfig
-  embedding_size: int
+
+  @property
+  def embedding_size(self) -> int:
+    return self.discriminator.embedding.hidden_size
 
   @property
   def embedding(self) -> EncoderConfig:
     """The shared embeddings' config: the discriminator's, at width embedding_size."""
-    return dataclasses.replace(self.discriminator, hidden_size=self.embedding_size, num_heads=1)
+    return self.discriminator.embedding
 
   @classmethod
   def from_config(cls, model_config, prefix: str = 'model') -> 'ElectraConfig':
@@ -53,13 +52,13 @@ class ElectraConfig:
     """
     values = dict(model_config.items()) if hasattr(model_config, 'items') else dict(model_config)
     discriminator = EncoderConfig.from_config(values, prefix)
+    # Explicit in both networks: the generator projects from it whenever it is narrower.
+    discriminator = dataclasses.replace(discriminator,
+                                        embedding_size=discriminator.embedding.hidden_size)
 
     def fail(field, message):
       raise ConfigError(f'{prefix}.{field}={values.get(field)!r}: {message}')
 
-    embedding_size = values.get('embedding_size') or discriminator.hidden_size
-    if not isinstance(embedding_size, int) or embedding_size <= 0:
-      fail('embedding_size', 'must be a positive integer (or None for hidden_size).')
     fraction = values.get('generator_size_fraction', 0.25)
     if not 0.0 < fraction <= 1.0:
       fail('generator_size_fraction', 'must be in (0, 1]: the generator width over hidden_size.')
@@ -79,23 +78,18 @@ class ElectraConfig:
         discriminator, hidden_size=hidden, num_heads=sizes['generator_num_heads'],
         intermediate_size=sizes['generator_intermediate_size'],
         num_layers=sizes['generator_num_layers'])
-    return cls(discriminator=discriminator, generator=generator, embedding_size=embedding_size)
+    return cls(discriminator=discriminator, generator=generator)
 
 
 class ProjectedStack(nn.Module):
   """`embeddings_project` (only when the widths differ) and a transformer stack."""
   config: EncoderConfig
-  embedding_size: int
 
   @nn.compact
   def __call__(self, embedded, mask, deterministic: bool):
     """embedded [batch, length, embedding_size] -> [batch, length, hidden]."""
-    c = self.config
-    x = embedded
-    if self.embedding_size != c.hidden_size:
-      x = dense(c, c.hidden_size, ('embed', 'embed_out'), 'embeddings_project')(x)
-      x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    return TransformerStack(c, name='layers')(x, mask, deterministic)
+    x = project(embeddings_project(self.config), embedded)
+    return TransformerStack(self.config, name='layers')(x, mask, deterministic)
 
 
 class DiscriminatorHead(nn.Module):
@@ -117,10 +111,10 @@ class ElectraPair(nn.Module):
   def setup(self):
     c = self.config
     self.embeddings = Embeddings(c.embedding)
-    self.generator_encoder = ProjectedStack(c.generator, c.embedding_size)
+    self.generator_encoder = ProjectedStack(c.generator)
     # BERT's MLM head at the embedding width: dense to embedding_size, act, LayerNorm, tied decoder.
     self.generator_predictions = MaskedLMHead(c.embedding)
-    self.discriminator_encoder = ProjectedStack(c.discriminator, c.embedding_size)
+    self.discriminator_encoder = ProjectedStack(c.discriminator)
     self.discriminator_predictions = DiscriminatorHead(c.discriminator)
 
   def _encode(self, stack, input_ids, segment_ids, position_ids, token_type_ids, deterministic):

@@ -113,6 +113,26 @@ def test_every_param_has_the_expected_logical_axes():
     assert len(leaf.names) == leaf.value.ndim, path
 
 
+def test_narrow_embeddings_are_projected_to_hidden():
+  # ELECTRA-small's layout: embeddings at embedding_size, `embeddings_project` to hidden_size,
+  # and the MLM head back to embedding_size for the tied decoder. Parity with transformers'
+  # ElectraModel (which has this projection) is in test_electra_interop.py.
+  model = bert.EncoderForPreTraining(dataclasses.replace(CONFIG, embedding_size=16))
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))['params']
+  project = boxed['encoder']['embeddings_project']
+  assert (project['kernel'].value.shape, project['kernel'].names) == ((16, 32), ('embed', 'embed_out'))
+  assert (project['bias'].value.shape, project['bias'].names) == ((32,), ('embed_out',))
+  assert boxed['encoder']['embeddings']['word_embeddings']['embedding'].value.shape == (50, 16)
+  assert boxed['mlm_head']['transform']['kernel'].value.shape == (32, 16)
+  params = init_params(model)
+  ids = np.random.default_rng(0).integers(0, 50, (2, LENGTH)).astype(np.int32)
+  assert model.apply({'params': params}, ids)['mlm_logits'].shape == (2, LENGTH, 50)
+  for same in (None, 32):  # No projection when the widths agree.
+    boxed = jax.eval_shape(bert.Encoder(dataclasses.replace(CONFIG, embedding_size=same)).init,
+                           jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))['params']
+    assert 'embeddings_project' not in boxed
+
+
 @pytest.mark.parametrize('overrides,field', [
     (dict(hidden_size=30, num_heads=4), 'model.hidden_size'),
     (dict(dtype='float64'), 'model.dtype'),
@@ -122,6 +142,7 @@ def test_every_param_has_the_expected_logical_axes():
     (dict(pad_token_id=30522), 'model.pad_token_id'),
     (dict(remat_policy='some'), 'model.remat_policy'),
     (dict(attention_dropout_rate=1.0), 'model.attention_dropout_rate'),
+    (dict(embedding_size=-4), 'model.embedding_size'),
 ])
 def test_config_errors_name_the_field(overrides, field):
   config = bert_config.get_config('tiny').model

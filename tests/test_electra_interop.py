@@ -9,9 +9,10 @@ import pytest
 import torch
 import transformers
 
-from encoders import electra_interop
-from encoders.config import ConfigError
+from encoders import bert, electra_interop
+from encoders.config import ConfigError, EncoderConfig
 from encoders.electra import ElectraConfig, ElectraPair
+from training import finetune_init
 
 BOUND = 1e-4
 HF_FIELDS = dict(vocab_size=60, embedding_size=24, max_position_embeddings=32,
@@ -102,6 +103,29 @@ def test_import_matches_transformers(hf_pair, record_figure):
   alone = electra_interop.load_params(model, discriminator_dir=directories['discriminator'])
   assert set(alone) == {'embeddings', 'discriminator_encoder', 'discriminator_predictions'}
   jax.tree.map(np.testing.assert_array_equal, alone, {name: params[name] for name in alone})
+
+
+def test_discriminator_as_a_bert_encoder_matches_transformers(hf_pair, record_figure):
+  # What fine-tuning builds from an ELECTRA workdir: the discriminator's weights in a BERT
+  # Encoder with `embeddings_project` (24 -> 32), against transformers' ElectraModel.
+  discriminator, _, directories = hf_pair
+  model_config = electra_interop.read_model_config(directories['discriminator'])
+  pair = ElectraPair(ElectraConfig.from_config(model_config))
+  params = finetune_init.electra_discriminator(
+      electra_interop.load_params(pair, discriminator_dir=directories['discriminator']))
+  encoder = bert.Encoder(EncoderConfig.from_config(model_config))
+  input_ids, attention_mask, token_type_ids = padded_batch()
+  hidden, _ = jax.jit(encoder.apply)({'params': params['encoder']}, input_ids, attention_mask,
+                                     None, token_type_ids)
+  with torch.no_grad():
+    theirs = discriminator.electra(
+        input_ids=torch.from_numpy(input_ids.astype(np.int64)),
+        attention_mask=torch.from_numpy(attention_mask.astype(np.int64)),
+        token_type_ids=torch.from_numpy(token_type_ids.astype(np.int64))).last_hidden_state.numpy()
+  assert 'embeddings_project' in params['encoder']
+  error = max_error(hidden, theirs, attention_mask)
+  record_figure('hidden max|diff|', error, f'<= {BOUND}')
+  assert error <= BOUND and np.abs(theirs).max() > 0.1
 
 
 def test_export_round_trip_loads_in_transformers(hf_pair, tmp_path, record_figure):

@@ -6,7 +6,6 @@ import os
 import jax
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -259,12 +258,10 @@ def test_electra_discriminator_becomes_the_encoder():
   stack = {'layer_0': {'w': np.ones(2)}}
   params = {'embeddings': {'e': np.zeros(2)}, 'generator_encoder': {'layers': {}},
             'discriminator_encoder': {'layers': stack}, 'discriminator_predictions': {}}
-  config = ml_collections.ConfigDict(dict(embedding_size=256, hidden_size=256))
-  assert finetune_init.electra_discriminator(params, config) == {
+  assert finetune_init.electra_discriminator(params) == {
       'encoder': {'embeddings': {'e': params['embeddings']['e']}, 'layers': stack}}
-  config.embedding_size = 128
-  with pytest.raises(ValueError, match='embeddings_project'):
-    finetune_init.electra_discriminator(params, config)
+  params['discriminator_encoder']['embeddings_project'] = project = {'kernel': np.ones((2, 4))}
+  assert finetune_init.electra_discriminator(params)['encoder']['embeddings_project'] is project
 
 
 def test_bad_init_from_is_named(minilm_dir, tmp_path):

@@ -255,6 +255,16 @@ def test_config_mismatch_names_field(hf_bert_pretraining):
     hf_interop.load_params(path, model)
 
 
+def test_embedding_projection_has_no_hf_bert_layout(hf_bert_pretraining, tmp_path):
+  _, path = hf_bert_pretraining
+  config = replace(EncoderConfig.from_config(hf_interop.read_model_config(path)), embedding_size=16)
+  for model in (bert.Encoder(config, add_pooler=True), bert.EncoderForPreTraining(config)):
+    with pytest.raises(ConfigError, match='model.embedding_size=16'):
+      hf_interop.save_checkpoint(str(tmp_path), model, {}, family='bert')
+    with pytest.raises(ConfigError, match='model.embedding_size=16'):
+      hf_interop.load_params(path, model)
+
+
 def test_roberta_mlm_head_activation_is_gelu(tmp_path):
   model = bert.EncoderForPreTraining(replace(small_config('roberta'), hidden_act='gelu_new'))
   with pytest.raises(ConfigError, match='model.hidden_act'):

@@ -70,7 +70,7 @@ def resolve(config, workdir: str) -> Source:
     manager.close()
     params = jax.tree.map(np.asarray, state['params'])
     if family == 'electra':
-      params = electra_discriminator(params, pretrain_config.model)
+      params = electra_discriminator(params)
     tokenizer = tokenizer_lib.get_tokenizer(pretrain_config.data, path)
     logging.info('Fine-tuning from %s step %d.', path, step)
     return Source('workdir', path, pretrain_config.model, tokenizer, params)
@@ -79,19 +79,18 @@ def resolve(config, workdir: str) -> Source:
                    "nor 'none'.")
 
 
-def electra_discriminator(params: dict, model_config) -> dict:
+def electra_discriminator(params: dict) -> dict:
   """ELECTRA pair params -> {'encoder': ...} of the discriminator as a BERT encoder.
 
-  The discriminator is a BERT encoder over the shared embeddings when they have its width
-  (ELECTRA base / large); narrower embeddings (small) need the `embeddings_project` layer,
-  which encoders.bert's task models do not have.
+  The discriminator is a BERT encoder over the shared embeddings, with its
+  `embeddings_project` when the embeddings are narrower than hidden (ELECTRA small:
+  128 -> 256); `EncoderConfig.from_config(model_config)` builds that encoder, since
+  config.model carries embedding_size.
   """
-  if model_config.embedding_size != model_config.hidden_size:
-    raise ValueError(f'ELECTRA with embedding_size={model_config.embedding_size} != hidden_size='
-                     f'{model_config.hidden_size} cannot be fine-tuned yet: the task models have no '
-                     'embeddings_project (see /tmp/team/NOTES_finetune.md).')
+  discriminator = params['discriminator_encoder']
   return {'encoder': {'embeddings': params['embeddings'],
-                      'layers': params['discriminator_encoder']['layers']}}
+                      **{name: discriminator[name] for name in ('embeddings_project', 'layers')
+                         if name in discriminator}}}
 
 
 def _hf_tensor_names(path: str) -> set[str]:
