@@ -99,6 +99,15 @@ def test_layer_decay_scales_updates_by_depth():
   assert ratio == {'encoder': {'embeddings': {'w': 0.125}, 'layers': {
       'layer_0': {'w': 0.25}, 'layer_1': {'w': 0.5}}}, 'classifier': {'w': 1.0}}
 
+  # Scanned layers ([num_layers, ...] under 'stacked') get one scale per slice.
+  stacked = {**params, 'encoder': {**params['encoder'],
+                                   'layers': {'stacked': {'layer': {'w': jnp.ones((2, 3))}}}}}
+  config.layer_decay = 0.5
+  tx, _ = finetune.make_optimizer(config, 10, num_layers=2)
+  scanned, _ = tx.update(jax.tree.map(lambda x: 0.1 * x, stacked), tx.init(stacked), stacked)
+  np.testing.assert_allclose(scanned['encoder']['layers']['stacked']['layer']['w'] / plain['classifier']['w'],
+                             [[0.25] * 3, [0.5] * 3], rtol=1e-6)
+
 
 def test_balanced_class_weights():
   weights = finetune.class_weights(np.array([0, 0, 0, 1]), 3, 'balanced')

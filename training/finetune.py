@@ -42,12 +42,18 @@ def make_model(kind: str, model_config: EncoderConfig, num_labels: int | None, p
 
 
 def layer_depths(params, num_layers: int):
-  """Depth per parameter: embeddings 0, layer_i i + 1, everything above num_layers + 1."""
-  def depth(path, _):
+  """Depth per parameter: embeddings 0, layer i i + 1, everything above num_layers + 1.
+
+  Scanned stacks (`layers/stacked/...`, [num_layers, ...]) get one depth per slice, as an
+  int array shaped to broadcast against the parameter.
+  """
+  def depth(path, value):
     names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
     if names[:2] == ['encoder', 'embeddings']:
       return 0
     if names[:2] == ['encoder', 'layers']:
+      if names[2] == 'stacked':
+        return np.arange(1, num_layers + 1).reshape((num_layers,) + (1,) * (np.ndim(value) - 1))
       return int(names[2].removeprefix('layer_')) + 1
     return num_layers + 1
   return jax.tree_util.tree_map_with_path(depth, params)
@@ -61,9 +67,12 @@ def make_optimizer(opt_config, num_steps: int, num_layers: int):
     return tx, schedule
   if not 0.0 < decay <= 1.0:
     raise ConfigError(f'config.optimizer.layer_decay={decay}: must be in (0, 1].')
-  scales = {f'depth_{d}': optax.scale(decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)}
-  labels = lambda params: jax.tree.map(lambda d: f'depth_{d}', layer_depths(params, num_layers))
-  return optax.chain(tx, optax.multi_transform(scales, labels)), schedule
+
+  def scale_by_depth(updates, params):
+    depths = layer_depths(params, num_layers)
+    return jax.tree.map(lambda u, d: u * decay ** (num_layers + 1 - np.asarray(d)).astype(u.dtype),
+                        updates, depths)
+  return optax.chain(tx, optax.stateless(scale_by_depth)), schedule
 
 
 def class_weights(labels: np.ndarray, num_labels: int, mode: str) -> np.ndarray:
