@@ -6,10 +6,15 @@ is also where bad values are caught, with the offending field named.
 """
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 ACTIVATIONS = ('gelu', 'gelu_new', 'relu')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# dtype='auto': whichever compute dtype trained faster on the backend (experiments/benchmark.py).
+# GPU/TPU matmul units run bf16 at several times the f32 rate; this CPU's XLA runs bf16 no
+# faster than f32 (README, "Speed"), so f32 keeps the precision for free there.
+AUTO_DTYPES = {'cpu': 'float32', 'gpu': 'bfloat16', 'tpu': 'bfloat16'}
 
 
 class ConfigError(ValueError):
@@ -35,7 +40,7 @@ class EncoderConfig:
   attention_dropout_rate: float = 0.1  # 0 lets attention run as one fused kernel.
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
-  dtype: str = 'float32'  # Compute dtype of matmuls and activations.
+  dtype: str = 'float32'  # Compute dtype of matmuls and activations; 'auto': per backend.
   param_dtype: str = 'float32'  # Storage dtype of parameters.
   remat_policy: str = 'none'  # Rematerialisation of each layer: 'none', 'full' or 'dots'.
   scan_layers: bool = False  # One nn.scan over stacked layers: compiles one layer, not num_layers.
@@ -58,6 +63,8 @@ class EncoderConfig:
 
   @property
   def compute_dtype(self):
+    if self.dtype == 'auto':
+      return DTYPES[AUTO_DTYPES.get(jax.default_backend(), 'float32')]
     return DTYPES[self.dtype]
 
   @property
@@ -89,9 +96,10 @@ class EncoderConfig:
       fail('hidden_size', f'is not divisible by {prefix}.num_heads={self.num_heads}.')
     if self.hidden_act not in ACTIVATIONS:
       fail('hidden_act', f'unknown activation; choose one of {ACTIVATIONS}.')
-    for field in ('dtype', 'param_dtype'):
-      if getattr(self, field) not in DTYPES:
-        fail(field, f'unknown dtype; choose one of {tuple(DTYPES)}.')
+    if self.dtype not in (*DTYPES, 'auto'):
+      fail('dtype', f"unknown dtype; choose one of {(*DTYPES, 'auto')}.")
+    if self.param_dtype not in DTYPES:
+      fail('param_dtype', f'unknown dtype; choose one of {tuple(DTYPES)}.')
     for field in ('hidden_dropout_rate', 'attention_dropout_rate'):
       if not 0.0 <= getattr(self, field) < 1.0:
         fail(field, 'must be in [0, 1).')
