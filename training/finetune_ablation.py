@@ -45,6 +45,8 @@ class Ablation:
   cells: Callable[[str, ml_collections.ConfigDict], list[sweep.Cell]]  # (scale, base) -> cells.
   paper_config: Callable[[ml_collections.ConfigDict], None] = lambda config: None  # Paper scale.
   eval_mask_rate: float | None = None  # Validate MLM loss at this masking rate (config.eval_data).
+  base_config: Callable[[str], ml_collections.ConfigDict] | None = None  # scale -> base; None: pretrain_config.
+  module: str | None = None  # The script, for --mode=subprocess/print; None: experiments.ablate_<name>.
 
 
 def pretrain_config(scale: str) -> ml_collections.ConfigDict:
@@ -173,7 +175,7 @@ def main(ablation: Ablation) -> str:
   f = flags.FLAGS
   scale = 'smoke' if f.smoke else f.scale
   out = os.path.abspath(f.out)
-  base = pretrain_config(scale)
+  base = (ablation.base_config or pretrain_config)(scale)
   if scale == 'paper':
     ablation.paper_config(base)
   base = sweep.apply_overrides(base, _parse_overrides(f.set))
@@ -193,7 +195,7 @@ def main(ablation: Ablation) -> str:
     return pretrain_and_finetune(config, tune, workdir, seed, ablation.eval_mask_rate)
 
   def command_fn(cell: sweep.Cell, seed: int) -> list[str]:
-    script = f'experiments.ablate_{ablation.name}'
+    script = ablation.module or f'experiments.ablate_{ablation.name}'
     extra = [f'--set={s}' for s in f.set] + [f'--finetune_set={s}' for s in f.finetune_set]
     return [sys.executable, '-m', script, f'--scale={scale}', f'--out={out}',
             f'--cell={cell.name}', f'--seed={seed}', '--mode=inprocess', *extra]
