@@ -4,11 +4,12 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
 from experiments import ablate_batch_size, ablate_masking_rate, ablate_masking_strategy, ablate_nsp
-from training import finetune_ablation, sweep
+from training import checkpointing, finetune_ablation, sweep
 from tests import training_util
 
 
@@ -87,3 +88,20 @@ def test_smoke_run_writes_csv_table_and_plot(name, paper, tmp_path, compilation_
   assert paper in markdown and 'paper: ' in markdown
   assert (tmp_path / 'results.png').stat().st_size > 1000
   assert len(os.listdir(tmp_path / 'results')) == 2
+
+
+def test_a_preempted_pretraining_writes_no_result(monkeypatch, tmp_path):
+  """SIGTERM makes train_and_evaluate return early (checkpoint saved); the run must not go on
+  to fine-tune the partial model and record it as finished."""
+  def preempted(config, workdir):  # Saved step 1 of num_steps, then stopped.
+    manager = checkpointing.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
+    checkpointing.save(manager, 1, {'params': {'w': np.zeros(2)}}, {'step': 1}, config)
+    manager.wait_until_finished()
+    manager.close()
+    return {'mlm_loss': 7.0, 'mlm_accuracy': 0.1}
+  monkeypatch.setattr(finetune_ablation.trainer, 'train_and_evaluate', preempted)
+  monkeypatch.setattr(finetune_ablation.finetune, 'finetune', lambda *a: pytest.fail('fine-tuned'))
+  pretrain = finetune_ablation.pretrain_config('smoke')
+  with pytest.raises(SystemExit, match='stopped at step 1 of 4'):
+    finetune_ablation.pretrain_and_finetune(pretrain, finetune_ablation.finetune_config('smoke'),
+                                            str(tmp_path), 0, None)

@@ -27,7 +27,7 @@ from configs import bert
 from configs import finetune as finetune_configs
 from data import pipeline
 from data import tokenizer as tokenizer_lib
-from training import finetune, metrics, sweep, trainer
+from training import checkpointing, finetune, metrics, sweep, trainer
 
 SCALES = ('smoke', 'tiny', 'paper')
 PAIR_FORMATS = trainer.PAIR_FORMATS
@@ -124,6 +124,12 @@ def pretrain_and_finetune(pretrain: ml_collections.ConfigDict, tune: ml_collecti
   pretrain_dir = os.path.join(workdir, 'pretrain')
   # Empty when resumed after the last step: the last validation is in metrics.jsonl.
   validation = trainer.train_and_evaluate(pretrain, pretrain_dir) or last_metrics(pretrain_dir, 'eval')
+  manager = checkpointing.make_manager(pretrain_dir, read_only=True)
+  done = manager.latest_step()
+  manager.close()
+  if done != pretrain.train.num_steps:  # Preempted (SIGTERM): no result for a partial run.
+    raise SystemExit(f'Pretraining in {pretrain_dir} stopped at step {done} of '
+                     f'{pretrain.train.num_steps}; rerun the same command to resume.')
   result = {'mlm_loss': validation['mlm_loss'], 'mlm_perplexity': float(np.exp(validation['mlm_loss'])),
             'mlm_accuracy': validation['mlm_accuracy']}
   if 'sentence_accuracy' in validation:
