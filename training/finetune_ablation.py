@@ -8,7 +8,8 @@ evaluate every masking rate at 15%), and fine-tunes it on the Wikipedia topic ta
 
   smoke  minutes: a 1-layer width-32 model, a few steps, the first two cells, one seed.
   tiny   BERT tiny (2 x 128) on the embedded corpus, 100 steps of 32 x 128 tokens, fine-tuned on
-         2000 topic records: ~2 minutes per run on a quiet 2-core CPU.
+         2000 topic records: ~2 minutes per run on a quiet 2-core CPU (measured 9-17 minutes
+         per run at load average 8-13).
   paper  the paper's model size, batch and steps (for TPU VMs; set data.dataset to a real corpus).
 
 All runs of a sweep share one tokenizer (trained once into <out>/tokenizer), so the tokenized
