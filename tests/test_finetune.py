@@ -81,7 +81,7 @@ def test_best_answer_is_the_best_valid_span_over_windows():
 
 # --------------------------------------------------------------------------- optimizer pieces
 def test_layer_decay_scales_updates_by_depth():
-  params = {'encoder': {'embeddings': {'w': jnp.ones(3)},
+  params = {'encoder': {'embeddings': {'w': jnp.ones(3)}, 'embeddings_project': {'w': jnp.ones(3)},
                         'layers': {'layer_0': {'w': jnp.ones(3)}, 'layer_1': {'w': jnp.ones(3)}}},
             'classifier': {'w': jnp.ones(3)}}
   grads = jax.tree.map(lambda x: 0.1 * x, params)
@@ -96,7 +96,7 @@ def test_layer_decay_scales_updates_by_depth():
 
   plain, decayed = first_update(1.0), first_update(0.5)
   ratio = jax.tree.map(lambda a, b: float(a[0] / b[0]), decayed, plain)
-  assert ratio == {'encoder': {'embeddings': {'w': 0.125}, 'layers': {
+  assert ratio == {'encoder': {'embeddings': {'w': 0.125}, 'embeddings_project': {'w': 0.125}, 'layers': {
       'layer_0': {'w': 0.25}, 'layer_1': {'w': 0.5}}}, 'classifier': {'w': 1.0}}
 
   # Scanned layers ([num_layers, ...] under 'stacked') get one scale per slice.

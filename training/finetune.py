@@ -42,15 +42,15 @@ def make_model(kind: str, model_config: EncoderConfig, num_labels: int | None, p
 
 
 def layer_depths(params, num_layers: int):
-  """Depth per parameter: embeddings 0, layer i i + 1, everything above num_layers + 1.
+  """Depth per parameter: embeddings (and their projection) 0, layer i i + 1, the rest num_layers + 1.
 
   Scanned stacks (`layers/stacked/...`, [num_layers, ...]) get one depth per slice, as an
   int array shaped to broadcast against the parameter.
   """
   def depth(path, value):
     names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-    if names[:2] == ['encoder', 'embeddings']:
-      return 0
+    if names[:2] in (['encoder', 'embeddings'], ['encoder', 'embeddings_project']):
+      return 0  # ELECTRA's released code also puts embeddings_project at depth 0.
     if names[:2] == ['encoder', 'layers']:
       if names[2] == 'stacked':
         return np.arange(1, num_layers + 1).reshape((num_layers,) + (1,) * (np.ndim(value) - 1))
