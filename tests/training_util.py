@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     'model.num_layers': 1, 'model.hidden_size': 32, 'model.num_heads': 2,
     'model.intermediate_size': 64, 'model.vocab_size': 128, 'model.max_position_embeddings': 64,
-    'data.seq_length': 32, 'train.batch_size': 8, 'train.num_steps': 12,
+    'data.seq_length': 32, 'data.input_format': 'segment_pair_nsp',  # NSP head in every run.
+    'train.batch_size': 8, 'train.num_steps': 12,
     'train.synthetic_data': True, 'train.progress_bar': False, 'train.log_every': 1,
     'train.eval_every': 1000, 'train.eval_steps': 1, 'optimizer.warmup_steps': 2,
     'checkpoint.every_steps': 3,
