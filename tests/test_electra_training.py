@@ -19,7 +19,8 @@ from training import checkpointing, finetune, trainer
 # training_util.TINY's model and schedule, with ELECTRA's shared embeddings narrower than the
 # discriminator (so `embeddings_project` exists) and a two-head generator (tensor axis 2).
 ELECTRA_TINY = {'model.embedding_size': 16, 'model.generator_size_fraction': 0.5,
-                'model.generator_num_heads': 2}
+                'model.generator_num_heads': 2,
+                'data.input_format': 'full_sentences'}  # TINY's segment pairs need an NSP head.
 STEPS = 6
 
 
