@@ -1,9 +1,6 @@
 """ELECTRA through the shared trainer: resume is exact, a 2x2x2 mesh equals one device, and a
 pretraining workdir fine-tunes with the discriminator's weights (the MLM versions of these
 tests are test_checkpointing.py, test_sharding.py and test_finetune.py)."""
-import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -53,39 +50,26 @@ def test_preempted_and_resumed_run_gives_the_uninterrupted_losses(tmp_path, monk
 
 def _sharded_child():
   """Runs in a subprocess with 8 CPU devices: losses and parameters on 1 device and on 2x2x2."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from training import sharding, synthetic  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_threefry_partitionable', True)
 
   def train(mesh_shape, devices):
     config = electra_config(optimizer__eps=1e-2)  # Why eps=1e-2: see test_sharding.COMPARABLE.
     config.mesh.shape = mesh_shape
-    mesh = sharding.make_mesh(config.mesh, devices)
-    run = trainer.setup(config, mesh)
-    state = run.init_state(config.seed)
-    batches = synthetic.SyntheticIterator(config, 'train', pairs=False)
-    losses = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-      for _ in range(3):
-        state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
-        losses.append({k: float(sums[k][0] / sums[k][1]) for k in ('loss', 'rtd_loss', 'mlm_loss')})
+    step_sums, state, _ = training_util.train_on_mesh(config, devices, steps=3)
+    losses = [{k: float(sums[k][0] / sums[k][1]) for k in ('loss', 'rtd_loss', 'mlm_loss')}
+              for sums in step_sums]
     return losses, jax.device_get(state.params)
 
   reference, reference_params = train((1, 1, 1), jax.devices()[:1])
   losses, params = train((2, 2, 2), None)
   diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
                                           params, reference_params)))
-  print('REPORT ' + json.dumps(dict(reference=reference, sharded=losses, param_diff=diff)))
+  training_util.print_report(dict(reference=reference, sharded=losses, param_diff=diff))
 
 
 @pytest.mark.slow
 def test_2x2x2_mesh_gives_the_one_device_losses():
-  result = subprocess.run(
-      [sys.executable, '-c', 'from tests import test_electra_training as t; t._sharded_child()'],
-      cwd=training_util.ROOT, env=training_util.env(8), capture_output=True, text=True, timeout=600)
-  lines = [l for l in result.stdout.splitlines() if l.startswith('REPORT ')]
-  assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-5000:]
-  report = json.loads(lines[-1][len('REPORT '):])
+  report = training_util.child_report('test_electra_training', '_sharded_child')
   for sharded, reference in zip(report['sharded'], report['reference']):
     assert sharded == pytest.approx(reference, rel=1e-4)
   assert report['reference'][-1]['loss'] != report['reference'][0]['loss']

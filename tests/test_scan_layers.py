@@ -6,9 +6,6 @@ is tested in test_hf_interop.py; the scanned model gets the same weights through
 split the dropout key differently.
 """
 import dataclasses
-import json
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -95,48 +92,34 @@ def test_electra_checkpoints_load_into_and_export_from_scanned_pairs(tmp_path):
 
 def _child():
   """In a subprocess with 8 CPU devices: unrolled on 1 device vs scanned on a 2x2x2 mesh."""
-  from training import sharding, synthetic, trainer  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_threefry_partitionable', True)
 
-  def train(mesh_shape, devices, scan, start_params=None):
+  def config_for(mesh_shape, scan):
     config = training_util.tiny_config(
         model__num_layers=2, model__scan_layers=scan, model__hidden_dropout_rate=0.0,
         model__attention_dropout_rate=0.0, optimizer__eps=1e-2)  # eps: see test_sharding.py.
     config.mesh.shape = mesh_shape
-    mesh = sharding.make_mesh(config.mesh, devices)
-    run = trainer.setup(config, mesh)
-    state = run.init_state(config.seed)
-    if start_params is not None:
-      params = jax.tree.map(lambda x, s: jax.device_put(x, s.sharding),
-                            stack_layers(start_params), state.params)
-      state = state.replace(params=params)
-    initial = jax.device_get(state.params)
-    batches = synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)
-    losses = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-      for _ in range(STEPS):
-        state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
-        losses.append(float(sums['loss'][0]))
-    return losses, initial, state.params
+    return config
 
-  ref_losses, ref_initial, ref_params = train((1, 1, 1), jax.devices()[:1], scan=False)
-  losses, _, params = train((2, 2, 2), None, scan=True, start_params=ref_initial)
-  kernel = params['encoder']['layers']['stacked']['layer']['mlp']['intermediate']['kernel']
+  def losses(step_sums):
+    return [float(sums['loss'][0]) for sums in step_sums]
+
+  reference = config_for((1, 1, 1), scan=False)
+  ref_sums, ref_state, ref_run = training_util.train_on_mesh(reference, jax.devices()[:1], STEPS)
+  initial = jax.device_get(ref_run.init_state(reference.seed).params)  # Init is deterministic.
+  step_sums, state, _ = training_util.train_on_mesh(
+      config_for((2, 2, 2), scan=True), steps=STEPS, start_params=stack_layers(initial))
+  kernel = state.params['encoder']['layers']['stacked']['layer']['mlp']['intermediate']['kernel']
   diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
-                      unroll_layers(jax.device_get(params)), jax.device_get(ref_params))
-  print('REPORT ' + json.dumps(dict(
-      reference=ref_losses, scanned=losses, param_diff=max(jax.tree.leaves(diff)),
-      kernel_spec=[a for a in kernel.sharding.spec], kernel_shape=list(kernel.shape))))
+                      unroll_layers(jax.device_get(state.params)), jax.device_get(ref_state.params))
+  training_util.print_report(dict(
+      reference=losses(ref_sums), scanned=losses(step_sums), param_diff=max(jax.tree.leaves(diff)),
+      kernel_spec=[a for a in kernel.sharding.spec], kernel_shape=list(kernel.shape)))
 
 
 @pytest.mark.slow
 def test_scanned_training_on_a_mesh_matches_unrolled():
-  result = subprocess.run(
-      [sys.executable, '-c', 'from tests import test_scan_layers; test_scan_layers._child()'],
-      cwd=training_util.ROOT, env=training_util.env(8), capture_output=True, text=True, timeout=600)
-  lines = [l for l in result.stdout.splitlines() if l.startswith('REPORT ')]
-  assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-5000:]
-  report = json.loads(lines[-1][len('REPORT '):])
+  report = training_util.child_report('test_scan_layers', '_child')
   assert report['scanned'] == pytest.approx(report['reference'], rel=1e-5)
   assert report['reference'][-1] != report['reference'][0]
   assert report['param_diff'] < 1e-5

@@ -3,10 +3,7 @@
 The checks run in a subprocess with 8 CPU devices (XLA_FLAGS must be set before JAX
 starts, and other test modules import JAX first in the same pytest process).
 """
-import json
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -58,27 +55,18 @@ def _child():
   """Runs in the subprocess: trains on each mesh, prints a JSON report."""
   import tempfile  # pylint: disable=g-import-not-at-top
 
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from training import checkpointing, sharding, synthetic, trainer  # pylint: disable=g-import-not-at-top
+  from training import checkpointing, sharding, trainer  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_threefry_partitionable', True)
   assert jax.device_count() == 8
 
   def train(mesh_shape, devices, **overrides):
     config = training_util.tiny_config(**COMPARABLE, **overrides)
     config.mesh.shape = mesh_shape
-    mesh = sharding.make_mesh(config.mesh, devices)
-    run = trainer.setup(config, mesh)
-    state = run.init_state(config.seed)
-    batches = synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)
-    losses = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
-      for _ in range(STEPS):
-        state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
-        losses.append(float(sums['loss'][0]))
-    return losses, state, run
+    step_sums, state, run = training_util.train_on_mesh(config, devices, STEPS)
+    return [float(sums['loss'][0]) for sums in step_sums], state, run
 
   def max_diff(a, b):
     return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
@@ -120,18 +108,12 @@ def _child():
           step=int(restored.step), data_state=data_state)
   report['accum_2'] = train((2, 2, 2), None, train__grad_accum_steps=2, model__hidden_dropout_rate=0.0,
                             model__attention_dropout_rate=0.0)[0]
-  print('REPORT ' + json.dumps(report))
+  training_util.print_report(report)
 
 
 @pytest.fixture(scope='module')
 def report():
-  result = subprocess.run(
-      [sys.executable, '-c', 'from tests import test_sharding; test_sharding._child()'],
-      cwd=training_util.ROOT, env=training_util.env(8), capture_output=True, text=True,
-      timeout=600)
-  lines = [l for l in result.stdout.splitlines() if l.startswith('REPORT ')]
-  assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-5000:]
-  return json.loads(lines[-1][len('REPORT '):])
+  return training_util.child_report('test_sharding', '_child')
 
 
 @pytest.mark.slow

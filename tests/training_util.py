@@ -1,4 +1,6 @@
-"""Shared helpers of the training tests: a tiny config and subprocess runs of the entry point."""
+"""Shared helpers of the training tests: a tiny config, subprocess runs of the entry point, and
+training on a mesh inside an 8-device child process."""
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +58,44 @@ def train_losses(workdir: str) -> dict[int, float]:
   """{step: train loss} from <workdir>/metrics.jsonl."""
   from training import metrics  # pylint: disable=g-import-not-at-top
   return {r['step']: r['train/loss'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r}
+
+
+def train_on_mesh(config, devices=None, steps: int = 3, start_params=None):
+  """Trains `config` (its config.mesh.shape over `devices`) on `steps` synthetic batches.
+
+  `start_params` (host arrays) replace the initial parameters. Returns (the metric sums of
+  each step as host arrays, the final state, the trainer's Setup).
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from training import sharding, synthetic, trainer  # pylint: disable=g-import-not-at-top
+
+  mesh = sharding.make_mesh(config.mesh, devices)
+  run = trainer.setup(config, mesh)
+  state = run.init_state(config.seed)
+  if start_params is not None:
+    state = state.replace(params=jax.tree.map(lambda x, s: jax.device_put(x, s.sharding),
+                                              start_params, state.params))
+  batches = synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)
+  step_sums = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
+    for _ in range(steps):
+      state, sums = run.step_fn(state, sharding.global_batch(next(batches), mesh))
+      step_sums.append(jax.device_get(sums))
+  return step_sums, state, run
+
+
+def print_report(report: dict) -> None:
+  """What a child process hands back to `child_report`."""
+  print('REPORT ' + json.dumps(report))
+
+
+def child_report(module: str, function: str, num_devices: int = 8) -> dict:
+  """Runs tests.<module>.<function>() in a subprocess with `num_devices` CPU devices (XLA_FLAGS
+  must be set before JAX starts) and returns the dict it printed with `print_report`."""
+  result = subprocess.run(
+      [sys.executable, '-c', f'from tests import {module}; {module}.{function}()'],
+      cwd=ROOT, env=env(num_devices), capture_output=True, text=True, timeout=600)
+  lines = [l for l in result.stdout.splitlines() if l.startswith('REPORT ')]
+  assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-5000:]
+  return json.loads(lines[-1][len('REPORT '):])
