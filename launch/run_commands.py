@@ -19,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 
 LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,11 +51,15 @@ def job_commands(commands: list[list[str]], args) -> list[list[list[str]]]:
   return [commands[i::args.parallel] for i in range(min(args.parallel, len(commands)))]
 
 
+PRINT_LOCK = threading.Lock()  # Queues print from their own threads: one whole line at a time.
+
+
 def run_queue(queue: list[list[str]], dry_run: bool) -> list[str]:
   """Runs the queue's commands in order; returns the failed ones."""
   failed = []
   for command in queue:
-    print(shlex.join(command), flush=True)
+    with PRINT_LOCK:
+      print(shlex.join(command), flush=True)
     if not dry_run and subprocess.run(command).returncode != 0:
       failed.append(shlex.join(command))
   return failed
