@@ -5,6 +5,7 @@ Prints one line `RESULT <json>`. A missing reference library gives status
 """
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -53,7 +54,8 @@ def flops(spec: measure.Spec, batch, head_positions: int) -> dict:
 
 
 def run(spec: measure.Spec) -> dict:
-  result = dict(spec=vars(spec).copy(), name=spec.name, python=platform.python_version())
+  result = dict(spec=vars(spec).copy(), name=spec.name, python=platform.python_version(),
+                glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''))  # The malloc it ran with.
   if spec.system == 'matmul_peak':
     return dict(result, status='ok', **matmul_peak(), peak_rss_mb=measure.peak_rss_mb())
   for library in REFERENCE_LIBRARIES.get(spec.system, ()):
