@@ -109,7 +109,7 @@ def main(argv):
   finetune_ablation.main(ABLATION)
   if f.mode != 'print':
     scale = 'smoke' if f.smoke else f.scale
-    base = sweep.apply_overrides(base_config(scale), finetune_ablation._parse_overrides(f.set))  # pylint: disable=protected-access
+    base = sweep.apply_overrides(base_config(scale), finetune_ablation.parse_overrides(f.set))
     seeds = [0] if scale == 'smoke' else list(range(f.seeds))
     print('Wrote', plot_against_flops(scale, base, os.path.abspath(f.out), seeds))
 

@@ -164,7 +164,7 @@ def define_flags() -> None:
   flags.mark_flag_as_required('out')
 
 
-def _parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict:
   result = {}
   for item in items:
     key, sep, value = item.partition('=')
@@ -185,8 +185,8 @@ def main(ablation: Ablation) -> str:
   base = (ablation.base_config or pretrain_config)(scale)
   if scale == 'paper':
     ablation.paper_config(base)
-  base = sweep.apply_overrides(base, _parse_overrides(f.set))
-  tune = sweep.apply_overrides(finetune_config(scale), _parse_overrides(f.finetune_set))
+  base = sweep.apply_overrides(base, parse_overrides(f.set))
+  tune = sweep.apply_overrides(finetune_config(scale), parse_overrides(f.finetune_set))
   base.data.tokenizer_path = shared_tokenizer(base, out)  # Before cells: some measure the data.
   cells = ablation.cells(scale, base)
   seeds = list(range(f.seeds))
