@@ -8,14 +8,24 @@ Rates 0.15 / 0.30 / 0.40 / 0.60 / 0.80, each with BERT's 80/10/10 corruption and
 predicted token replaced by [MASK]; dynamic masking over FULL-SENTENCES rows (no NSP), as the
 paper. Reported: MLM validation loss at a fixed 15% (config.eval_data; the paper evaluates
 all rates at 15%), the training MLM loss at each run's own rate, and topic-task accuracy /
-macro-F1 after fine-tuning.
+macro-F1 after fine-tuning. Besides the sweep's results.{csv,md,png}, by_rate.png plots the
+MLM loss at 15% and the test accuracy against the masking rate, a line per corruption scheme.
 Anchor (paper, BERT-large): 40% >= 15% on GLUE and SQuAD; 80% keeps ~95% of the fine-tuning
 performance. At tiny scale smaller models favour lower rates (the paper's Section 4 trend).
 """
 
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+
 from training import finetune_ablation, sweep
 
 RATES = (0.15, 0.30, 0.40, 0.60, 0.80)
+CORRUPTIONS = {'80/10/10': (0.8, 0.1), '[MASK] only': (1.0, 0.0)}  # name: (mask, random) probs.
+PLOTTED = {'mlm_loss_at_15': 'validation MLM loss at 15% masking', 'test_accuracy': 'topic test accuracy'}
 PAPER = {0.15: '100% (reference)', 0.40: '> 15% (best)', 0.80: '~95% of 15%'}
 
 
@@ -31,7 +41,7 @@ def paper_config(config) -> None:
 def cells(scale, base):
   del scale, base
   result = []
-  for corruption, probs in (('80/10/10', (0.8, 0.1)), ('[MASK] only', (1.0, 0.0))):
+  for corruption, probs in CORRUPTIONS.items():
     for rate in RATES:
       paper = {'downstream vs 15% (BERT-large, GLUE/SQuAD)': PAPER.get(rate, '—')} \
           if corruption == '80/10/10' else {}
@@ -43,12 +53,45 @@ def cells(scale, base):
   return result
 
 
+def series_by_rate(summary: dict, metric: str) -> dict[str, list[tuple[float, float, float]]]:
+  """{corruption: [(rate, mean, std), ...]} over the finished cells of `summary`."""
+  result = {}
+  for cell in cells('tiny', None):
+    if metric in summary.get(cell.name, {}):
+      corruption = cell.name.split(' ', 1)[1]
+      result.setdefault(corruption, []).append(
+          (cell.overrides['data.mask_rate'], *summary[cell.name][metric][:2]))
+  return result
+
+
+def plot_by_rate(scale: str, base, out: str, seeds) -> str:
+  """by_rate.png: each PLOTTED metric (mean ± std over seeds) against the masking rate."""
+  del base
+  summary = sweep.summarize(sweep.collect(cells(scale, None), seeds, out), tuple(PLOTTED))
+  figure, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 3.8))
+  for ax, (metric, label) in zip(axes, PLOTTED.items()):
+    for corruption, points in series_by_rate(summary, metric).items():
+      rates, means, stds = zip(*points)
+      ax.errorbar(rates, means, yerr=stds, marker='o', capsize=3, label=corruption)
+    ax.set_xticks(RATES)
+    ax.set_xlabel('training masking rate')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  figure.suptitle(f'Masking rate (scale={scale}, {len(seeds)} seed(s))')
+  figure.tight_layout()
+  path = os.path.join(out, 'by_rate.png')
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
 ABLATION = finetune_ablation.Ablation(
     name='masking_rate', title='Masking rate: MLM loss at 15% and topic accuracy',
     paper='Wettig et al. 2022, "Should You Mask 15% in Masked Language Modeling?" (abstract, '
           'Sec. 3 / Table 1: BERT-large, efficient recipe); relative fine-tuning performance',
     metrics=('mlm_loss_at_15', 'train_mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells,
-    paper_config=paper_config, eval_mask_rate=0.15)
+    paper_config=paper_config, eval_mask_rate=0.15, extra_plot=plot_by_rate)
 
 
 if __name__ == '__main__':

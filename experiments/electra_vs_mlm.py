@@ -15,7 +15,6 @@ results.md, results.png (per cell) and accuracy_vs_flops.png.
 """
 import os
 
-from absl import app, flags
 import matplotlib
 
 from configs import electra as electra_configs
@@ -67,14 +66,6 @@ def cells(scale, base):
   return result
 
 
-ABLATION = finetune_ablation.Ablation(
-    name='electra_vs_mlm', title='ELECTRA vs BERT-MLM at equal pretraining FLOPs, topic task',
-    paper='Clark et al. 2020, ELECTRA, Table 1 (GLUE dev at equal train FLOPs 1.4e18: '
-          'ELECTRA-Small 79.9 vs BERT-Small 75.1); mlm_accuracy is the generator\'s for ELECTRA',
-    metrics=('mlm_accuracy', 'test_accuracy', 'test_macro_f1'), cells=cells,
-    base_config=base_config, module='experiments.electra_vs_mlm')
-
-
 def plot_against_flops(scale: str, base, out: str, seeds) -> str:
   """accuracy_vs_flops.png: topic test accuracy (mean ± std over seeds) against each run's FLOPs."""
   all_cells = cells(scale, base)
@@ -103,17 +94,14 @@ def plot_against_flops(scale: str, base, out: str, seeds) -> str:
   return path
 
 
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  finetune_ablation.main(ABLATION)
-  if f.mode != 'print':
-    scale = 'smoke' if f.smoke else f.scale
-    base = sweep.apply_overrides(base_config(scale), finetune_ablation.parse_overrides(f.set))
-    seeds = [0] if scale == 'smoke' else list(range(f.seeds))
-    print('Wrote', plot_against_flops(scale, base, os.path.abspath(f.out), seeds))
+ABLATION = finetune_ablation.Ablation(
+    name='electra_vs_mlm', title='ELECTRA vs BERT-MLM at equal pretraining FLOPs, topic task',
+    paper='Clark et al. 2020, ELECTRA, Table 1 (GLUE dev at equal train FLOPs 1.4e18: '
+          'ELECTRA-Small 79.9 vs BERT-Small 75.1); mlm_accuracy is the generator\'s for ELECTRA',
+    metrics=('mlm_accuracy', 'test_accuracy', 'test_macro_f1'), cells=cells,
+    base_config=base_config, module='experiments.electra_vs_mlm',
+    extra_plot=plot_against_flops)
 
 
 if __name__ == '__main__':
-  finetune_ablation.define_flags()
-  app.run(main)
+  finetune_ablation.run_script(ABLATION)

@@ -24,6 +24,27 @@ def test_masking_rate_cells():
   assert ablate_masking_rate.ABLATION.metrics[:2] == ('mlm_loss_at_15', 'train_mlm_loss')
 
 
+def test_masking_rate_by_rate_plot_reads_each_corruption_and_rate(tmp_path):
+  cells = ablate_masking_rate.cells('tiny', None)
+  losses = {}  # (corruption, rate): the two seeds' losses.
+  rng = np.random.default_rng(0)
+  for cell in cells[::3]:  # A partial sweep: some cells of both corruptions unfinished.
+    key = (cell.name.split(' ', 1)[1], cell.overrides['data.mask_rate'])
+    losses[key] = rng.uniform(6, 8, size=2)
+    for seed, loss in enumerate(losses[key]):
+      sweep.write_result(str(tmp_path), cell, seed, {'mlm_loss_at_15': loss, 'test_accuracy': 0.5}, 1.0)
+  summary = sweep.summarize(sweep.collect(cells, [0, 1], str(tmp_path)), ('mlm_loss_at_15',))
+  series = ablate_masking_rate.series_by_rate(summary, 'mlm_loss_at_15')
+  assert {(c, r) for c, points in series.items() for r, _, _ in points} == set(losses)
+  for corruption, points in series.items():
+    assert [r for r, _, _ in points] == sorted(r for r, _, _ in points)
+    for rate, mean, std in points:
+      np.testing.assert_allclose((mean, std), (losses[corruption, rate].mean(),
+                                               losses[corruption, rate].std(ddof=1)))
+  path = ablate_masking_rate.plot_by_rate('tiny', None, str(tmp_path), [0, 1])
+  assert os.path.getsize(path) > 1000
+
+
 @pytest.mark.parametrize('scale', ['tiny', 'paper'])
 def test_batch_size_cells_train_on_equal_tokens(scale):
   base = finetune_ablation.pretrain_config(scale)
@@ -87,6 +108,8 @@ def test_smoke_run_writes_csv_table_and_plot(name, paper, tmp_path, compilation_
   markdown = (tmp_path / 'results.md').read_text()
   assert paper in markdown and 'paper: ' in markdown
   assert (tmp_path / 'results.png').stat().st_size > 1000
+  if name == 'masking_rate':
+    assert (tmp_path / 'by_rate.png').stat().st_size > 1000
   assert len(os.listdir(tmp_path / 'results')) == 2
 
 

@@ -48,6 +48,8 @@ class Ablation:
   eval_mask_rate: float | None = None  # Validate MLM loss at this masking rate (config.eval_data).
   base_config: Callable[[str], ml_collections.ConfigDict] | None = None  # scale -> base; None: pretrain_config.
   module: str | None = None  # The script, for --mode=subprocess/print; None: experiments.ablate_<name>.
+  # (scale, base, out, seeds) -> path of a plot of its own, drawn after the report; None: none.
+  extra_plot: Callable[[str, ml_collections.ConfigDict, str, list[int]], str] | None = None
 
 
 def pretrain_config(scale: str) -> ml_collections.ConfigDict:
@@ -211,9 +213,12 @@ def main(ablation: Ablation) -> str:
   if f.mode == 'print':
     return ''
   all_cells = cells if scale == 'smoke' else ablation.cells(scale, base)
-  markdown = sweep.report(all_cells, seeds if scale == 'smoke' else list(range(f.seeds)), out,
-                          ablation.metrics, f'{ablation.title} (scale={scale})', ablation.paper)
+  report_seeds = seeds if scale == 'smoke' else list(range(f.seeds))
+  markdown = sweep.report(all_cells, report_seeds, out, ablation.metrics,
+                          f'{ablation.title} (scale={scale})', ablation.paper)
   print(markdown)
+  if ablation.extra_plot:
+    print('Wrote', ablation.extra_plot(scale, base, out, report_seeds))
   return markdown
 
 
