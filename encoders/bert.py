@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from encoders.config import EncoderConfig
 from encoders.heads import (POOLINGS, ClassifierHead, MaskedLMHead, Pooler, gather_positions,
                             pool)
-from encoders.layers import Embeddings, TransformerStack, attention_mask, dense
+from encoders.layers import Dense, Embeddings, TransformerStack, attention_mask, dense
 
 
 def default_inputs(input_ids, segment_ids=None, position_ids=None, token_type_ids=None):
@@ -27,14 +27,14 @@ def default_inputs(input_ids, segment_ids=None, position_ids=None, token_type_id
   return segment_ids, position_ids, token_type_ids
 
 
-def embeddings_project(config: EncoderConfig) -> nn.Dense | None:
+def embeddings_project(config: EncoderConfig) -> Dense | None:
   """ELECTRA's `embeddings_project`: embedding_size -> hidden_size (None when they are equal)."""
   if not config.projects_embeddings:
     return None
   return dense(config, config.hidden_size, ('embed', 'embed_out'), 'embeddings_project')
 
 
-def project(projection: nn.Dense | None, embedded: jax.Array) -> jax.Array:
+def project(projection: Dense | None, embedded: jax.Array) -> jax.Array:
   """[batch, length, embedding_size] -> [batch, length, hidden] (as is without a projection)."""
   if projection is None:
     return embedded

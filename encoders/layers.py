@@ -46,10 +46,94 @@ def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
       bias_init=zeros_init(('embed',)))
 
 
-def dense(config: EncoderConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
-  return nn.Dense(
-      features, dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name,
-      kernel_init=normal_init(config, axes), bias_init=zeros_init(axes[1:]))
+def _operands_and_output(equation: str) -> tuple[str, str, str]:
+  inputs, output = equation.replace(' ', '').split('->')
+  x, y = inputs.split(',')
+  return x, y, output
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_accumulating_f32(equation: str, x: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.einsum(equation, x, y, preferred_element_type=jnp.float32)
+
+
+def _einsum_accumulating_f32_fwd(equation, x, y):
+  return _einsum_accumulating_f32(equation, x, y), (x, y)
+
+
+def _contracting_last(lhs_spec: str, rhs_spec: str, out_spec: str, lhs: jax.Array):
+  """-> (spec, lhs) with lhs transposed to (batch, free, contracting) order on XLA:CPU.
+
+  XLA:CPU runs bf16 x bf16 -> f32 dots only in its fused (YNNPACK) kernels, which need
+  the lhs contracted on its minor dims; its fallback has no such dot at all. The barrier
+  keeps XLA from folding the transpose back into the dot. Ellipsis specs (dense layers)
+  already lower well and are left alone, as is every other backend.
+  """
+  if '...' in lhs_spec or jax.default_backend() != 'cpu':
+    return lhs_spec, lhs
+  order = sorted(lhs_spec, key=lambda i: (i not in rhs_spec or i not in out_spec, i not in out_spec))
+  spec = ''.join(order)
+  if spec == lhs_spec:
+    return lhs_spec, lhs
+  return spec, jax.lax.optimization_barrier(jnp.transpose(lhs, [lhs_spec.index(i) for i in spec]))
+
+
+def _einsum_accumulating_f32_bwd(equation, residuals, grad):
+  """Both gradient matmuls on low-precision operands, accumulated in f32.
+
+  JAX's own transpose of a `preferred_element_type=f32` dot multiplies the f32
+  cotangent by the upcast operand, i.e. runs the backward pass's two matmuls in f32.
+  """
+  x, y = residuals
+  x_spec, y_spec, out_spec = _operands_and_output(equation)
+  grad = grad.astype(x.dtype)
+  grad_spec, grad_x_lhs = _contracting_last(out_spec, y_spec, x_spec, grad)
+  grad_x = jnp.einsum(f'{grad_spec},{y_spec}->{x_spec}', grad_x_lhs, y,
+                      preferred_element_type=jnp.float32)
+  x_lhs_spec, grad_y_lhs = _contracting_last(x_spec, out_spec, y_spec, x)
+  grad_y = jnp.einsum(f'{x_lhs_spec},{out_spec}->{y_spec}', grad_y_lhs, grad,
+                      preferred_element_type=jnp.float32)
+  return grad_x.astype(x.dtype), grad_y.astype(y.dtype)
+
+
+_einsum_accumulating_f32.defvjp(_einsum_accumulating_f32_fwd, _einsum_accumulating_f32_bwd)
+
+
+def matmul(equation: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
+  """`jnp.einsum(equation, x, y)` on operands cast to `dtype`, accumulated and returned in f32.
+
+  In bf16 the forward and both backward matmuls take bf16 operands and accumulate in f32
+  (what TPU MXUs and GPU tensor cores do; on a CPU with AVX512-BF16 it runs at about 2x
+  the f32 rate). Every index of an operand must appear in the other operand or the
+  output (true of matmuls), so the gradients are einsums of the same form.
+  """
+  x_spec, y_spec, out_spec = _operands_and_output(equation)
+  for spec, other in ((x_spec, y_spec), (y_spec, x_spec)):
+    if not set(spec.replace('...', '')) <= set(other + out_spec):
+      raise ValueError(f'matmul({equation!r}): an index of {spec!r} is summed within one operand')
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(equation, x.astype(jnp.float32), y.astype(jnp.float32))
+  return _einsum_accumulating_f32(equation, x.astype(dtype), y.astype(dtype))
+
+
+class Dense(nn.Module):
+  """nn.Dense's parameters (kernel [in, features], bias [features]), computed by `matmul`."""
+  config: EncoderConfig
+  features: int
+  axes: tuple[str | None, str | None]  # Logical axes of the kernel; the bias takes axes[1].
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    kernel = self.param('kernel', normal_init(c, self.axes), (x.shape[-1], self.features),
+                        c.storage_dtype)
+    bias = self.param('bias', zeros_init(self.axes[1:]), (self.features,), c.storage_dtype)
+    return (matmul('...i,io->...o', x, kernel, c.compute_dtype) + bias).astype(c.compute_dtype)
+
+
+def dense(config: EncoderConfig, features: int, axes: tuple[str | None, str | None],
+          name: str) -> Dense:
+  return Dense(config, features, axes, name=name)
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -87,7 +171,9 @@ class Embeddings(nn.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     """[..., hidden] -> [..., vocab]: the decoder tied to the word embeddings."""
-    return self.word_embeddings.attend(x)
+    table = self.word_embeddings.embedding  # [vocab, hidden]
+    return matmul('...d,vd->...v', x, table, self.config.compute_dtype).astype(
+        self.config.compute_dtype)
 
 
 class HeadProjection(nn.Module):
@@ -111,8 +197,7 @@ class HeadProjection(nn.Module):
       bias_shape, bias_axes, equation = (c.hidden_size,), ('embed',), 'blhk,hkd->bld'
     kernel = self.param('kernel', normal_init(c, kernel_axes), kernel_shape, c.storage_dtype)
     bias = self.param('bias', zeros_init(bias_axes), bias_shape, c.storage_dtype)
-    dtype = c.compute_dtype
-    return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+    return (matmul(equation, x, kernel, c.compute_dtype) + bias).astype(c.compute_dtype)
 
 
 class SelfAttention(nn.Module):
@@ -134,12 +219,11 @@ class SelfAttention(nn.Module):
     if deterministic or c.attention_dropout_rate == 0.0:
       context = jax.nn.dot_product_attention(query, key, value, mask=mask)
     else:
-      scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
-                          preferred_element_type=jnp.float32) / jnp.sqrt(c.head_dim)
+      scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) / np.sqrt(c.head_dim)
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, query, key], f32
       probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=False)
-      context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(value.dtype), value)
+      context = matmul('bhqk,bkhd->bqhd', probs, value, c.compute_dtype).astype(c.compute_dtype)
     context = nn.with_logical_constraint(context, ('batch', 'length', 'heads', 'kv'))
     return HeadProjection(c, to_heads=False, name='output')(context)  # [batch, length, hidden]
 

@@ -139,16 +139,19 @@ def test_synthetic_batches_follow_the_contract():
   assert np.all(batch['input_ids'][~real] == 0) and np.all(batch['position_ids'][~real] == 0)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
-  config = training_util.tiny_config(model__dtype='bfloat16', model__hidden_dropout_rate=0.0,
-                                     model__attention_dropout_rate=0.0)
+# Without attention dropout, attention is jax.nn.dot_product_attention; with it, the
+# spelled-out softmax whose two einsums run through layers.matmul's bf16 backward.
+@pytest.mark.parametrize('dropout', [0.0, 0.1])
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(dropout):
+  rates = dict(model__hidden_dropout_rate=dropout, model__attention_dropout_rate=dropout)
+  config = training_util.tiny_config(model__dtype='bfloat16', **rates)
   run, mesh = _setup(config)
   dtypes = {x.dtype for x in jax.tree.leaves((run.abstract_state.params,
                                                run.abstract_state.opt_state)) if x.ndim}
   assert dtypes == {np.dtype('float32')}
-  losses_bf16 = _steps(config, 1, run_and_mesh=(run, mesh))[0]
-  losses_f32 = _steps(training_util.tiny_config(model__hidden_dropout_rate=0.0,
-                                                model__attention_dropout_rate=0.0), 1)[0]
+  # Same keys, so the same dropout masks: the losses differ by bf16 rounding only.
+  losses_bf16 = _steps(config, 2, run_and_mesh=(run, mesh))[0]
+  losses_f32 = _steps(training_util.tiny_config(**rates), 2)[0]
   assert losses_bf16 == pytest.approx(losses_f32, rel=2e-2)
 
 
