@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from encoders.bert import EncoderForPreTraining
@@ -88,3 +89,16 @@ def test_matches_numpy_reference(name):
                               {'kernel': True, 'bias': False, 'scale': False}, name == 'lamb')
   for k in params:
     np.testing.assert_allclose(current[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize('max_norm', [0.5, 100.0])  # Clipping and not.
+def test_clip_by_global_norm_matches_optax(max_norm):
+  rng = np.random.default_rng(0)
+  grads = {'w': jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+           'b': jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+  ours, _ = optimizer.clip_by_global_norm(max_norm).update(grads, None)
+  reference_tx = optax.clip_by_global_norm(max_norm)
+  reference, _ = reference_tx.update(grads, reference_tx.init(grads))
+  for name in grads:
+    np.testing.assert_allclose(ours[name], reference[name], rtol=1e-6)
+  assert optimizer.clip_by_global_norm(max_norm).init(grads) == reference_tx.init(grads)
