@@ -47,8 +47,19 @@ def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
 
 
 def _operands_and_output(equation: str) -> tuple[str, str, str]:
+  """'x,y->out' -> (x, y, out), checked to be a matmul whose gradients are einsums too.
+
+  Every index of an operand must be in the other operand or the output, no spec may
+  repeat an index, and `...` may stand only for leading axes of x kept in the output.
+  """
   inputs, output = equation.replace(' ', '').split('->')
   x, y = inputs.split(',')
+  for spec, other in ((x, y), (y, x)):
+    letters = spec.replace('...', '')
+    if len(set(letters)) != len(letters) or not set(letters) <= set(other + output):
+      raise ValueError(f'matmul({equation!r}): {spec!r} repeats an index or sums one of its own')
+  if '...' in y or ('...' in x) != ('...' in output):
+    raise ValueError(f'matmul({equation!r}): "..." only for leading axes of x kept in the output')
   return x, y, output
 
 
@@ -67,7 +78,8 @@ def _contracting_last(lhs_spec: str, rhs_spec: str, out_spec: str, lhs: jax.Arra
   XLA:CPU runs bf16 x bf16 -> f32 dots only in its fused (YNNPACK) kernels, which need
   the lhs contracted on its minor dims; its fallback has no such dot at all. The barrier
   keeps XLA from folding the transpose back into the dot. Ellipsis specs (dense layers)
-  already lower well and are left alone, as is every other backend.
+  already lower well and are left alone, as is every other backend (the default backend
+  at trace time decides).
   """
   if '...' in lhs_spec or jax.default_backend() != 'cpu':
     return lhs_spec, lhs
@@ -104,16 +116,13 @@ def matmul(equation: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
 
   In bf16 the forward and both backward matmuls take bf16 operands and accumulate in f32
   (what TPU MXUs and GPU tensor cores do; on a CPU with AVX512-BF16 it runs at about 2x
-  the f32 rate). Every index of an operand must appear in the other operand or the
-  output (true of matmuls), so the gradients are einsums of the same form.
+  the f32 rate). f32 runs at the backend's default matmul precision. f16 keeps JAX's own
+  gradient, whose f32 cotangent needs no loss scaling.
   """
-  x_spec, y_spec, out_spec = _operands_and_output(equation)
-  for spec, other in ((x_spec, y_spec), (y_spec, x_spec)):
-    if not set(spec.replace('...', '')) <= set(other + out_spec):
-      raise ValueError(f'matmul({equation!r}): an index of {spec!r} is summed within one operand')
-  if jnp.dtype(dtype) == jnp.float32:
-    return jnp.einsum(equation, x.astype(jnp.float32), y.astype(jnp.float32))
-  return _einsum_accumulating_f32(equation, x.astype(dtype), y.astype(dtype))
+  _operands_and_output(equation)
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    return _einsum_accumulating_f32(equation, x.astype(dtype), y.astype(dtype))
+  return jnp.einsum(equation, x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32)
 
 
 class Dense(nn.Module):
@@ -172,8 +181,7 @@ class Embeddings(nn.Module):
   def attend(self, x: jax.Array) -> jax.Array:
     """[..., hidden] -> [..., vocab]: the decoder tied to the word embeddings."""
     table = self.word_embeddings.embedding  # [vocab, hidden]
-    return matmul('...d,vd->...v', x, table, self.config.compute_dtype).astype(
-        self.config.compute_dtype)
+    return matmul('...d,vd->...v', x, table, self.config.compute_dtype)  # f32 logits.
 
 
 class HeadProjection(nn.Module):
@@ -219,7 +227,7 @@ class SelfAttention(nn.Module):
     if deterministic or c.attention_dropout_rate == 0.0:
       context = jax.nn.dot_product_attention(query, key, value, mask=mask)
     else:
-      scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) / np.sqrt(c.head_dim)
+      scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) * c.head_dim ** -0.5
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, query, key], f32
       probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=False)

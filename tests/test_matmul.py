@@ -6,6 +6,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from encoders import layers
 from encoders.layers import matmul
 
 # The einsums the encoder runs: dense, to/from heads, attention scores and context, tied decoder.
@@ -17,6 +18,9 @@ EQUATIONS = {
     'bhqk,bkhd->bqhd': ((2, 2, 5, 7), (2, 7, 2, 8)),
     '...d,vd->...v': ((2, 3, 16), (40, 16)),
 }
+# (dtype, forward tolerance, gradient tolerance). bf16 gradients are rounded to bf16 inside
+# matmul (8 mantissa bits) and come back as f32 through the cast of the f32 inputs.
+TOLERANCES = {'bfloat16': (jnp.bfloat16, 1e-5, 2 ** -7), 'float32': (jnp.float32, 1e-5, 1e-5)}
 
 
 def _bf16(shape, rng):
@@ -24,11 +28,13 @@ def _bf16(shape, rng):
   return rng.normal(size=shape).astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
+@pytest.mark.parametrize('precision', TOLERANCES)
 @pytest.mark.parametrize('equation', EQUATIONS)
-def test_bf16_forward_and_gradients_match_f64(equation):
+def test_forward_and_gradients_match_f64(equation, precision):
+  dtype, forward_tolerance, grad_tolerance = TOLERANCES[precision]
   rng = np.random.default_rng(0)
   x, y = (_bf16(shape, rng) for shape in EQUATIONS[equation])
-  out, vjp = jax.vjp(lambda a, b: matmul(equation, a, b, jnp.bfloat16), x, y)
+  out, vjp = jax.vjp(lambda a, b: matmul(equation, a, b, dtype), x, y)
   assert out.dtype == jnp.float32
   cotangent = _bf16(out.shape, rng)
   grad_x, grad_y = vjp(cotangent)
@@ -39,39 +45,43 @@ def test_bf16_forward_and_gradients_match_f64(equation):
   expected = np.einsum(f'{x_spec},{y_spec}->{out_spec}', x64, y64)
   expected_x = np.einsum(f'{out_spec},{y_spec}->{x_spec}', cotangent64, y64)
   expected_y = np.einsum(f'{x_spec},{out_spec}->{y_spec}', x64, cotangent64)
-  # The forward output is f32-accumulated: f32 rounding only. The gradients come back in the
-  # operands' dtype (bf16, 8 mantissa bits), then as f32 through the cast to bf16.
-  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-  for grad, expected in ((grad_x, expected_x), (grad_y, expected_y)):
-    np.testing.assert_allclose(grad, expected, rtol=2 ** -7, atol=2 ** -7 * np.abs(expected).max())
+  # The operands are exact in bf16, so the forward output differs by f32 accumulation only.
+  np.testing.assert_allclose(out, expected, rtol=forward_tolerance, atol=forward_tolerance)
+  for grad, expected_grad in ((grad_x, expected_x), (grad_y, expected_y)):
+    np.testing.assert_allclose(grad, expected_grad, rtol=grad_tolerance,
+                               atol=grad_tolerance * np.abs(expected_grad).max())
 
 
-def test_every_bf16_matmul_of_the_backward_pass_accumulates_in_f32():
-  x, y = jnp.ones((4, 8, 16)), jnp.ones((16, 32))
-  grad = jax.grad(lambda a, b: matmul('...i,io->...o', a, b, jnp.bfloat16).sum(), (0, 1))
+def _dots(jaxpr):
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _dots(sub)
 
-  def dots_in(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == 'dot_general':
-        yield eqn
-      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-        yield from dots_in(sub)
 
-  dots = list(dots_in(jax.make_jaxpr(grad)(x, y).jaxpr))
+@pytest.mark.parametrize('equation', EQUATIONS)
+def test_every_bf16_matmul_of_the_backward_pass_accumulates_in_f32(equation):
+  x, y = (jnp.ones(shape) for shape in EQUATIONS[equation])
+  grad = jax.grad(lambda a, b: matmul(equation, a, b, jnp.bfloat16).sum(), (0, 1))
+  dots = list(_dots(jax.make_jaxpr(grad)(x, y).jaxpr))
   assert len(dots) == 3  # Forward, and the gradients of both operands.
   for dot in dots:
     assert [v.aval.dtype for v in dot.invars] == [jnp.bfloat16, jnp.bfloat16]
     assert dot.params['preferred_element_type'] == jnp.float32
 
 
-def test_f32_is_plain_einsum():
-  rng = np.random.default_rng(1)
-  x, y = rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=(16, 5)).astype(np.float32)
-  np.testing.assert_array_equal(matmul('...i,io->...o', x, y, jnp.float32),
-                                jnp.einsum('...i,io->...o', x, y))
+def test_cpu_gradient_lhs_is_laid_out_batch_free_contracting():
+  """The context einsum's value gradient: probs [b,h,q,k] contracted over q -> [b,h,k,q]."""
+  probs = jnp.ones((2, 2, 5, 7), jnp.bfloat16)
+  spec, transposed = layers._contracting_last('bhqk', 'bqhd', 'bkhd', probs)
+  assert spec == 'bhkq' and transposed.shape == (2, 2, 7, 5)
+  # The score gradient's lhs is already in that order, and is left as it is.
+  assert layers._contracting_last('bhqk', 'bkhd', 'bqhd', probs)[0] == 'bhqk'
 
 
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float32])
-def test_an_index_summed_inside_one_operand_is_refused(dtype):
-  with pytest.raises(ValueError, match='summed within one operand'):
-    matmul('ij,jk->k', jnp.ones((2, 3)), jnp.ones((3, 4)), dtype)
+@pytest.mark.parametrize('equation', ['ij,jk->k', 'ii,ij->ij', '...i,io->o', 'bi,...io->...o'])
+def test_an_equation_whose_gradient_is_no_einsum_of_the_same_form_is_refused(equation, dtype):
+  with pytest.raises(ValueError, match='matmul'):
+    matmul(equation, jnp.ones((2, 2)), jnp.ones((2, 2, 2)), dtype)

@@ -139,20 +139,38 @@ def test_synthetic_batches_follow_the_contract():
   assert np.all(batch['input_ids'][~real] == 0) and np.all(batch['position_ids'][~real] == 0)
 
 
-# Without attention dropout, attention is jax.nn.dot_product_attention; with it, the
-# spelled-out softmax whose two einsums run through layers.matmul's bf16 backward.
-@pytest.mark.parametrize('dropout', [0.0, 0.1])
-def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(dropout):
-  rates = dict(model__hidden_dropout_rate=dropout, model__attention_dropout_rate=dropout)
-  config = training_util.tiny_config(model__dtype='bfloat16', **rates)
+def _loss_and_grads(config):
+  """Loss and gradients of the first synthetic batch at the initial parameters, one device."""
   run, mesh = _setup(config)
+  state = run.init_state(0)
+  batch = sharding.global_batch(
+      next(synthetic.SyntheticIterator(config, 'train', pairs=run.sentence_head)), mesh)
+  rng = jax.random.fold_in(state.rng, 0)
+
+  def loss(params):
+    return run.objective.loss(params, batch, rng, run.objective.denominators(batch))[0]
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
+    value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
+  leaves = jax.tree.leaves(jax.device_get(nn.unbox(grads)))
+  return float(value), np.concatenate([np.ravel(g) for g in leaves]), run
+
+
+# Without attention dropout, attention is jax.nn.dot_product_attention; with it, the
+# spelled-out softmax, whose two einsums go through layers.matmul's bf16 backward too.
+@pytest.mark.parametrize('dropout', [0.0, 0.1])
+def test_bfloat16_compute_keeps_float32_params_and_gives_the_f32_gradients(dropout):
+  rates = dict(model__hidden_dropout_rate=dropout, model__attention_dropout_rate=dropout)
+  loss_bf16, grads_bf16, run = _loss_and_grads(
+      training_util.tiny_config(model__dtype='bfloat16', **rates))
   dtypes = {x.dtype for x in jax.tree.leaves((run.abstract_state.params,
                                                run.abstract_state.opt_state)) if x.ndim}
   assert dtypes == {np.dtype('float32')}
-  # Same keys, so the same dropout masks: the losses differ by bf16 rounding only.
-  losses_bf16 = _steps(config, 2, run_and_mesh=(run, mesh))[0]
-  losses_f32 = _steps(training_util.tiny_config(**rates), 2)[0]
-  assert losses_bf16 == pytest.approx(losses_f32, rel=2e-2)
+  # Same keys, so the same dropout masks: the two differ by bf16 rounding only (8 bits of
+  # mantissa; a gradient from a wrong backward pass would be off by far more).
+  loss_f32, grads_f32, _ = _loss_and_grads(training_util.tiny_config(**rates))
+  assert loss_bf16 == pytest.approx(loss_f32, rel=2e-2)
+  assert np.linalg.norm(grads_bf16 - grads_f32) < 0.05 * np.linalg.norm(grads_f32)
 
 
 def test_eval_data_overrides_only_the_validation_batches(tmp_path):
