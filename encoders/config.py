@@ -13,8 +13,8 @@ ACTIVATIONS = ('gelu', 'gelu_new', 'relu')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # dtype='auto': bf16 where it is always the faster one (GPU/TPU matmul units run it at several
 # times the f32 rate). On CPU it depends on the chip (README, "Speed"): with AVX512-BF16, bf16
-# trained 1.3-1.5x faster from width 512 up and no faster at mini; without it, slower. 'auto'
-# keeps f32 there, so a run's numerics do not change with the machine it resumes on.
+# trained 1.2-1.5x faster at widths 512 and 768; without it, slower. 'auto' keeps f32
+# there, so a run's numerics do not change with the machine it resumes on.
 AUTO_DTYPES = {'cpu': 'float32', 'gpu': 'bfloat16', 'tpu': 'bfloat16'}
 
 
