@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from encoders.config import EncoderConfig
 from encoders.heads import (POOLINGS, ClassifierHead, MaskedLMHead, Pooler, gather_positions,
                             pool)
-from encoders.layers import Dense, Embeddings, TransformerStack, attention_mask, dense
+from encoders.layers import Dense, Embeddings, TransformerStack, attention_mask
 
 
 def default_inputs(input_ids, segment_ids=None, position_ids=None, token_type_ids=None):
@@ -31,7 +31,7 @@ def embeddings_project(config: EncoderConfig) -> Dense | None:
   """ELECTRA's `embeddings_project`: embedding_size -> hidden_size (None when they are equal)."""
   if not config.projects_embeddings:
     return None
-  return dense(config, config.hidden_size, ('embed', 'embed_out'), 'embeddings_project')
+  return Dense(config, config.hidden_size, ('embed', 'embed_out'), name='embeddings_project')
 
 
 def project(projection: Dense | None, embedded: jax.Array) -> jax.Array:

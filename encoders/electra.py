@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from encoders.bert import default_inputs, embeddings_project, project
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import MaskedLMHead, gather_positions
-from encoders.layers import ACTIVATIONS, Embeddings, TransformerStack, attention_mask, dense
+from encoders.layers import ACTIVATIONS, Dense, Embeddings, TransformerStack, attention_mask
 
 @dataclasses.dataclass(frozen=True)
 class ElectraConfig:
@@ -100,8 +100,9 @@ class DiscriminatorHead(nn.Module):
   def __call__(self, hidden):
     """hidden [batch, length, hidden] -> logits [batch, length] (> 0: replaced)."""
     c = self.config
-    x = ACTIVATIONS[c.hidden_act](dense(c, c.hidden_size, ('embed', 'embed_out'), 'dense')(hidden))
-    return dense(c, 1, ('embed', None), 'dense_prediction')(x)[..., 0].astype(jnp.float32)
+    x = Dense(c, c.hidden_size, ('embed', 'embed_out'), name='dense')(hidden)
+    x = ACTIVATIONS[c.hidden_act](x)
+    return Dense(c, 1, ('embed', None), name='dense_prediction')(x)[..., 0].astype(jnp.float32)
 
 
 class ElectraPair(nn.Module):

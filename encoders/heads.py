@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from encoders.config import EncoderConfig
-from encoders.layers import ACTIVATIONS, dense, layer_norm, zeros_init
+from encoders.layers import ACTIVATIONS, Dense, layer_norm, zeros_init
 
 POOLINGS = ('cls', 'mean', 'max')
 
@@ -22,7 +22,7 @@ class MaskedLMHead(nn.Module):
   def __call__(self, hidden, decode):
     """hidden [..., hidden]; decode maps [..., hidden] -> [..., vocab] (the tied embeddings)."""
     c = self.config
-    x = dense(c, c.hidden_size, ('embed', 'embed_out'), 'transform')(hidden)
+    x = Dense(c, c.hidden_size, ('embed', 'embed_out'), name='transform')(hidden)
     x = layer_norm(c, 'layer_norm')(ACTIVATIONS[c.hidden_act](x))
     bias = self.param('bias', zeros_init(('vocab',)), (c.vocab_size,), c.storage_dtype)
     return (decode(x) + bias).astype(jnp.float32)  # [..., vocab]
@@ -35,7 +35,7 @@ class Pooler(nn.Module):
   @nn.compact
   def __call__(self, hidden):
     c = self.config
-    return jnp.tanh(dense(c, c.hidden_size, ('embed', 'embed_out'), 'dense')(hidden[:, 0]))
+    return jnp.tanh(Dense(c, c.hidden_size, ('embed', 'embed_out'), name='dense')(hidden[:, 0]))
 
 
 def pool(hidden: jax.Array, token_mask: jax.Array, pooling: str) -> jax.Array:
@@ -60,4 +60,4 @@ class ClassifierHead(nn.Module):
     c = self.config
     rate = c.hidden_dropout_rate if self.dropout_rate is None else self.dropout_rate
     x = nn.Dropout(rate)(x, deterministic=deterministic)
-    return dense(c, self.num_labels, ('embed', None), 'dense')(x).astype(jnp.float32)
+    return Dense(c, self.num_labels, ('embed', None), name='dense')(x).astype(jnp.float32)

@@ -140,11 +140,6 @@ class Dense(nn.Module):
     return (matmul('...i,io->...o', x, kernel, c.compute_dtype) + bias).astype(c.compute_dtype)
 
 
-def dense(config: EncoderConfig, features: int, axes: tuple[str | None, str | None],
-          name: str) -> Dense:
-  return Dense(config, features, axes, name=name)
-
-
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
   """[batch, length] segment ids -> [batch, 1, length, length] bool mask.
 
@@ -242,9 +237,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
-    h = dense(c, c.intermediate_size, ('embed', 'mlp'), 'intermediate')(x)
+    h = Dense(c, c.intermediate_size, ('embed', 'mlp'), name='intermediate')(x)
     h = nn.with_logical_constraint(ACTIVATIONS[c.hidden_act](h), ('batch', 'length', 'mlp'))
-    return dense(c, c.hidden_size, ('mlp', 'embed'), 'output')(h)
+    return Dense(c, c.hidden_size, ('mlp', 'embed'), name='output')(h)
 
 
 class TransformerLayer(nn.Module):
