@@ -10,7 +10,7 @@ import pytest
 
 from encoders.config import ConfigError
 from tests import training_util
-from training import checkpointing, metrics, sharding, synthetic, trainer
+from training import checkpointing, metrics, reload, sharding, synthetic, trainer
 
 
 def _setup(config):
@@ -53,6 +53,13 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(tmp_path):
   assert saved.model.hidden_size == 32 and saved.train.num_steps == 7
   with open(tmp_path / 'checkpoints' / '7' / 'data' / 'process_0-of-1.json') as f:
     assert json.load(f) == {'step': 7}
+  logged = {r['step']: r['train/param_norm'] for r in records if 'train/param_norm' in r}
+  # The norm of the parameters after that step, as checkpointed; one step moves it by
+  # ~2e-6 (relative) here, so the tolerance tells the step apart.
+  for step in (6, 7):
+    _, _, params = reload.load_workdir(str(tmp_path), step)
+    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(params)]
+    assert logged[step] == pytest.approx(np.linalg.norm(np.concatenate(leaves)), rel=5e-7)
 
 
 def test_same_seed_same_losses_and_different_seed_differs():
