@@ -64,12 +64,16 @@ def _operands_and_output(equation: str) -> tuple[str, str, str]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _einsum_accumulating_f32(equation: str, x: jax.Array, y: jax.Array) -> jax.Array:
-  return jnp.einsum(equation, x, y, preferred_element_type=jnp.float32)
+def _bf16_einsum(equation: str, x: jax.Array, y: jax.Array) -> jax.Array:
+  """einsum of x and y cast to bf16, accumulated in f32; gradients in x's and y's own dtypes."""
+  return jnp.einsum(equation, x.astype(jnp.bfloat16), y.astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32)
 
 
-def _einsum_accumulating_f32_fwd(equation, x, y):
-  return _einsum_accumulating_f32(equation, x, y), (x, y)
+def _bf16_einsum_fwd(equation, x, y):
+  # The residuals are the uncast operands: an f32 kernel is a parameter, alive anyway, and
+  # XLA merges the backward pass's casts with the forward pass's.
+  return _bf16_einsum(equation, x, y), (x, y)
 
 
 def _contracting_last(lhs_spec: str, rhs_spec: str, out_spec: str, lhs: jax.Array):
@@ -90,25 +94,27 @@ def _contracting_last(lhs_spec: str, rhs_spec: str, out_spec: str, lhs: jax.Arra
   return spec, jax.lax.optimization_barrier(jnp.transpose(lhs, [lhs_spec.index(i) for i in spec]))
 
 
-def _einsum_accumulating_f32_bwd(equation, residuals, grad):
-  """Both gradient matmuls on low-precision operands, accumulated in f32.
+def _bf16_einsum_bwd(equation, residuals, grad):
+  """Both gradient matmuls on bf16 operands, accumulated in f32.
 
   JAX's own transpose of a `preferred_element_type=f32` dot multiplies the f32
   cotangent by the upcast operand, i.e. runs the backward pass's two matmuls in f32.
+  The gradient of an f32 operand (a kernel) is the f32 accumulator itself, never
+  rounded to bf16 on its way to the optimizer.
   """
   x, y = residuals
   x_spec, y_spec, out_spec = _operands_and_output(equation)
-  grad = grad.astype(x.dtype)
+  grad, x16, y16 = (a.astype(jnp.bfloat16) for a in (grad, x, y))
   grad_spec, grad_x_lhs = _contracting_last(out_spec, y_spec, x_spec, grad)
-  grad_x = jnp.einsum(f'{grad_spec},{y_spec}->{x_spec}', grad_x_lhs, y,
+  grad_x = jnp.einsum(f'{grad_spec},{y_spec}->{x_spec}', grad_x_lhs, y16,
                       preferred_element_type=jnp.float32)
-  x_lhs_spec, grad_y_lhs = _contracting_last(x_spec, out_spec, y_spec, x)
+  x_lhs_spec, grad_y_lhs = _contracting_last(x_spec, out_spec, y_spec, x16)
   grad_y = jnp.einsum(f'{x_lhs_spec},{out_spec}->{y_spec}', grad_y_lhs, grad,
                       preferred_element_type=jnp.float32)
   return grad_x.astype(x.dtype), grad_y.astype(y.dtype)
 
 
-_einsum_accumulating_f32.defvjp(_einsum_accumulating_f32_fwd, _einsum_accumulating_f32_bwd)
+_bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
 
 
 def matmul(equation: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
@@ -116,12 +122,13 @@ def matmul(equation: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
 
   In bf16 the forward and both backward matmuls take bf16 operands and accumulate in f32
   (what TPU MXUs and GPU tensor cores do; on a CPU with AVX512-BF16 it runs at about 2x
-  the f32 rate). f32 runs at the backend's default matmul precision. f16 keeps JAX's own
-  gradient, whose f32 cotangent needs no loss scaling.
+  the f32 rate), and each operand's gradient comes back in that operand's dtype (f32
+  for f32 parameters). f32 runs at the backend's default matmul precision. f16 keeps
+  JAX's own gradient, whose f32 cotangent needs no loss scaling.
   """
   _operands_and_output(equation)
   if jnp.dtype(dtype) == jnp.bfloat16:
-    return _einsum_accumulating_f32(equation, x.astype(dtype), y.astype(dtype))
+    return _bf16_einsum(equation, x, y)
   return jnp.einsum(equation, x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32)
 
 

@@ -18,9 +18,9 @@ EQUATIONS = {
     'bhqk,bkhd->bqhd': ((2, 2, 5, 7), (2, 7, 2, 8)),
     '...d,vd->...v': ((2, 3, 16), (40, 16)),
 }
-# (dtype, forward tolerance, gradient tolerance). bf16 gradients are rounded to bf16 inside
-# matmul (8 mantissa bits) and come back as f32 through the cast of the f32 inputs.
-TOLERANCES = {'bfloat16': (jnp.bfloat16, 1e-5, 2 ** -7), 'float32': (jnp.float32, 1e-5, 1e-5)}
+# (dtype, forward tolerance, gradient tolerance). The operands and cotangent are exact in
+# bf16, and the gradients of f32 operands are the f32 accumulators, never rounded to bf16.
+TOLERANCES = {'bfloat16': (jnp.bfloat16, 1e-5, 1e-5), 'float32': (jnp.float32, 1e-5, 1e-5)}
 
 
 def _bf16(shape, rng):
@@ -38,6 +38,7 @@ def test_forward_and_gradients_match_f64(equation, precision):
   assert out.dtype == jnp.float32
   cotangent = _bf16(out.shape, rng)
   grad_x, grad_y = vjp(cotangent)
+  assert grad_x.dtype == grad_y.dtype == jnp.float32  # The dtype of the operands.
 
   # numpy sums no ellipsis away, so the reference names the two leading axes.
   x_spec, y_spec, out_spec = equation.replace('...', 'AB').replace('->', ',').split(',')
@@ -62,8 +63,10 @@ def _dots(jaxpr):
 
 @pytest.mark.parametrize('equation', EQUATIONS)
 def test_every_bf16_matmul_of_the_backward_pass_accumulates_in_f32(equation):
-  x, y = (jnp.ones(shape) for shape in EQUATIONS[equation])
+  shapes = EQUATIONS[equation]  # A bf16 activation and an f32 parameter, as in the encoder.
+  x, y = jnp.ones(shapes[0], jnp.bfloat16), jnp.ones(shapes[1], jnp.float32)
   grad = jax.grad(lambda a, b: matmul(equation, a, b, jnp.bfloat16).sum(), (0, 1))
+  assert [g.dtype for g in grad(x, y)] == [jnp.bfloat16, jnp.float32]
   dots = list(_dots(jax.make_jaxpr(grad)(x, y).jaxpr))
   assert len(dots) == 3  # Forward, and the gradients of both operands.
   for dot in dots:
