@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from encoders.bert import default_inputs, embeddings_project, project
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import MaskedLMHead, gather_positions
-from encoders.layers import ACTIVATIONS, Dense, Embeddings, TransformerStack, attention_mask
+from encoders.layers import Dense, Embeddings, TransformerStack, activation, attention_mask
 
 @dataclasses.dataclass(frozen=True)
 class ElectraConfig:
@@ -101,7 +101,7 @@ class DiscriminatorHead(nn.Module):
     """hidden [batch, length, hidden] -> logits [batch, length] (> 0: replaced)."""
     c = self.config
     x = Dense(c, c.hidden_size, ('embed', 'embed_out'), name='dense')(hidden)
-    x = ACTIVATIONS[c.hidden_act](x)
+    x = activation(c, x)
     return Dense(c, 1, ('embed', None), name='dense_prediction')(x)[..., 0].astype(jnp.float32)
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from encoders.config import EncoderConfig
-from encoders.layers import ACTIVATIONS, Dense, layer_norm, zeros_init
+from encoders.layers import Dense, activation, layer_norm, zeros_init
 
 POOLINGS = ('cls', 'mean', 'max')
 
@@ -23,7 +23,7 @@ class MaskedLMHead(nn.Module):
     """hidden [..., hidden]; decode maps [..., hidden] -> [..., vocab] (the tied embeddings)."""
     c = self.config
     x = Dense(c, c.hidden_size, ('embed', 'embed_out'), name='transform')(hidden)
-    x = layer_norm(c, 'layer_norm')(ACTIVATIONS[c.hidden_act](x))
+    x = layer_norm(c, 'layer_norm')(activation(c, x))
     bias = self.param('bias', zeros_init(('vocab',)), (c.vocab_size,), c.storage_dtype)
     return (decode(x) + bias).astype(jnp.float32)  # [..., vocab]
 

@@ -24,6 +24,16 @@ ACTIVATIONS: dict[str, Callable] = {
     'relu': nn.relu,
 }
 
+
+def activation(config: EncoderConfig, x: jax.Array) -> jax.Array:
+  """config.hidden_act of x, computed in f32 and returned in the compute dtype.
+
+  In bf16 that is one rounding, of the result: a bf16 GELU rounds each of its steps
+  (XLA:CPU has no bf16 arithmetic and converts around every op, which also costs time).
+  """
+  return ACTIVATIONS[config.hidden_act](x.astype(jnp.float32)).astype(config.compute_dtype)
+
+
 REMAT_POLICIES = {
     'full': None,  # Save nothing: recompute the whole layer in the backward pass.
     'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
@@ -94,6 +104,20 @@ def _contracting_last(lhs_spec: str, rhs_spec: str, out_spec: str, lhs: jax.Arra
   return spec, jax.lax.optimization_barrier(jnp.transpose(lhs, [lhs_spec.index(i) for i in spec]))
 
 
+def _gradient_einsum(a_spec: str, a: jax.Array, b_spec: str, b: jax.Array, out_spec: str):
+  """einsum of a and b into out_spec (bf16, f32 accumulation), the operand whose free
+  indices come first in out_spec as the lhs: XLA:CPU's fused kernels take the key
+  gradient of attention ('bhqk' with 'bqhd' -> 'bkhd') only that way round, and fall
+  back to an f32 dot otherwise."""
+  def first_free(spec, other):
+    return min((out_spec.index(i) for i in spec if i in out_spec and i not in other),
+               default=len(out_spec))
+  if first_free(b_spec, a_spec) < first_free(a_spec, b_spec):
+    a_spec, a, b_spec, b = b_spec, b, a_spec, a
+  lhs_spec, lhs = _contracting_last(a_spec, b_spec, out_spec, a)
+  return jnp.einsum(f'{lhs_spec},{b_spec}->{out_spec}', lhs, b, preferred_element_type=jnp.float32)
+
+
 def _bf16_einsum_bwd(equation, residuals, grad):
   """Both gradient matmuls on bf16 operands, accumulated in f32.
 
@@ -105,12 +129,8 @@ def _bf16_einsum_bwd(equation, residuals, grad):
   x, y = residuals
   x_spec, y_spec, out_spec = _operands_and_output(equation)
   grad, x16, y16 = (a.astype(jnp.bfloat16) for a in (grad, x, y))
-  grad_spec, grad_x_lhs = _contracting_last(out_spec, y_spec, x_spec, grad)
-  grad_x = jnp.einsum(f'{grad_spec},{y_spec}->{x_spec}', grad_x_lhs, y16,
-                      preferred_element_type=jnp.float32)
-  x_lhs_spec, grad_y_lhs = _contracting_last(x_spec, out_spec, y_spec, x16)
-  grad_y = jnp.einsum(f'{x_lhs_spec},{out_spec}->{y_spec}', grad_y_lhs, grad,
-                      preferred_element_type=jnp.float32)
+  grad_x = _gradient_einsum(out_spec, grad, y_spec, y16, x_spec)
+  grad_y = _gradient_einsum(x_spec, x16, out_spec, grad, y_spec)
   return grad_x.astype(x.dtype), grad_y.astype(y.dtype)
 
 
@@ -245,7 +265,7 @@ class MLP(nn.Module):
   def __call__(self, x):
     c = self.config
     h = Dense(c, c.intermediate_size, ('embed', 'mlp'), name='intermediate')(x)
-    h = nn.with_logical_constraint(ACTIVATIONS[c.hidden_act](h), ('batch', 'length', 'mlp'))
+    h = nn.with_logical_constraint(activation(c, h), ('batch', 'length', 'mlp'))
     return Dense(c, c.hidden_size, ('mlp', 'embed'), name='output')(h)
 
 

@@ -1,0 +1,42 @@
+"""The encoder's activations against float64 references: one bf16 rounding in bf16."""
+import math
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from encoders.config import EncoderConfig
+from encoders.layers import activation
+
+REFERENCES = {  # float64, from the formulas of the BERT and GPT-2 papers.
+    'gelu': np.vectorize(lambda x: 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))),
+    'gelu_new': lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
+    'relu': lambda x: np.maximum(x, 0.0),
+}
+
+
+@pytest.mark.parametrize('name', REFERENCES)
+def test_bf16_activation_is_the_rounded_f64_value(name):
+  config = EncoderConfig(hidden_act=name, dtype='bfloat16')
+  x = (3 * np.random.default_rng(0).normal(size=4096)).astype(ml_dtypes.bfloat16)
+  out = activation(config, jnp.asarray(x))
+  assert out.dtype == jnp.bfloat16
+  expected = REFERENCES[name](x.astype(np.float64))
+  # f32 arithmetic then one rounding: the bf16 nearest to the exact value, but for values
+  # within f32 error of a rounding boundary (GELU in bf16 arithmetic: ~60%). Where the
+  # value is tiny (GELU of x << 0, f32's 1 + erf(x) cancels) only the bound below holds.
+  out64 = np.asarray(out, np.float64)
+  sizable = np.abs(expected) > 1e-3
+  matches = out64 == expected.astype(ml_dtypes.bfloat16).astype(np.float64)
+  assert matches[sizable].mean() > 0.99, matches[sizable].mean()
+  # Half a bf16 ulp is at most 2**-8 of the value; 1e-6 covers the cancellation.
+  assert np.all(np.abs(out64 - expected) <= 2.0 ** -8 * np.abs(expected) + 1e-6)
+
+
+def test_f32_activation_matches_f64():
+  config = EncoderConfig(hidden_act='gelu', dtype='float32')
+  x = 3 * np.random.default_rng(1).normal(size=4096).astype(np.float32)
+  out = activation(config, jnp.asarray(x))
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, REFERENCES['gelu'](x.astype(np.float64)), rtol=1e-6, atol=1e-7)
