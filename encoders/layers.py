@@ -89,11 +89,13 @@ def _bf16_einsum_fwd(equation, x, y):
 def _contracting_last(lhs_spec: str, rhs_spec: str, out_spec: str, lhs: jax.Array):
   """-> (spec, lhs) with lhs transposed to (batch, free, contracting) order on XLA:CPU.
 
-  XLA:CPU runs bf16 x bf16 -> f32 dots only in its fused (YNNPACK) kernels, which need
-  the lhs contracted on its minor dims; its fallback has no such dot at all. The barrier
-  keeps XLA from folding the transpose back into the dot. Ellipsis specs (dense layers)
-  already lower well and are left alone, as is every other backend (the default backend
-  at trace time decides).
+  XLA:CPU runs bf16 x bf16 -> f32 dots only in its fused (YNNPACK) kernels, which take
+  an operand contracted on a middle axis (e.g. probs [b,h,q,k] summed over q) only once
+  it is transposed to contract on its minor axis; its fallback has no such dot at all.
+  The barrier keeps XLA from folding the transpose back into the dot. (jnp.einsum may
+  still make this operand the dot's rhs.) Ellipsis specs (dense layers) already lower
+  well and are left alone, as is every other backend (the default backend at trace
+  time decides).
   """
   if '...' in lhs_spec or jax.default_backend() != 'cpu':
     return lhs_spec, lhs
@@ -105,10 +107,13 @@ def _contracting_last(lhs_spec: str, rhs_spec: str, out_spec: str, lhs: jax.Arra
 
 
 def _gradient_einsum(a_spec: str, a: jax.Array, b_spec: str, b: jax.Array, out_spec: str):
-  """einsum of a and b into out_spec (bf16, f32 accumulation), the operand whose free
-  indices come first in out_spec as the lhs: XLA:CPU's fused kernels take the key
-  gradient of attention ('bhqk' with 'bqhd' -> 'bkhd') only that way round, and fall
-  back to an f32 dot otherwise."""
+  """einsum of a and b into out_spec (bf16, f32 accumulation), given first the operand
+  whose free indices come first in out_spec, and that operand made minor-contracting.
+
+  jnp.einsum's dot follows its operand order. So ordered, the key gradient of attention
+  ('bhqk' with 'bqhd' -> 'bkhd') lowers to the same dot as the value gradient, which
+  XLA:CPU runs in its fused bf16 kernel; the other order fell back to an f32 dot.
+  """
   def first_free(spec, other):
     return min((out_spec.index(i) for i in spec if i in out_spec and i not in other),
                default=len(out_spec))

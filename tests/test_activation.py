@@ -25,7 +25,7 @@ def test_bf16_activation_is_the_rounded_f64_value(name):
   expected = REFERENCES[name](x.astype(np.float64))
   # f32 arithmetic then one rounding: the bf16 nearest to the exact value, but for values
   # within f32 error of a rounding boundary (GELU in bf16 arithmetic: ~60%). Where the
-  # value is tiny (GELU of x << 0, f32's 1 + erf(x) cancels) only the bound below holds.
+  # value is tiny (x << 0: gelu_new's 1 + tanh cancels in f32) only the bound holds.
   out64 = np.asarray(out, np.float64)
   sizable = np.abs(expected) > 1e-3
   matches = out64 == expected.astype(ml_dtypes.bfloat16).astype(np.float64)

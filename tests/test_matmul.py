@@ -83,6 +83,20 @@ def test_cpu_gradient_lhs_is_laid_out_batch_free_contracting():
   assert layers._contracting_last('bhqk', 'bkhd', 'bqhd', probs)[0] == 'bhqk'
 
 
+def test_attention_key_gradient_is_the_same_dot_as_the_value_gradient():
+  """The form XLA:CPU runs in its fused bf16 kernel (see layers._gradient_einsum)."""
+  queries = keys = values = jnp.ones((2, 5, 2, 8), jnp.bfloat16)  # [batch, length, heads, dim]
+  probs = jnp.ones((2, 2, 5, 5), jnp.bfloat16)
+  key_grad = jax.grad(lambda k: matmul('bqhd,bkhd->bhqk', queries, k, jnp.bfloat16).sum())
+  value_grad = jax.grad(lambda v: matmul('bhqk,bkhd->bqhd', probs, v, jnp.bfloat16).sum())
+
+  def gradient_dot(grad, operand):  # Dots: forward, x's gradient, then y's.
+    dot = list(_dots(jax.make_jaxpr(grad)(operand).jaxpr))[2]
+    return [v.aval.shape for v in dot.invars], dot.params['dimension_numbers']
+
+  assert gradient_dot(key_grad, keys) == gradient_dot(value_grad, values)
+
+
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize('equation', ['ij,jk->k', 'ii,ij->ij', '...i,io->o', 'bi,...io->...o'])
 def test_an_equation_whose_gradient_is_no_einsum_of_the_same_form_is_refused(equation, dtype):
