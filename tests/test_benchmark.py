@@ -49,7 +49,8 @@ def test_benchmark_runs_every_system(tmp_path):
     for key in ('tokens_per_s', 'step_s'):
       stats = result[key]
       assert 0 < stats['min'] <= stats['p10'] <= stats['median'] <= stats['p90'] <= stats['max']
-    assert result['compile_s'] >= 0 and result['peak_rss_mb'] > result['rss_before_build_mb'] > 0
+    # A high-water mark: a tiny model's build may stay under the peak its imports reached.
+    assert result['compile_s'] >= 0 and result['peak_rss_mb'] >= result['rss_before_build_mb'] > 0
     assert result['flops_per_token_executed'] >= result['flops_per_token_useful'] > 0
     assert math.isfinite(result['mfu_useful']) and result['mfu_useful'] > 0
   assert results['ours/f32']['head_positions'] == 8  # Sparse: P = 8 of 16 positions.
