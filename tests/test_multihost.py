@@ -8,14 +8,9 @@ import socket
 import pytest
 
 from tests import training_util
-from training import checkpointing, metrics
+from training import checkpointing
 
 STEPS = dict(train__num_steps=6)
-
-
-def _param_norms(workdir: str) -> dict[int, float]:
-  return {r['step']: r['train/param_norm'] for r in metrics.read_jsonl(workdir)
-          if 'train/param_norm' in r}
 
 
 def _free_port() -> int:
@@ -40,8 +35,9 @@ def test_two_processes_match_one_process(tmp_path):
   assert sorted(expected) == list(range(1, 7))
   assert training_util.train_losses(multi) == pytest.approx(expected, rel=1e-5)
   # The norm of parameters sharded over two processes' devices (taken outside the step).
-  assert sorted(_param_norms(single)) == list(range(1, 7))
-  assert _param_norms(multi) == pytest.approx(_param_norms(single), rel=1e-6)
+  expected_norms = training_util.train_metric(single, 'param_norm')
+  assert sorted(expected_norms) == list(range(1, 7))
+  assert training_util.train_metric(multi, 'param_norm') == pytest.approx(expected_norms, rel=1e-6)
   manager = checkpointing.make_manager(multi, read_only=True)
   assert manager.all_steps() == [3, 6]
   assert sorted(p.name for p in (tmp_path / 'multi' / 'checkpoints' / '6' / 'data').glob('*.json')) == [

@@ -53,7 +53,7 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(tmp_path):
   assert saved.model.hidden_size == 32 and saved.train.num_steps == 7
   with open(tmp_path / 'checkpoints' / '7' / 'data' / 'process_0-of-1.json') as f:
     assert json.load(f) == {'step': 7}
-  logged = {r['step']: r['train/param_norm'] for r in records if 'train/param_norm' in r}
+  logged = training_util.train_metric(str(tmp_path), 'param_norm')
   # The norm of the parameters after that step, as checkpointed; one step moves it by
   # ~2e-6 (relative) here, so the tolerance tells the step apart.
   for step in (6, 7):

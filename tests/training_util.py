@@ -54,10 +54,16 @@ def pretrain(workdir: str, *extra: str, num_devices: int = 1, **overrides) -> su
                           stderr=subprocess.STDOUT, text=True)
 
 
+def train_metric(workdir: str, name: str) -> dict[int, float]:
+  """{step: train/<name>} from <workdir>/metrics.jsonl, for the steps that logged it."""
+  from training import metrics  # pylint: disable=g-import-not-at-top
+  key = f'train/{name}'
+  return {r['step']: r[key] for r in metrics.read_jsonl(workdir) if key in r}
+
+
 def train_losses(workdir: str) -> dict[int, float]:
   """{step: train loss} from <workdir>/metrics.jsonl."""
-  from training import metrics  # pylint: disable=g-import-not-at-top
-  return {r['step']: r['train/loss'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r}
+  return train_metric(workdir, 'loss')
 
 
 def train_on_mesh(config, devices=None, steps: int = 3, start_params=None):
