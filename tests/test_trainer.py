@@ -85,6 +85,25 @@ def test_gradient_accumulation_matches_one_batch():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params_accum, params)
 
 
+def test_logged_loss_with_accumulation_is_the_global_batch_loss(tmp_path):
+  """train/loss through the loop: accum=4 logs what accum=1 logs for the same global batch."""
+  logged = {}
+  for accum in (1, 4):
+    config = training_util.tiny_config(
+        train__num_steps=3, train__grad_accum_steps=accum, checkpoint__every_steps=3,
+        model__hidden_dropout_rate=0.0, model__attention_dropout_rate=0.0)
+    trainer.train_and_evaluate(config, str(tmp_path / str(accum)))
+    logged[accum] = {r['step']: r for r in metrics.read_jsonl(str(tmp_path / str(accum)))
+                     if 'train/loss' in r}
+  assert sorted(logged[4]) == sorted(logged[1]) == [1, 2, 3]
+  for step, record in logged[4].items():
+    assert record['train/loss'] == pytest.approx(logged[1][step]['train/loss'], rel=1e-5), step
+    # The objective's loss is the MLM mean plus the NSP mean (weight 1), each logged from
+    # its own (sum, count) pair; with one step per log line the sum of those is the loss.
+    assert record['train/loss'] == pytest.approx(
+        record['train/mlm_loss'] + record['train/sentence_loss'], rel=1e-5), step
+
+
 # A huge unclipped learning rate: the first update is finite, the loss after it is not.
 EXPLODE = dict(optimizer__learning_rate=1e30, optimizer__warmup_steps=0,
                optimizer__grad_clip_norm=0.0)

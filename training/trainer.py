@@ -24,6 +24,7 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from encoders import families
 from encoders.config import ConfigError, EncoderConfig
 from training import checkpointing, flops, metrics, objectives, optimizer, sharding, synthetic
 from training import state as state_lib
@@ -65,7 +66,8 @@ def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def validate_config(config, mesh) -> None:
   """Checks what would otherwise fail deep inside JAX; the message names the field."""
-  model = EncoderConfig.from_config(config.model, prefix='config.model')
+  families.of_config(config).model_config(config.model, prefix='config.model')  # Its own checks.
+  model = EncoderConfig.from_config(config.model, prefix='config.model')  # Fields all families have.
   train = config.train
   for field in ('batch_size', 'num_steps', 'grad_accum_steps', 'log_every', 'eval_every',
                 'eval_steps'):
@@ -113,7 +115,10 @@ def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
   def grads_and_metrics(microbatch, micro_rng):
     (loss, sums), grads = jax.value_and_grad(objective.loss, has_aux=True)(
         state.params, microbatch, micro_rng, denominators)
-    sums['loss'] = (loss, jnp.ones((), jnp.float32))
+    # With the whole batch's denominators, a micro-batch's loss is its share of the batch
+    # loss: the shares add up to it. Its count is one per step (set below), not one per
+    # micro-batch, or the logged loss would be divided by grad_accum_steps.
+    sums['loss'] = (loss, jnp.zeros((), jnp.float32))
     return grads, sums
 
   if grad_accum_steps == 1:
@@ -133,6 +138,7 @@ def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grads_and_metrics, first, rng))
     (grads, sums), _ = jax.lax.scan(accumulate, zeros,
                                     (microbatches, jnp.arange(grad_accum_steps)))
+  sums['loss'] = (sums['loss'][0], jnp.ones((), jnp.float32))
 
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
