@@ -64,7 +64,7 @@ def _numpy_reference(params, grads_per_step, opt, schedule, mask, lamb):
       u = (m[k] / (1 - opt.b1 ** t)) / (np.sqrt(v[k] / (1 - opt.b2 ** t)) + opt.eps)
       if mask[k]:
         u = u + opt.weight_decay * p[k]
-      if lamb:
+      if lamb and mask[k]:  # BERT's exclude_from_layer_adaptation: no trust ratio on biases / LayerNorm.
         p_norm, u_norm = np.linalg.norm(p[k]), np.linalg.norm(u)
         u = u * (p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0)
       p[k] = p[k] - lr * u
@@ -107,3 +107,16 @@ def test_clip_by_global_norm_matches_optax(max_norm, kind):
   for name in grads:
     np.testing.assert_allclose(ours[name], reference[name], rtol=1e-6)  # NaN where optax's is.
   assert optimizer.clip_by_global_norm(max_norm).init(grads) == reference_tx.init(grads)
+
+
+def test_lamb_state_has_the_tree_of_optax_lamb():
+  """Excluding biases / LayerNorm from the trust ratio adds no state: LAMB checkpoints written
+  with optax.lamb (before the exclusion) restore into this optimizer's state."""
+  params = {'dense': {'kernel': np.ones((3, 4), np.float32), 'bias': np.ones((4,), np.float32)},
+            'LayerNorm': {'scale': np.ones((4,), np.float32)}}
+  opt = _opt_config(name='lamb')
+  tx, schedule = optimizer.make_optimizer(opt, num_steps=10)
+  reference = optax.chain(optimizer.clip_by_global_norm(opt.grad_clip_norm), optax.lamb(
+      schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+      mask=optimizer.decay_mask))
+  assert jax.tree.structure(tx.init(params)) == jax.tree.structure(reference.init(params))

@@ -49,6 +49,36 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def lamb(learning_rate, b1, b2, eps, weight_decay, mask) -> optax.GradientTransformation:
+  """optax.lamb with no trust ratio where `mask` is False: those parameters take AdamW steps.
+
+  BERT's reference LAMB (and NVIDIA's) leaves out of layer adaptation the parameters it
+  leaves out of weight decay (`exclude_from_layer_adaptation` defaults to
+  `exclude_from_weight_decay`: LayerNorm and biases); optax.lamb scales them all.
+  """
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay, mask),
+      _masked_stateless(optax.scale_by_trust_ratio(), mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def _masked_stateless(inner: optax.GradientTransformation, mask) -> optax.GradientTransformation:
+  """optax.masked(inner, mask) for a stateless `inner`, keeping inner's own (empty) state.
+
+  optax.masked would wrap it in a MaskedState; keeping EmptyState keeps optax.lamb's state
+  tree, so checkpoints written with optax.lamb still restore.
+  """
+  masked = optax.masked(inner, mask)
+
+  def update(updates, state, params=None):
+    updates, _ = masked.update(updates, masked.init(params), params)
+    return updates, state
+
+  return optax.GradientTransformation(inner.init, update)
+
+
 def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, learning-rate schedule) from `config.optimizer`."""
   schedule = learning_rate_schedule(opt_config, num_steps)
@@ -57,7 +87,7 @@ def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransforma
   if opt_config.name == 'adamw':
     tx = optax.adamw(**kwargs)
   elif opt_config.name == 'lamb':
-    tx = optax.lamb(**kwargs)
+    tx = lamb(**kwargs)
   else:
     raise ConfigError(f'config.optimizer.name={opt_config.name!r}: choose adamw or lamb.')
   if opt_config.grad_clip_norm > 0:
