@@ -1,4 +1,4 @@
-"""Masking (data/masking.py): rates, the 80/10/10 split, whole words, spans."""
+"""Masking (data/masking.py): rates, the 80/10/10 split, whole words, ALBERT n-grams, spans."""
 import numpy as np
 import pytest
 
@@ -111,7 +111,16 @@ def test_word_units_never_split_a_word(unit):
 
 
 def test_spans_are_longer_than_ngrams_and_words():
-  """Mean run of consecutive masked words: span (3.8 words drawn) > ngram (1.6) > whole_word."""
+  """Mean run of consecutive masked words, a fraction rho ~ 0.15 of the words being masked.
+
+  whole_word: a masked word is followed by another with probability ~rho, so runs
+  average ~1 / (1 - rho) = 1.18 < 1.3. ngram: drawn n-grams average 18/11 = 1.64
+  words. Those taken are shorter: a drawn n-gram is taken only if its other n - 1
+  words are free, which weights n = 1, 2, 3 by 6, 3 (1 - rho), 2 (1 - rho)^2 (mean
+  1.54 once all rho are taken), and piece ends and overflows cut a few more. Runs
+  join neighbouring n-grams, lengthening them by at most ~1 / (1 - rho). So
+  1.45 < ngram < 1.64 / 0.85 = 1.93. span: 3.8 words drawn, > 3.0.
+  """
   rng = np.random.default_rng(3)
   mean_runs = {}
   for unit in ('whole_word', 'ngram', 'span'):
@@ -123,7 +132,139 @@ def test_spans_are_longer_than_ngrams_and_words():
       edges = np.diff(np.concatenate([[0], masked_words.astype(int), [0]]))
       runs.extend(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
     mean_runs[unit] = np.mean(runs)
-  assert mean_runs['whole_word'] < 1.3 < mean_runs['ngram'] < 2.2 < 3.0 < mean_runs['span'], mean_runs
+  assert mean_runs['whole_word'] < 1.3, mean_runs
+  assert 1.45 < mean_runs['ngram'] < 1.93, mean_runs
+  assert mean_runs['span'] > 3.0, mean_runs
+
+
+def _one_piece(word_lengths):
+  """[CLS] words [SEP], words of the given token counts: (token_ids, candidates, word_starts)."""
+  word_starts = np.concatenate([[True]] + [np.arange(k) == 0 for k in word_lengths] + [[True]])
+  token_ids = np.full(len(word_starts), REPLACEMENTS[0])
+  token_ids[0], token_ids[-1] = data_testing.TOKENIZER.cls_id, data_testing.TOKENIZER.sep_id
+  candidates = np.ones(len(word_starts), bool)
+  candidates[[0, -1]] = False
+  return token_ids, candidates, word_starts
+
+
+def test_ngrams_are_at_most_three_whole_words_within_a_piece():
+  rng = np.random.default_rng(5)
+  for token_ids, candidates, word_starts in _examples(300, rng, (10, 60), word_start_prob=0.5):
+    cand = np.flatnonzero(candidates)
+    words = _reference_words(candidates, word_starts)
+    budget = int(rng.integers(1, len(cand) + 1))
+    covered = np.zeros(len(token_ids), int)
+    for first, stop in masking._albert_ngrams(cand, word_starts[cand], budget, rng):
+      positions = cand[first:stop]
+      assert np.all(np.diff(positions) == 1)  # No [CLS] / [SEP] inside.
+      ngram_words = np.unique(words[positions])
+      assert 1 <= len(ngram_words) <= 3
+      np.testing.assert_array_equal(np.flatnonzero(np.isin(words, ngram_words)), positions)
+      covered[positions] += 1
+    assert covered.max(initial=0) <= 1 and covered.sum() <= budget
+
+
+@pytest.mark.parametrize('num_words', [1, 2, 3, 40])
+def test_ngram_lengths_favor_shorter_ngrams(num_words):
+  """Words in the first n-gram taken, which no taken word or small budget can bias.
+
+  Its start is uniform over the W words and n is 1, 2, 3 with probabilities 6/11,
+  3/11, 2/11 (p(n) proportional to 1/n), cut at the piece's end as ALBERT's
+  cand_indexes[idx:idx + n] is: W - 2 starts keep n, the one before last gets 1
+  word with 6/11 and 2 words with 3/11 + 2/11, the last always 1 word.
+  """
+  p_starts = np.array([[6, 3, 2]] * max(num_words - 2, 0) + [[6, 5, 0]] * (num_words >= 2)
+                      + [[11, 0, 0]]) / 11  # [W, 3]: p(1, 2, 3 words) from each start
+  expected = p_starts.mean(axis=0)
+  rng = np.random.default_rng(6)
+  num_trials = 20000
+  counts = np.zeros(3)
+  for _ in range(num_trials):
+    token_ids, candidates, word_starts = _one_piece(rng.integers(1, 4, size=num_words))
+    cand = np.flatnonzero(candidates)
+    budget = min(9, len(cand))  # Three words of at most 3 tokens fit.
+    first, stop = masking._albert_ngrams(cand, word_starts[cand], budget, rng)[0]
+    counts[word_starts[cand[first:stop]].sum() - 1] += 1  # Its words (each starts with a True).
+  np.testing.assert_array_less(
+      np.abs(counts - num_trials * expected),
+      SIGMAS * np.sqrt(num_trials * expected * (1 - expected)) + 1e-9)
+
+
+@pytest.mark.parametrize('length,rate,max_predictions,expected', [
+    (10, 0.25, 1000, 2),  # round(2.5) = 2: Python 3 rounds half to even, as ALBERT run under it.
+    (30, 0.25, 1000, 8),  # round(7.5) = 8.
+    (44, 0.15, 1000, 7),  # 44 tokens with [CLS] and two [SEP]s: round(6.6), not round(0.15 * 41).
+    (6, 0.05, 1000, 1),  # round(0.3) = 0, raised to 1.
+    (200, 0.15, 7, 7),  # max_predictions caps 30.
+])
+def test_ngram_prediction_count(length, rate, max_predictions, expected):
+  """With one-token words the count is exactly min(P, max(1, round(rate * length))).
+
+  A free word is skipped only when its n-gram overflows (impossible with one-token
+  words: a shorter one fits) or meets a taken word, one of the next two. Ending
+  short of B would leave the W - (B - 1) or more free words all within two words
+  before the at most B - 1 taken ones, which cannot happen when W > 3 (B - 1).
+  """
+  rng = np.random.default_rng(7)
+  spec = _spec(unit='ngram', rate=rate, max_predictions=max_predictions)
+  for token_ids, candidates, word_starts in _examples(200, rng, length=(length, length + 1),
+                                                      word_start_prob=1.0):
+    assert candidates.sum() > 3 * (expected - 1)
+    _, positions, _ = masking.mask_example(token_ids, candidates, word_starts, spec, rng)
+    assert len(positions) == expected
+
+
+def test_ngram_prediction_count_over_lengths():
+  rng = np.random.default_rng(8)
+  spec = _spec(unit='ngram', rate=0.15, max_predictions=20)
+  for token_ids, candidates, word_starts in _examples(500, rng, (5, 200), word_start_prob=1.0):
+    expected = min(20, max(1, round(0.15 * len(token_ids))))
+    assert candidates.sum() > 3 * (expected - 1)
+    _, positions, _ = masking.mask_example(token_ids, candidates, word_starts, spec, rng)
+    assert len(positions) == expected
+
+
+def test_ngram_meeting_a_taken_word_is_skipped():
+  """[CLS] a b c [SEP], one-token words, budget 3: ALBERT skips, not shortens, such an n-gram.
+
+  Then fewer than 3 are predicted in two cases, each of the 6 visit orders having
+  probability 1/6: b (1-gram, 6/11), a (its 2- or 3-gram meets b, 5/11), c; and
+  c, b (its 2-gram meets c, 5/11), a (1-gram, 6/11). P = 2 / 6 * 30/121 = 10/121.
+  Every other draw reaches 3, and shortening instead would always reach it.
+  """
+  rng = np.random.default_rng(10)
+  token_ids, candidates, word_starts = _one_piece([1, 1, 1])
+  spec = _spec(unit='ngram', rate=0.6)  # round(0.6 * 5) = 3
+  num_trials = 6000
+  lengths = np.array([len(masking.mask_example(token_ids, candidates, word_starts, spec, rng)[1])
+                      for _ in range(num_trials)])
+  assert set(lengths) <= {2, 3}
+  p = 10 / 121
+  assert abs(np.sum(lengths == 2) - num_trials * p) <= SIGMAS * np.sqrt(num_trials * p * (1 - p))
+
+
+@pytest.mark.parametrize('tokens_per_word,rate', [(1, 0.1), (2, 0.2), (3, 0.21)])
+def test_ngram_overflow_takes_a_shorter_ngram(tokens_per_word, rate):
+  """A budget of one word: the first start visited is always taken, cut to its first word.
+
+  So exactly one word is masked, uniformly over the 4. Skipping a start whose
+  drawn n-gram overflows instead would favour the last word (always a 1-gram):
+  1/4 (1 + 5/11 + (5/11)^2 + (5/11)^3) = 0.44.
+  """
+  rng = np.random.default_rng(9)
+  token_ids, candidates, word_starts = _one_piece([tokens_per_word] * 4)
+  assert round(rate * len(token_ids)) == tokens_per_word
+  words = _reference_words(candidates, word_starts)
+  num_trials = 4000
+  counts = np.zeros(4)
+  for _ in range(num_trials):
+    _, positions, _ = masking.mask_example(token_ids, candidates, word_starts,
+                                           _spec(unit='ngram', rate=rate), rng)
+    masked_words = np.unique(words[positions])
+    assert len(masked_words) == 1
+    np.testing.assert_array_equal(positions, np.flatnonzero(words == masked_words[0]))
+    counts[masked_words[0]] += 1
+  assert np.all(np.abs(counts - num_trials / 4) <= SIGMAS * np.sqrt(num_trials * 3 / 16)), counts
 
 
 def _wiki_texts(num):
