@@ -8,9 +8,11 @@ Three kinds, each set up as its paper's released tokenizer:
 - 'unigram' (ALBERT / DeBERTa, SentencePiece style): NFKD + strip accents + lowercase,
   Metaspace pre-tokenizer; <pad>=0, <unk>=1, [CLS]=2, [SEP]=3, [MASK]=4 (ALBERT's order).
 
-A tokenizer is a `tokenizer.json` in a directory: trained once and reused (HF training is not
-deterministic, so it is never retrained behind a run's back), or loaded from an HF checkpoint
-directory (`tokenizer.json`, `vocab.txt` for BERT, `vocab.json` + `merges.txt` for RoBERTa).
+A tokenizer is a `tokenizer.json` in a directory: trained once and reused (it is never retrained
+behind a run's back), or loaded from an HF checkpoint directory (`tokenizer.json`, `vocab.txt`
+for BERT, `vocab.json` + `merges.txt` for RoBERTa). WordPiece and BPE training give the same
+file in every process; Unigram training does not (HF's trainer sums its EM statistics in the
+order of a hash map seeded per process, and the last bits of its scores differ).
 """
 import hashlib
 import json
@@ -74,8 +76,10 @@ def train(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool,
     raise ValueError(f'config.data.tokenizer={kind!r}: use one of {", ".join(KINDS)}.')
   specials = list(SPECIAL_TOKENS[kind].values())
   if kind == 'wordpiece':
+    texts = texts if isinstance(texts, (list, tuple)) else list(texts)  # Read twice.
+    seeds = _wordpiece_initial_vocab(texts, specials, lowercase, num_texts)
     tok = tokenizers.Tokenizer(models.WordPiece(unk_token='[UNK]'))
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=seeds)
   elif kind == 'bpe':
     tok = tokenizers.Tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
@@ -89,8 +93,33 @@ def train(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool,
   _set_pipeline(tok, kind, lowercase)
   if kind == 'bpe':  # BPE has no <unk> at work (bytes cover everything) but keeps its id.
     tok.model.unk_token = None
+  saved = json.loads(tok.to_str())
+  # The seeds were special tokens for training only; the model's vocabulary keeps them.
+  saved['added_tokens'] = [t for t in saved['added_tokens'] if t['content'] in specials]
   # Reloaded so that its fingerprint equals that of the saved file (float printing differs).
-  return Tokenizer(tokenizers.Tokenizer.from_str(tok.to_str()))
+  return Tokenizer(tokenizers.Tokenizer.from_str(json.dumps(saved)))
+
+
+def _wordpiece_initial_vocab(texts, specials: list[str], lowercase: bool,
+                             num_texts: int | None) -> list[str]:
+  """The tokens WordPiece training starts from, in a fixed order: the special tokens, the
+  alphabet, then the '##' continuation of each character seen inside a word, sorted.
+
+  HF's trainer (a BPE trainer with a '##' prefix) sorts the alphabet but numbers the
+  continuations as it meets them while iterating over its word counts, a Rust hash map
+  whose order is seeded anew in each process; merges of equal count are then taken in
+  order of those ids, so two trainings on the same texts gave different ids, and at
+  times different tokens (huggingface/tokenizers#1794). Training with vocab_size=0 (no
+  merges) lists exactly these tokens; given first, as special tokens, they keep this order.
+  """
+  tok = tokenizers.Tokenizer(models.WordPiece(unk_token='[UNK]'))
+  _set_pipeline(tok, 'wordpiece', lowercase)
+  tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+      vocab_size=0, special_tokens=specials, show_progress=False), length=num_texts)
+  vocab = tok.get_vocab(with_added_tokens=False)
+  alphabet = sorted(t for t in vocab if t not in specials and not t.startswith('##'))
+  continuations = sorted(t for t in vocab if t.startswith('##'))
+  return specials + alphabet + continuations
 
 
 def load(path: str, lowercase: bool = True) -> 'Tokenizer':
@@ -141,9 +170,10 @@ def get_tokenizer(data_config, workdir: str | None) -> 'Tokenizer':
     return tok
   if jax.process_count() > 1:
     raise ValueError(f'No tokenizer in {folder}, and training one on each of '
-                     f'{jax.process_count()} hosts would give different vocabularies (HF training '
-                     'is not deterministic). Train it once: `python -m experiments.train_tokenizer '
-                     '--config ... --workdir DIR`, then set config.data.tokenizer_path=DIR/tokenizer.')
+                     f'{jax.process_count()} hosts could give different vocabularies (HF Unigram '
+                     'training is not deterministic). Train it once: `python -m '
+                     'experiments.train_tokenizer --config ... --workdir DIR`, then set '
+                     'config.data.tokenizer_path=DIR/tokenizer.')
   from data import corpus  # pylint: disable=g-import-not-at-top
   texts, _ = corpus.read_documents(data_config, data_config.get('train_split', 'train'))
   logging.info('Training a %s tokenizer (vocab %d) on %d documents of %s.',
