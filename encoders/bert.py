@@ -9,6 +9,7 @@ what keeps packed examples and padding apart in attention.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from encoders.config import EncoderConfig
 from encoders.heads import (POOLINGS, ClassifierHead, MaskedLMHead, Pooler, gather_positions,
@@ -80,9 +81,10 @@ class EncoderForPreTraining(nn.Module):
   """
   config: EncoderConfig
   sentence_head: bool = False
+  encoder_class = Encoder  # Class attribute, not a field: a family swaps in its own encoder.
 
   def setup(self):
-    self.encoder = Encoder(self.config, add_pooler=self.sentence_head)
+    self.encoder = self.encoder_class(self.config, add_pooler=self.sentence_head)
     self.mlm_head = MaskedLMHead(self.config.embedding)  # Ends at the tied embeddings' width.
     if self.sentence_head:
       self.sentence_order_head = ClassifierHead(self.config, 2, dropout_rate=0.0)
@@ -104,11 +106,12 @@ class EncoderForSequenceClassification(nn.Module):
   config: EncoderConfig
   num_labels: int
   pooling: str = 'cls'
+  encoder_class = Encoder
 
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f'pooling={self.pooling!r}: choose one of {POOLINGS}.')
-    self.encoder = Encoder(self.config, add_pooler=self.pooling == 'cls')
+    self.encoder = self.encoder_class(self.config, add_pooler=self.pooling == 'cls')
     self.classifier = ClassifierHead(self.config, self.num_labels)
 
   def __call__(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None, *,
@@ -126,12 +129,13 @@ class EncoderForTokenClassification(nn.Module):
   """One label per token (e.g. NER)."""
   config: EncoderConfig
   num_labels: int
+  encoder_class = Encoder
 
   @nn.compact
   def __call__(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None, *,
                deterministic: bool = True):
     """-> logits [batch, length, num_labels]."""
-    hidden, _ = Encoder(self.config, name='encoder')(
+    hidden, _ = self.encoder_class(self.config, name='encoder')(
         input_ids, segment_ids, position_ids, token_type_ids, deterministic=deterministic)
     return ClassifierHead(self.config, self.num_labels, name='classifier')(hidden, deterministic)
 
@@ -139,12 +143,28 @@ class EncoderForTokenClassification(nn.Module):
 class EncoderForQuestionAnswering(nn.Module):
   """Extractive QA: start and end logits per token."""
   config: EncoderConfig
+  encoder_class = Encoder
 
   @nn.compact
   def __call__(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None, *,
                deterministic: bool = True):
     """-> (start_logits, end_logits), each [batch, length]."""
-    hidden, _ = Encoder(self.config, name='encoder')(
+    hidden, _ = self.encoder_class(self.config, name='encoder')(
         input_ids, segment_ids, position_ids, token_type_ids, deterministic=deterministic)
     logits = ClassifierHead(self.config, 2, dropout_rate=0.0, name='span')(hidden)
     return logits[..., 0], logits[..., 1]
+
+
+def layer_depth(names: list[str], value, config: EncoderConfig):
+  """Depth for layer-wise lr decay of the encoder parameter at `names` (None: not in the stack).
+
+  Embeddings (and their projection) are at depth 0, layer i at i + 1. Scanned stacks
+  (`layers/stacked/...`, [num_layers, ...]) get one depth per slice, as an int array
+  shaped to broadcast against the parameter.
+  """
+  if names[:2] != ['encoder', 'layers']:
+    return None
+  if names[2] == 'stacked':
+    return np.arange(1, config.num_layers + 1).reshape(
+        (config.num_layers,) + (1,) * (np.ndim(value) - 1))
+  return int(names[2].removeprefix('layer_')) + 1

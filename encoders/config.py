@@ -51,6 +51,11 @@ class EncoderConfig:
     return self.hidden_size // self.num_heads
 
   @property
+  def layers_run(self) -> int:
+    """Transformer layers a forward pass runs (ALBERT: num_layers x inner_group_num)."""
+    return self.num_layers
+
+  @property
   def projects_embeddings(self) -> bool:
     return self.embedding_size not in (None, self.hidden_size)
 

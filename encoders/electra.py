@@ -146,3 +146,17 @@ class ElectraPair(nn.Module):
     inputs = (input_ids, segment_ids, position_ids, token_type_ids)
     return {'mlm_logits': self.generator(*inputs, masked_positions, deterministic=deterministic),
             'rtd_logits': self.discriminator(*inputs, deterministic=deterministic)}
+
+
+def discriminator_as_encoder(params: dict) -> dict:
+  """ElectraPair params -> {'encoder': ...}: the discriminator as a BERT encoder (fine-tuning).
+
+  The discriminator is a BERT encoder over the shared embeddings, with its
+  `embeddings_project` when the embeddings are narrower than hidden (ELECTRA small:
+  128 -> 256); config.model carries embedding_size, so the BERT encoder built from it
+  has the same projection.
+  """
+  discriminator = params['discriminator_encoder']
+  return {'encoder': {'embeddings': params['embeddings'],
+                      **{name: discriminator[name] for name in ('embeddings_project', 'layers')
+                         if name in discriminator}}}

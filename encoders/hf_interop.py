@@ -1,19 +1,23 @@
-"""Import and export of Hugging Face BERT / RoBERTa checkpoints (`config.json` + safetensors).
+"""Import and export of Hugging Face checkpoints (`config.json` + safetensors), one algorithm
+for every family, one name table per family.
 
 Reads with `safetensors.numpy` (no torch). A parameter of ours maps to one HF tensor
-by name rules (`ENCODER_RULES`, `_HEAD_RULES`) and a layout change: HF stores linear
-weights as (out, in), we store kernels as (in, out), with attention projections split
-into (embed, heads, head_dim) and the attention output as (heads, head_dim, embed).
+by its family's `Table` of name rules and a layout change: HF stores linear weights as
+(out, in), we store kernels as (in, out), with attention projections split into
+(embed, heads, head_dim) and the attention output as (heads, head_dim, embed). The
+tables of BERT and RoBERTa are below; other families keep theirs beside their model
+(`encoders/albert_interop.py`) and are found through `encoders/families.py`.
 
   config_model = hf_interop.read_model_config(checkpoint_dir)   # the `config.model` fields
-  model = EncoderForPreTraining(EncoderConfig.from_config(config_model), sentence_head=True)
+  family = families.get(config_model.family)
+  model = family.models.EncoderForPreTraining(family.model_config(config_model), sentence_head=True)
   params = hf_interop.load_params(checkpoint_dir, model)          # the 'params' collection
   hf_interop.save_checkpoint(out_dir, model, params, family='bert')  # 'BertForPreTraining'
 
 Nothing is silently re-initialised: a parameter the checkpoint lacks raises unless its
 subtree is named in `fresh=` (e.g. a new classifier). Checkpoint tensors that map to
-nothing raise too, except those in `SKIPPABLE` (buffers, and heads the target model does
-not have), which are logged.
+nothing raise too, except the table's `skippable` ones (buffers, and heads the target
+model does not have), which are logged.
 """
 import dataclasses
 import importlib.util
@@ -21,6 +25,7 @@ import json
 import logging
 import os
 import re
+from typing import Callable
 
 import flax
 import flax.linen as nn
@@ -31,11 +36,9 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from configs.model import get_model_config
-from encoders import bert
+from encoders import bert, families
 from encoders.config import ConfigError, EncoderConfig
 from encoders.layers import stack_layers, unroll_layers
-
-FAMILIES = ('bert', 'roberta')
 
 
 def installed_minilm_dir() -> str | None:
@@ -60,57 +63,14 @@ CONFIG_KEYS = {
     'initializer_range': 'initializer_range',
 }
 HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': 'gelu_new',
-                   'relu': 'relu'}
+                  'relu': 'relu'}
 # Fields that change the function the weights compute: they must match the checkpoint.
-_ARCHITECTURE_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
-                        'intermediate_size', 'hidden_act', 'max_position_embeddings',
-                        'type_vocab_size', 'position_offset', 'pad_token_id', 'layer_norm_eps')
-
-# Our module path (inside the encoder) -> HF module name (without the 'bert.'/'roberta.' prefix).
-ENCODER_RULES = (
-    (r'embeddings/(word|position|token_type)_embeddings', r'embeddings.\1_embeddings'),
-    (r'embeddings/layer_norm', r'embeddings.LayerNorm'),
-    (r'layers/layer_(\d+)/attention/(query|key|value)', r'encoder.layer.\1.attention.self.\2'),
-    (r'layers/layer_(\d+)/attention/output', r'encoder.layer.\1.attention.output.dense'),
-    (r'layers/layer_(\d+)/attention_layer_norm', r'encoder.layer.\1.attention.output.LayerNorm'),
-    (r'layers/layer_(\d+)/mlp/intermediate', r'encoder.layer.\1.intermediate.dense'),
-    (r'layers/layer_(\d+)/mlp/output', r'encoder.layer.\1.output.dense'),
-    (r'layers/layer_(\d+)/output_layer_norm', r'encoder.layer.\1.output.LayerNorm'),
-    (r'pooler/dense', r'pooler.dense'),
-)
-# Our head module path -> HF module name, per family.
-_HEAD_RULES = {
-    'bert': (
-        (r'mlm_head/transform', 'cls.predictions.transform.dense'),
-        (r'mlm_head/layer_norm', 'cls.predictions.transform.LayerNorm'),
-        (r'mlm_head', 'cls.predictions'),  # The output bias.
-        (r'sentence_order_head/dense', 'cls.seq_relationship'),
-        (r'classifier/dense', 'classifier'),
-        (r'span/dense', 'qa_outputs'),
-    ),
-    'roberta': (
-        (r'mlm_head/transform', 'lm_head.dense'),
-        (r'mlm_head/layer_norm', 'lm_head.layer_norm'),
-        (r'mlm_head', 'lm_head'),
-        (r'classifier/dense', 'classifier'),
-        (r'span/dense', 'qa_outputs'),
-    ),
-}
+ARCHITECTURE_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
+                       'intermediate_size', 'hidden_act', 'max_position_embeddings',
+                       'type_vocab_size', 'position_offset', 'pad_token_id', 'layer_norm_eps')
 LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
 
-# Checkpoint tensors that may go unused, each read past with a log line: buffers, and the
-# heads / pooler of HF models that the target model does not have.
-SKIPPABLE = (
-    r'embeddings\.position_ids', r'embeddings\.token_type_ids',
-    r'pooler\..*', r'cls\..*', r'lm_head\..*', r'classifier\..*', r'qa_outputs\..*',
-)
-# Decoder tensors that HF ties to another tensor: they must equal it (our decoder is tied).
-_TIED = {
-    'cls.predictions.decoder.weight': 'embeddings.word_embeddings.weight',
-    'cls.predictions.decoder.bias': 'cls.predictions.bias',
-    'lm_head.decoder.weight': 'embeddings.word_embeddings.weight',
-    'lm_head.decoder.bias': 'lm_head.bias',
-}
+Rules = tuple[tuple[str, str], ...]
 
 
 def read_json(path: str) -> dict:
@@ -137,47 +97,147 @@ def encoder_fields(hf: dict, path: str) -> dict:
   return fields
 
 
+def config_fields(config: EncoderConfig) -> dict:
+  """The transformers `config.json` fields of CONFIG_KEYS for our config."""
+  return {key: getattr(config, ours) for key, ours in CONFIG_KEYS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One family in transformers' layout: names, config fields, architectures, refusals."""
+  family: str  # Our family name (encoders/families.py).
+  model_type: str  # transformers' model_type; also the prefix of the encoder's tensors.
+  class_prefix: str  # 'Bert' -> BertModel, BertForMaskedLM, ...
+  encoder_rules: Rules  # Our path inside the encoder -> HF module name (after the prefix).
+  head_rules: Rules  # Our head's module path -> HF module name.
+  skippable: tuple[str, ...]  # Checkpoint tensors that may go unused (buffers, other heads).
+  tied: dict[str, str]  # HF tensor -> the tensor it must equal (our decoder is tied).
+  base_config: Callable[[], ml_collections.ConfigDict]  # The family's `config.model` defaults.
+  pretraining_heads: str | None  # HF class suffix of MLM + sentence head (None: none in HF).
+  read_fields: Callable[[dict, str], dict] = encoder_fields  # config.json -> our fields.
+  write_fields: Callable[[EncoderConfig], dict] = config_fields  # Ours -> config.json.
+  architecture_fields: tuple[str, ...] = ARCHITECTURE_FIELDS  # Must match the checkpoint's.
+  position_offset: Callable[[int], int] = lambda pad_token_id: 0  # From the pad id.
+  default_pad_token_id: int = 0
+  sequence_classification: bool = True  # transformers' head is dropout + linear on the pooler.
+  check_model: Callable[[nn.Module], None] = lambda model: None  # Raises for what HF cannot hold.
+
+
+def _no_projection(model: nn.Module) -> None:
+  """HF BERT / RoBERTa embed at hidden_size: a model with `embeddings_project` has no HF layout."""
+  c = model.config
+  if c.projects_embeddings:
+    raise ConfigError(
+        f'model.embedding_size={c.embedding_size} differs from model.hidden_size='
+        f'{c.hidden_size}: transformers\' BERT / RoBERTa have no embeddings_project. '
+        'Export the ELECTRA pair with encoders/electra_interop.py, or set embedding_size=None.')
+
+
+def _roberta_checks(model: nn.Module) -> None:
+  """transformers' RobertaLMHead applies exact GELU whatever `hidden_act` is; ours follows hidden_act."""
+  _no_projection(model)
+  if isinstance(model, bert.EncoderForPreTraining) and model.config.hidden_act != 'gelu':
+    raise ConfigError(f'model.hidden_act={model.config.hidden_act!r}: the RoBERTa MLM head of '
+                      "transformers always uses 'gelu', so its logits would differ from ours.")
+
+
+# Our module path inside a BERT encoder -> HF module name (without the 'bert.'/'roberta.' prefix).
+ENCODER_RULES = (
+    (r'embeddings/(word|position|token_type)_embeddings', r'embeddings.\1_embeddings'),
+    (r'embeddings/layer_norm', r'embeddings.LayerNorm'),
+    (r'layers/layer_(\d+)/attention/(query|key|value)', r'encoder.layer.\1.attention.self.\2'),
+    (r'layers/layer_(\d+)/attention/output', r'encoder.layer.\1.attention.output.dense'),
+    (r'layers/layer_(\d+)/attention_layer_norm', r'encoder.layer.\1.attention.output.LayerNorm'),
+    (r'layers/layer_(\d+)/mlp/intermediate', r'encoder.layer.\1.intermediate.dense'),
+    (r'layers/layer_(\d+)/mlp/output', r'encoder.layer.\1.output.dense'),
+    (r'layers/layer_(\d+)/output_layer_norm', r'encoder.layer.\1.output.LayerNorm'),
+    (r'pooler/dense', r'pooler.dense'),
+)
+BUFFERS = (r'embeddings\.position_ids', r'embeddings\.token_type_ids')
+
+BERT = Table(
+    family='bert', model_type='bert', class_prefix='Bert', encoder_rules=ENCODER_RULES,
+    head_rules=(
+        (r'mlm_head/transform', 'cls.predictions.transform.dense'),
+        (r'mlm_head/layer_norm', 'cls.predictions.transform.LayerNorm'),
+        (r'mlm_head', 'cls.predictions'),  # The output bias.
+        (r'sentence_order_head/dense', 'cls.seq_relationship'),
+        (r'classifier/dense', 'classifier'),
+        (r'span/dense', 'qa_outputs'),
+    ),
+    skippable=BUFFERS + (r'pooler\..*', r'cls\..*', r'classifier\..*', r'qa_outputs\..*'),
+    tied={'cls.predictions.decoder.weight': 'embeddings.word_embeddings.weight',
+          'cls.predictions.decoder.bias': 'cls.predictions.bias'},
+    base_config=lambda: get_model_config('base'), pretraining_heads='ForPreTraining',
+    check_model=_no_projection)
+
+ROBERTA = Table(
+    family='roberta', model_type='roberta', class_prefix='Roberta', encoder_rules=ENCODER_RULES,
+    head_rules=(
+        (r'mlm_head/transform', 'lm_head.dense'),
+        (r'mlm_head/layer_norm', 'lm_head.layer_norm'),
+        (r'mlm_head', 'lm_head'),
+        (r'classifier/dense', 'classifier'),
+        (r'span/dense', 'qa_outputs'),
+    ),
+    skippable=BUFFERS + (r'pooler\..*', r'lm_head\..*', r'classifier\..*', r'qa_outputs\..*'),
+    tied={'lm_head.decoder.weight': 'embeddings.word_embeddings.weight',
+          'lm_head.decoder.bias': 'lm_head.bias'},
+    base_config=lambda: get_model_config('base'), pretraining_heads=None,
+    # RoBERTa numbers positions from padding_idx + 1 (fairseq); BERT from 0.
+    position_offset=lambda pad_token_id: pad_token_id + 1, default_pad_token_id=1,
+    # RobertaForSequenceClassification's head (dense, tanh, out_proj) is not ours.
+    sequence_classification=False, check_model=_roberta_checks)
+
+
+def table_of(family: str) -> Table:
+  """The interop table of a registered family (a ConfigError names the choices)."""
+  table = families.get(family).interop_table()
+  if not isinstance(table, Table):
+    raise ConfigError(f'family={family!r} has its own interop module ({families.get(family).interop}).')
+  return table
+
+
 def read_model_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
-  """The `config.model` section for an HF BERT / RoBERTa checkpoint's `config.json`."""
+  """The `config.model` section (family included) for an HF checkpoint's `config.json`."""
   path = os.path.join(checkpoint_dir, 'config.json')
   hf = read_json(path)
-  family = hf.get('model_type')
-  if family not in FAMILIES:
-    raise ConfigError(f'{path}: model_type={family!r} is not supported; known: {FAMILIES}.')
+  family = families.by_hf_model_type(hf.get('model_type'))
+  table = family.interop_table()
   if not hf.get('tie_word_embeddings', True):
     raise ConfigError(f'{path}: tie_word_embeddings=false; our MLM decoder is tied.')
-  fields = encoder_fields(hf, path)
-  fields.setdefault('pad_token_id', 1 if family == 'roberta' else 0)
-  # RoBERTa numbers positions from padding_idx + 1 (fairseq); BERT from 0.
-  fields['position_offset'] = fields['pad_token_id'] + 1 if family == 'roberta' else 0
-  config = get_model_config('base', **fields)
-  config.family = family
-  EncoderConfig.from_config(config)  # Validates.
+  fields = table.read_fields(hf, path)
+  fields.setdefault('pad_token_id', table.default_pad_token_id)
+  fields['position_offset'] = table.position_offset(fields['pad_token_id'])
+  config = table.base_config()
+  config.update(fields)
+  config.family = family.name
+  family.model_config(config)  # Validates.
   return config
 
 
-def _hf_module_name(module_path: str, family: str, prefix: str) -> str | None:
+def _hf_module_name(module_path: str, table: Table, prefix: str) -> str | None:
   """Our module path ('encoder/layers/layer_0/mlp/output') -> HF module name.
 
-  `prefix` ('bert.', 'roberta.' or '') goes before the encoder's names, not the heads'.
+  `prefix` ('bert.', 'albert.' or '') goes before the encoder's names, not the heads'.
   """
   encoder_path = module_path.removeprefix('encoder/')
-  for pattern, replacement in ENCODER_RULES:
+  for pattern, replacement in table.encoder_rules:
     if re.fullmatch(pattern, encoder_path):
       return prefix + re.sub(pattern, replacement, encoder_path)
-  for pattern, replacement in _HEAD_RULES[family]:
+  for pattern, replacement in table.head_rules:
     if re.fullmatch(pattern, module_path):
       return replacement
   return None
 
 
-def _hf_names(params_shapes: dict, family: str, prefix: str = '') -> dict[tuple[str, ...], str]:
+def _hf_names(params_shapes: dict, table: Table, prefix: str = '') -> dict[tuple[str, ...], str]:
   """Our param path -> HF tensor name, for every leaf of `params_shapes`."""
   names = {}
   for path in flax.traverse_util.flatten_dict(params_shapes):
-    module = _hf_module_name('/'.join(path[:-1]), family, prefix)
+    module = _hf_module_name('/'.join(path[:-1]), table, prefix)
     if module is None or path[-1] not in LEAF_NAMES:
-      raise ValueError(f'No HF name for our parameter {"/".join(path)} ({family}).')
+      raise ValueError(f'No HF name for our parameter {"/".join(path)} ({table.family}).')
     names[path] = f'{module}.{LEAF_NAMES[path[-1]]}'
   return names
 
@@ -208,8 +268,8 @@ def to_hf(param: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
   return param.reshape(hf_shape)
 
 
-def read_tensors(checkpoint_dir: str, family: str) -> dict[str, np.ndarray]:
-  """All tensors of the checkpoint, names stripped of the 'bert.'/'roberta.' prefix."""
+def read_tensors(checkpoint_dir: str, prefix: str) -> dict[str, np.ndarray]:
+  """All tensors of the checkpoint, names stripped of the `prefix.` ('bert.', 'albert.', ...)."""
   single = os.path.join(checkpoint_dir, 'model.safetensors')
   index = os.path.join(checkpoint_dir, 'model.safetensors.index.json')
   if os.path.exists(single):
@@ -224,7 +284,7 @@ def read_tensors(checkpoint_dir: str, family: str) -> dict[str, np.ndarray]:
   tensors = {}
   for file in files:
     for name, tensor in load_file(file).items():
-      name = name.removeprefix(f'{family}.')
+      name = name.removeprefix(f'{prefix}.')
       name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', name)  # Old TF-converted names.
       name = re.sub(r'LayerNorm\.beta$', 'LayerNorm.bias', name)
       tensors[name] = tensor
@@ -243,55 +303,50 @@ def _abstract_params(model: nn.Module) -> dict:
   return nn.unbox(variables['params'])
 
 
-def _check_no_projection(model_config: EncoderConfig) -> None:
-  """HF BERT / RoBERTa embed at hidden_size: a model with `embeddings_project` has no HF layout."""
-  if model_config.projects_embeddings:
-    raise ConfigError(
-        f'model.embedding_size={model_config.embedding_size} differs from model.hidden_size='
-        f'{model_config.hidden_size}: transformers\' BERT / RoBERTa have no embeddings_project. '
-        'Export the ELECTRA pair with encoders/electra_interop.py, or set embedding_size=None.')
+def _check_family(model: nn.Module, table: Table) -> None:
+  """The model must be built on the table's family's encoder; then the table's own refusals."""
+  expected = families.get(table.family).models.Encoder
+  encoder = type(model) if isinstance(model, bert.Encoder) else getattr(model, 'encoder_class', None)
+  if encoder is not expected:
+    raise ConfigError(f'{type(model).__name__} is built on {getattr(encoder, "__module__", None)}, '
+                      f'not on {expected.__module__}: it is not a {table.family} model.')
+  table.check_model(model)
 
 
-def _check_config(model_config: EncoderConfig, checkpoint_dir: str) -> str:
-  """Raises if the model's architecture fields differ from the checkpoint's; returns the family."""
-  _check_no_projection(model_config)
+def _check_config(model: nn.Module, checkpoint_dir: str) -> Table:
+  """Raises if the model's architecture differs from the checkpoint's; returns its table."""
   checkpoint = read_model_config(checkpoint_dir)
-  for field in _ARCHITECTURE_FIELDS:
-    if getattr(model_config, field) != checkpoint[field]:
+  table = table_of(checkpoint.family)
+  _check_family(model, table)
+  theirs = families.get(checkpoint.family).model_config(checkpoint)
+  for field in table.architecture_fields:
+    if getattr(model.config, field) != getattr(theirs, field):
       raise ConfigError(
-          f'model.{field}={getattr(model_config, field)!r} but the checkpoint {checkpoint_dir} has '
-          f'{checkpoint[field]!r}; build the model from hf_interop.read_model_config(...).')
-  return checkpoint.family
-
-
-def _check_mlm_activation(model: nn.Module, family: str) -> None:
-  """transformers' RobertaLMHead applies exact GELU whatever `hidden_act` is; ours follows hidden_act."""
-  if (family == 'roberta' and isinstance(model, bert.EncoderForPreTraining)
-      and model.config.hidden_act != 'gelu'):
-    raise ConfigError(f'model.hidden_act={model.config.hidden_act!r}: the RoBERTa MLM head of '
-                      "transformers always uses 'gelu', so its logits would differ from ours.")
+          f'model.{field}={getattr(model.config, field)!r} but the checkpoint {checkpoint_dir} has '
+          f'{getattr(theirs, field)!r}; build the model from hf_interop.read_model_config(...).')
+  return table
 
 
 def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...] = (),
                 rng: jax.Array | None = None) -> dict:
   """Reads an HF checkpoint into `model`'s 'params' collection (numpy arrays, param dtype).
 
-  `model` is one of `encoders.bert`'s modules, built with the checkpoint's architecture.
-  `fresh` names subtrees of ours ('classifier', 'encoder/pooler', ...) to initialise with
-  `rng` instead of reading them, for heads the checkpoint does not have.
+  `model` is one of the checkpoint's family's modules (encoders/families.py), built with
+  the checkpoint's architecture. `fresh` names subtrees of ours ('classifier',
+  'encoder/pooler', ...) to initialise with `rng` instead of reading them, for heads the
+  checkpoint does not have.
   """
   if model.config.scan_layers:  # HF numbers its layers: read them unrolled, then stack.
     return stack_layers(load_params(checkpoint_dir, unrolled(model), fresh=fresh, rng=rng))
-  family = _check_config(model.config, checkpoint_dir)
-  _check_mlm_activation(model, family)
+  table = _check_config(model, checkpoint_dir)
   shapes = _abstract_params(model)
-  names = _hf_names(shapes, family)
+  names = _hf_names(shapes, table)
   under = lambda path, subtree: '/'.join(path).startswith(subtree.rstrip('/') + '/')
   is_fresh = lambda path: any(under(path, subtree) for subtree in fresh)
   for subtree in fresh:
     if not any(under(path, subtree) for path in names):
       raise ValueError(f'fresh={fresh!r}: {subtree!r} names no parameter subtree of the model.')
-  tensors = read_tensors(checkpoint_dir, family)
+  tensors = read_tensors(checkpoint_dir, table.model_type)
 
   wanted = {path: name for path, name in names.items() if not is_fresh(path)}
   missing = [f'{name} (ours: {"/".join(path)})' for path, name in wanted.items()
@@ -300,12 +355,12 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
     raise ValueError(f'{checkpoint_dir} lacks {len(missing)} tensors the model needs: {missing}. '
                      "If a head is new, name it in fresh=(...), e.g. fresh=('classifier',).")
   used = set(wanted.values())
-  for tied, partner in _TIED.items():
+  for tied, partner in table.tied.items():
     if tied in tensors and partner in used and not np.array_equal(tensors[tied], tensors[partner]):
       raise ValueError(f'{checkpoint_dir}: {tied} differs from {partner}; untied MLM decoders '
                        'are not supported.')
   unused = sorted(set(tensors) - used)
-  unknown = [name for name in unused if not any(re.fullmatch(p, name) for p in SKIPPABLE)]
+  unknown = [name for name in unused if not any(re.fullmatch(p, name) for p in table.skippable)]
   if unknown:
     raise ValueError(f'{checkpoint_dir} has tensors that map to no parameter of '
                      f'{type(model).__name__}: {unknown}.')
@@ -335,40 +390,43 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
 
 def architecture(model: nn.Module, family: str) -> tuple[str, str]:
   """(HF architecture class, tensor-name prefix) that holds exactly `model`'s parameters."""
-  _check_no_projection(model.config)
-  _check_mlm_activation(model, family)
-  name = 'Bert' if family == 'bert' else 'Roberta'
+  table = table_of(family)
+  _check_family(model, table)
+  name, prefix = table.class_prefix, table.model_type
   if isinstance(model, bert.Encoder):
     if not model.add_pooler:
       raise ValueError(f'{name}Model has a pooler: export an Encoder(add_pooler=True), or the '
                        'EncoderForPreTraining around it (-> ForMaskedLM).')
     return f'{name}Model', ''
   if isinstance(model, bert.EncoderForPreTraining):
-    if model.sentence_head and family != 'bert':
-      raise ValueError('Only BERT has an NSP head in transformers (BertForPreTraining).')
-    return (f'{name}ForPreTraining' if model.sentence_head else f'{name}ForMaskedLM'), family
+    if not model.sentence_head:
+      return f'{name}ForMaskedLM', prefix
+    if table.pretraining_heads is None:
+      raise ValueError(f'{name} has no sentence-level pretraining head in transformers.')
+    return f'{name}{table.pretraining_heads}', prefix
   if isinstance(model, bert.EncoderForSequenceClassification):
-    if model.pooling != 'cls' or family != 'bert':
-      raise ValueError('Only BERT sequence classification with pooling="cls" matches a '
-                       'transformers class (BertForSequenceClassification).')
-    return f'{name}ForSequenceClassification', family
+    if model.pooling != 'cls' or not table.sequence_classification:
+      raise ValueError(f'{name} sequence classification with pooling={model.pooling!r} matches '
+                       'no transformers class (BERT and ALBERT with pooling="cls" do).')
+    return f'{name}ForSequenceClassification', prefix
   if isinstance(model, bert.EncoderForTokenClassification):
-    return f'{name}ForTokenClassification', family
+    return f'{name}ForTokenClassification', prefix
   if isinstance(model, bert.EncoderForQuestionAnswering):
-    return f'{name}ForQuestionAnswering', family
+    return f'{name}ForQuestionAnswering', prefix
   raise ValueError(f'No transformers architecture for {type(model).__name__}.')
 
 
 def hf_config(model: nn.Module, family: str) -> dict:
   """The `config.json` contents for `model` in transformers' layout."""
+  table = table_of(family)
   c = model.config
-  if c.position_offset != (c.pad_token_id + 1 if family == 'roberta' else 0):
+  if c.position_offset != table.position_offset(c.pad_token_id):
     raise ConfigError(f'model.position_offset={c.position_offset}: transformers {family} needs '
-                      f'{c.pad_token_id + 1 if family == "roberta" else 0}.')
+                      f'{table.position_offset(c.pad_token_id)}.')
   arch, _ = architecture(model, family)
-  fields = {key: getattr(c, ours) for key, ours in CONFIG_KEYS.items()}
-  fields.update(architectures=[arch], model_type=family, position_embedding_type='absolute',
-                tie_word_embeddings=True)
+  fields = table.write_fields(c)
+  fields.update(architectures=[arch], model_type=table.model_type,
+                position_embedding_type='absolute', tie_word_embeddings=True)
   if hasattr(model, 'num_labels'):
     fields['id2label'] = {str(i): f'LABEL_{i}' for i in range(model.num_labels)}
     fields['label2id'] = {f'LABEL_{i}': i for i in range(model.num_labels)}
@@ -380,14 +438,13 @@ def save_checkpoint(out_dir: str, model: nn.Module, params: dict, *, family: str
 
   As transformers' own `save_pretrained`, the tied decoder weights are left out.
   """
-  if family not in FAMILIES:
-    raise ValueError(f'family={family!r}: choose one of {FAMILIES}.')
+  table = table_of(family)
   if model.config.scan_layers:
     return save_checkpoint(out_dir, unrolled(model), unroll_layers(nn.unbox(params)), family=family)
   arch, prefix = architecture(model, family)
   config = hf_config(model, family)
   params = nn.unbox(params)
-  names = _hf_names(params, family, f'{prefix}.' if prefix else '')
+  names = _hf_names(params, table, f'{prefix}.' if prefix else '')
   tensors = {names[path]: to_hf(jax.device_get(param), path)
              for path, param in flax.traverse_util.flatten_dict(params).items()}
   os.makedirs(out_dir, exist_ok=True)

@@ -11,8 +11,7 @@ import transformers
 
 from encoders import bert, electra_interop
 from encoders.config import ConfigError, EncoderConfig
-from encoders.electra import ElectraConfig, ElectraPair
-from training import finetune_init
+from encoders.electra import ElectraConfig, ElectraPair, discriminator_as_encoder
 
 BOUND = 1e-4
 HF_FIELDS = dict(vocab_size=60, embedding_size=24, max_position_embeddings=32,
@@ -111,7 +110,7 @@ def test_discriminator_as_a_bert_encoder_matches_transformers(hf_pair, record_fi
   discriminator, _, directories = hf_pair
   model_config = electra_interop.read_model_config(directories['discriminator'])
   pair = ElectraPair(ElectraConfig.from_config(model_config))
-  params = finetune_init.electra_discriminator(
+  params = discriminator_as_encoder(
       electra_interop.load_params(pair, discriminator_dir=directories['discriminator']))
   encoder = bert.Encoder(EncoderConfig.from_config(model_config))
   input_ids, attention_mask, token_type_ids = padded_batch()

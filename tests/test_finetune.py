@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from configs import finetune as finetune_configs
 from data import finetune_data
 from data import tokenizer as tokenizer_lib
+from encoders import electra
 from encoders.config import EncoderConfig
 from training import checkpointing, finetune, finetune_init, finetune_metrics, trainer
 from tests import training_util
@@ -267,10 +268,10 @@ def test_electra_discriminator_becomes_the_encoder():
   stack = {'layer_0': {'w': np.ones(2)}}
   params = {'embeddings': {'e': np.zeros(2)}, 'generator_encoder': {'layers': {}},
             'discriminator_encoder': {'layers': stack}, 'discriminator_predictions': {}}
-  assert finetune_init.electra_discriminator(params) == {
+  assert electra.discriminator_as_encoder(params) == {
       'encoder': {'embeddings': {'e': params['embeddings']['e']}, 'layers': stack}}
   params['discriminator_encoder']['embeddings_project'] = project = {'kernel': np.ones((2, 4))}
-  assert finetune_init.electra_discriminator(params)['encoder']['embeddings_project'] is project
+  assert electra.discriminator_as_encoder(params)['encoder']['embeddings_project'] is project
 
 
 def test_bad_init_from_is_named(minilm_dir, tmp_path):

@@ -68,8 +68,9 @@ class ReplacedTokenDetection:
     self.temperature = temperature
 
   @classmethod
-  def from_config(cls, config) -> 'ReplacedTokenDetection':
+  def from_config(cls, config, sentence_head: bool = False) -> 'ReplacedTokenDetection':
     """From a run config (`configs/electra.py`); bad values raise naming the field."""
+    del sentence_head  # The input format is checked below: ELECTRA has no sentence loss.
     model = config.model
     if model.rtd_weight < 0:
       raise ConfigError(f'config.model.rtd_weight={model.rtd_weight}: must be >= 0.')
@@ -122,8 +123,6 @@ class ReplacedTokenDetection:
     total = 0.0
     for network in (c.generator, c.discriminator):
       total += flops.flops_per_sequence(network, seq_length, 0, sentence_head=False)
-      if network.hidden_size != c.embedding_size:  # embeddings_project
-        total += 6 * seq_length * c.embedding_size * network.hidden_size
     vocab = c.discriminator.vocab_size
     generator_head = c.generator.hidden_size * c.embedding_size + c.embedding_size * vocab
     discriminator_head = c.discriminator.hidden_size * (c.discriminator.hidden_size + 1)

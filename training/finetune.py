@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -22,7 +23,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data import finetune_data
-from encoders import bert
+from encoders import bert, families
 from encoders.config import ConfigError, EncoderConfig
 from training import checkpointing, finetune_init, finetune_metrics, metrics, optimizer, sharding
 from training import state as state_lib
@@ -33,43 +34,44 @@ TARGETS = {'classification': ('label',), 'token_classification': ('labels', 'lab
 SELECTION_METRIC = {'classification': 'accuracy', 'token_classification': 'entity_f1', 'qa': 'f1'}
 
 
-def make_model(kind: str, model_config: EncoderConfig, num_labels: int | None, pooling: str):
-  if kind == 'classification':
-    return bert.EncoderForSequenceClassification(model_config, num_labels, pooling)
-  if kind == 'token_classification':
-    return bert.EncoderForTokenClassification(model_config, num_labels)
-  return bert.EncoderForQuestionAnswering(model_config)
+def make_model(kind: str, model_config: EncoderConfig, num_labels: int | None, pooling: str,
+               family: str = 'bert'):
+  """The task model of `kind` from `family`'s modules (encoders/families.py)."""
+  return families.get(family).task_model(kind, model_config, num_labels, pooling)
 
 
-def layer_depths(params, num_layers: int):
-  """Depth per parameter: embeddings (and their projection) 0, layer i i + 1, the rest num_layers + 1.
+def layer_depths(params, num_layers: int, depth_of: Callable):
+  """Depth per parameter: embeddings (and their projection) 0, layers 1..num_layers, the rest num_layers + 1.
 
-  Scanned stacks (`layers/stacked/...`, [num_layers, ...]) get one depth per slice, as an
-  int array shaped to broadcast against the parameter.
+  `depth_of(names, value)` is the family's rule for its stack (`layer_depth` in
+  encoders/<family>.py); it returns None outside the stack. Scanned stacks get one depth
+  per slice, as an int array shaped to broadcast against the parameter.
   """
   def depth(path, value):
     names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
     if names[:2] in (['encoder', 'embeddings'], ['encoder', 'embeddings_project']):
       return 0  # ELECTRA's released code also puts embeddings_project at depth 0.
-    if names[:2] == ['encoder', 'layers']:
-      if names[2] == 'stacked':
-        return np.arange(1, num_layers + 1).reshape((num_layers,) + (1,) * (np.ndim(value) - 1))
-      return int(names[2].removeprefix('layer_')) + 1
-    return num_layers + 1
+    layer = depth_of(names, value)
+    return num_layers + 1 if layer is None else layer
   return jax.tree_util.tree_map_with_path(depth, params)
 
 
-def make_optimizer(opt_config, num_steps: int, num_layers: int):
-  """training/optimizer.py's optimizer, its updates scaled by layer_decay^(depth from the top)."""
+def make_optimizer(opt_config, num_steps: int, num_layers: int, depth_of: Callable | None = None):
+  """training/optimizer.py's optimizer, its updates scaled by layer_decay^(depth from the top).
+
+  `depth_of` defaults to BERT's layout (`layer_{i}` is at depth i + 1).
+  """
   tx, schedule = optimizer.make_optimizer(opt_config, num_steps)
   decay = opt_config.layer_decay
   if decay == 1.0:
     return tx, schedule
   if not 0.0 < decay <= 1.0:
     raise ConfigError(f'config.optimizer.layer_decay={decay}: must be in (0, 1].')
+  if depth_of is None:
+    depth_of = functools.partial(bert.layer_depth, config=EncoderConfig(num_layers=num_layers))
 
   def scale_by_depth(updates, params):
-    depths = layer_depths(params, num_layers)
+    depths = layer_depths(params, num_layers, depth_of)
     return jax.tree.map(lambda u, d: u * decay ** (num_layers + 1 - np.asarray(d)).astype(u.dtype),
                         updates, depths)
   return optax.chain(tx, optax.stateless(scale_by_depth)), schedule
@@ -204,7 +206,8 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   rules = sharding.rules(config.mesh)
   _validate(config, mesh)
   source = finetune_init.resolve(config, workdir)
-  model_config = EncoderConfig.from_config(source.model_config)
+  family = families.finetuning(families.get(source.model_config.get('family', 'bert')))
+  model_config = family.model_config(source.model_config)
   if task is None:
     task = finetune_data.build_task(config, source.tokenizer, model_config.type_vocab_size > 1)
   length = task.splits['train'].rows['input_ids'].shape[1]
@@ -212,7 +215,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
     raise ConfigError(f'config.data.max_length={length} exceeds the model\'s '
                       f'{model_config.max_position_embeddings} positions.')
   num_labels = len(task.label_names) if task.label_names else None
-  model = make_model(task.kind, model_config, num_labels, config.head.pooling)
+  model = family.task_model(task.kind, model_config, num_labels, config.head.pooling)
   train_rows = task.splits['train'].rows
   weights_per_class = jnp.asarray(class_weights(train_rows['label'], num_labels, config.head.class_weights)
                                   if task.kind == 'classification' else np.ones(1, np.float32))
@@ -225,7 +228,8 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   opt_config = config.optimizer.copy_and_resolve_references()
   with opt_config.unlocked():
     opt_config.warmup_steps = int(opt_config.warmup_fraction * num_steps)
-  tx, schedule = make_optimizer(opt_config, num_steps, model_config.num_layers)
+  tx, schedule = make_optimizer(opt_config, num_steps, model_config.num_layers,
+                                 functools.partial(family.models.layer_depth, config=model_config))
 
   state, state_shardings, new = _initial_state(model, source, config, tx, train_rows, mesh, rules)
   logging.info('Fine-tuning %s from %s (%s); new: %s', task.kind, source.kind, source.path, new)

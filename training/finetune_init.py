@@ -1,7 +1,7 @@
 """Where a fine-tuned encoder starts: our pretraining workdir, an HF checkpoint, or random init.
 
-`resolve(config, workdir)` finds the architecture and tokenizer (ELECTRA workdirs give their
-discriminator); `initial_params(...)` fills
+`resolve(config, workdir)` finds the architecture and tokenizer (a family's registry entry
+says which encoder a workdir gives: ELECTRA's, its discriminator); `initial_params(...)` fills
 the task model's parameters: every encoder weight comes from the source (only BERT's pooler
 may be new, when pretraining had no NSP head), the task head is always new.
 """
@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 
 import flax
 import jax
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from data import tokenizer as tokenizer_lib
-from encoders import hf_interop
+from encoders import families, hf_interop
 from training import checkpointing
 
 POOLER = ('encoder', 'pooler')
@@ -62,35 +63,18 @@ def resolve(config, workdir: str) -> Source:
   if os.path.isdir(checkpointing.checkpoint_dir(path)):
     manager, step = _pretraining_checkpoint(path)
     pretrain_config = checkpointing.restore_config(manager, step)
-    family = pretrain_config.model.get('family', 'bert')
-    if family not in hf_interop.FAMILIES + ('electra',):
-      raise ValueError(f'config.init_from={path!r} is a {family} model; fine-tuning supports '
-                       f'{hf_interop.FAMILIES + ("electra",)}.')
+    family = families.of_config(pretrain_config)
     state, _ = checkpointing.restore(manager, step, None, with_data=False)
     manager.close()
     params = jax.tree.map(np.asarray, state['params'])
-    if family == 'electra':
-      params = electra_discriminator(params)
+    if family.finetune_params:  # E.g. ELECTRA's discriminator, as a BERT encoder.
+      params = families.resolve(family.finetune_params)(params)
     tokenizer = tokenizer_lib.get_tokenizer(pretrain_config.data, path)
     logging.info('Fine-tuning from %s step %d.', path, step)
     return Source('workdir', path, pretrain_config.model, tokenizer, params)
   raise ValueError(f'config.init_from={init_from!r} is neither an HF checkpoint directory '
                    '(config.json + model.safetensors) nor a pretraining workdir (checkpoints/), '
                    "nor 'none'.")
-
-
-def electra_discriminator(params: dict) -> dict:
-  """ELECTRA pair params -> {'encoder': ...} of the discriminator as a BERT encoder.
-
-  The discriminator is a BERT encoder over the shared embeddings, with its
-  `embeddings_project` when the embeddings are narrower than hidden (ELECTRA small:
-  128 -> 256); `EncoderConfig.from_config(model_config)` builds that encoder, since
-  config.model carries embedding_size.
-  """
-  discriminator = params['discriminator_encoder']
-  return {'encoder': {'embeddings': params['embeddings'],
-                      **{name: discriminator[name] for name in ('embeddings_project', 'layers')
-                         if name in discriminator}}}
 
 
 def _hf_tensor_names(path: str) -> set[str]:
@@ -118,7 +102,7 @@ def initial_params(source: Source, model, fresh_params: dict, rng: jax.Array,
   if source.kind == 'hf':
     names = _hf_tensor_names(source.path)
     new = list(heads)
-    if has_pooler and not any(n.endswith('pooler.dense.weight') for n in names):
+    if has_pooler and not any(re.search(r'pooler(\.dense)?\.weight$', n) for n in names):
       new.append('/'.join(POOLER))
     return hf_interop.load_params(source.path, model, fresh=tuple(new), rng=rng), new
   pretrained = flax.traverse_util.flatten_dict(source.pretrained)

@@ -31,10 +31,13 @@ PEAK_FLOPS = (
 def flops_per_sequence(model: EncoderConfig, seq_length: int, num_predictions: int,
                        sentence_head: bool) -> float:
   """Training FLOPs (forward + backward) for one sequence of `seq_length` tokens."""
-  h, L = model.hidden_size, seq_length
+  h, L, e = model.hidden_size, seq_length, model.embedding.hidden_size
+  layers = model.layers_run  # ALBERT runs inner_group_num layers per layer.
   layer_weights = 4 * h * h + 2 * h * model.intermediate_size  # Q, K, V, O; MLP in and out.
-  per_token = 6 * model.num_layers * layer_weights + 12 * model.num_layers * L * h
-  per_prediction = 6 * (h * h + h * model.vocab_size)  # MLM transform + tied decoder.
+  per_token = 6 * layers * layer_weights + 12 * layers * L * h
+  if model.projects_embeddings:
+    per_token += 6 * e * h  # embeddings_project: embedding width -> hidden.
+  per_prediction = 6 * (h * e + e * model.vocab_size)  # MLM transform + tied decoder (width e).
   sentence = 6 * (h * h + 2 * h) if sentence_head else 0  # Pooler + classifier, once per row.
   return float(L * per_token + num_predictions * per_prediction + sentence)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from encoders import families
 from encoders.bert import EncoderForPreTraining
 from encoders.config import EncoderConfig
 from training import flops
@@ -53,13 +54,23 @@ def sentence_terms(logits, labels, denominator) -> tuple[jax.Array, Metrics]:
 
 
 class MaskedLanguageModeling:
-  """BERT pretraining: sparse MLM, plus NSP/SOP when the batches carry `nsp_labels`."""
+  """BERT pretraining: sparse MLM, plus NSP/SOP when the batches carry `nsp_labels`.
+
+  `model_class` is a family's EncoderForPreTraining (BERT's, ALBERT's, ...).
+  """
 
   def __init__(self, model_config: EncoderConfig, sentence_head: bool,
-               sentence_loss_weight: float = 1.0):
-    self.model = EncoderForPreTraining(model_config, sentence_head=sentence_head)
+               sentence_loss_weight: float = 1.0, model_class=EncoderForPreTraining):
+    self.model = model_class(model_config, sentence_head=sentence_head)
     self.sentence_head = sentence_head
     self.sentence_loss_weight = sentence_loss_weight
+
+  @classmethod
+  def from_config(cls, config, sentence_head: bool) -> 'MaskedLanguageModeling':
+    """The run config's family's pretraining model under this loss."""
+    family = families.of_config(config)
+    return cls(family.model_config(config.model), sentence_head,
+               config.train.sentence_loss_weight, family.models.EncoderForPreTraining)
 
   def apply(self, params, batch, rng=None, deterministic: bool = True) -> dict[str, jax.Array]:
     return self.model.apply(
@@ -96,9 +107,5 @@ class MaskedLanguageModeling:
 
 
 def make_objective(config, sentence_head: bool):
-  """The objective for `config` (the model family's pretraining loss)."""
-  if config.model.family == 'electra':
-    from training.electra_objective import ReplacedTokenDetection  # pylint: disable=g-import-not-at-top
-    return ReplacedTokenDetection.from_config(config)
-  return MaskedLanguageModeling(EncoderConfig.from_config(config.model), sentence_head,
-                                config.train.sentence_loss_weight)
+  """The pretraining objective of `config.model.family` (encoders/families.py)."""
+  return families.of_config(config).make_objective(config, sentence_head)
