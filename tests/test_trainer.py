@@ -216,3 +216,27 @@ def test_eval_data_unknown_field_names_it():
   config.eval_data = {'mask_rte': 0.15}
   with pytest.raises(ConfigError, match=r'config\.eval_data\.mask_rte'):
     trainer.validate_config(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+
+
+def test_validation_split_smaller_than_a_batch_stops_at_start(tmp_path):
+  """A text_files corpus whose validation split is one short paragraph: one row of 32 tokens."""
+  from data import corpus  # pylint: disable=g-import-not-at-top
+  articles = [a['extract'].replace('\n\n', '\n')
+              for a in list(corpus.wiki_offline_articles('en').values())[:40]]
+  split = [corpus.split_of(f'corpus.txt#{i}') for i in range(len(articles))]
+  assert split.count('validation') == 1  # Paragraph i is the document 'corpus.txt#i'.
+  paragraphs = ['A short paragraph.' if s == 'validation' else a for s, a in zip(split, articles)]
+  (tmp_path / 'corpus.txt').write_text('\n\n'.join(paragraphs))
+  config = training_util.tiny_config(train__synthetic_data=False, train__num_steps=2,
+                                     data__input_format='full_sentences', model__vocab_size=512)
+  config.data.update(dataset='text_files', text_files=str(tmp_path / 'corpus.txt'), vocab_size=512,
+                     text_files_split_by='paragraph', data_dir=str(tmp_path / 'tfds'))
+  workdir = str(tmp_path / 'work')
+  with pytest.raises(ConfigError, match=r"eval_split='validation'.* gives 1 row of 32 tokens, "
+                     r'fewer than one validation batch of config\.train\.batch_size=8 rows'):
+    trainer.train_and_evaluate(config, workdir)
+  assert checkpointing.make_manager(workdir, read_only=True).latest_step() is None
+  assert not (tmp_path / 'work' / 'metrics.jsonl').exists()  # Stopped before step 0's validation.
+  config.train.batch_size = 1  # The one row is a whole batch.
+  _, make_eval_iterator = trainer.make_iterators(config, workdir, False)
+  assert [b['input_ids'].shape for b in make_eval_iterator()] == [(1, 32)]

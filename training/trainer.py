@@ -9,6 +9,7 @@ computes exactly the losses of an uninterrupted one.
 """
 import dataclasses
 import functools
+import itertools
 import logging
 import signal
 import time
@@ -200,8 +201,39 @@ def make_iterators(config, workdir: str, sentence_head: bool):
                       f'{tokenizer.vocab_size} (and config.data.vocab_size).')
   make = functools.partial(pipeline.make_pretraining_iterator, tokenizer=tokenizer,
                            process_index=index, process_count=count)
+  check_eval_split(validation, make)
   return (make(config, split=config.data.train_split),
           lambda: make(validation, split=validation.data.eval_split, num_epochs=1))
+
+
+def check_eval_split(validation: ml_collections.ConfigDict, make: Callable) -> None:
+  """Raises ConfigError, before training, when the validation split does not fill one batch.
+
+  The eval iterator drops a last partial batch, so such a split gives no batch at all.
+  `make(config, split=..., num_epochs=...)` is this process's iterator; its rows are counted
+  one per process (a batch of config.train.batch_size = process count), up to one batch.
+  """
+  count = jax.process_count()
+  needed = validation.train.batch_size // count  # Rows of one eval batch on each process.
+  one_row = ml_collections.ConfigDict(validation.to_dict())
+  one_row.train.batch_size = count
+  one_row.data.update(num_workers=0, prefetch=0)
+  rows = sum(1 for _ in itertools.islice(
+      make(one_row, split=validation.data.eval_split, num_epochs=1), needed))
+  if count > 1:  # All processes raise, or none.
+    rows = int(np.min(multihost_utils.process_allgather(np.int32(rows))))
+  if rows < needed:
+    data = validation.data
+    where = ' per process' if count > 1 else ''
+    raise ConfigError(
+        f'The validation split (config.data.eval_split={data.eval_split!r} of {data.dataset!r}) '
+        f'gives {rows} row{"" if rows == 1 else "s"} of {data.seq_length} tokens{where}, '
+        f'fewer than one validation batch of config.train.batch_size={validation.train.batch_size} '
+        f'rows{f" ({needed} per process)" if count > 1 else ""}. Validation batches have the '
+        'training batch size: add text (text_files and wiki_offline put about 5% '
+        'of the documents in validation, by a hash of their title), lower '
+        'config.train.batch_size, or validate on a larger split with '
+        '--config.eval_data.eval_split.')
 
 
 def _check_batch(batch: dict, expected: dict) -> None:
@@ -219,6 +251,8 @@ def evaluate(eval_fn, params, make_eval_iterator, num_batches: int, mesh) -> dic
   total = None
   for _, batch in zip(range(num_batches), make_eval_iterator()):
     total = metrics.add_sums(total, jax.device_get(eval_fn(params, sharding.global_batch(batch, mesh))))
+  if total is None:  # check_eval_split stops such runs at start.
+    raise ValueError('The validation split gave no batch (see check_eval_split).')
   result = metrics.summarize(total)
   result['mlm_perplexity'] = float(np.exp(result['mlm_loss']))
   return result
