@@ -64,7 +64,7 @@ def _numpy_reference(params, grads_per_step, opt, schedule, mask, lamb):
       u = (m[k] / (1 - opt.b1 ** t)) / (np.sqrt(v[k] / (1 - opt.b2 ** t)) + opt.eps)
       if mask[k]:
         u = u + opt.weight_decay * p[k]
-      if lamb and mask[k]:  # BERT's exclude_from_layer_adaptation: no trust ratio on biases / LayerNorm.
+      if lamb and mask[k]:  # BERT's exclude_from_layer_adaptation: biases, LayerNorm.
         p_norm, u_norm = np.linalg.norm(p[k]), np.linalg.norm(u)
         u = u * (p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0)
       p[k] = p[k] - lr * u
