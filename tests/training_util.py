@@ -46,9 +46,10 @@ def env(num_devices: int = 1) -> dict[str, str]:
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 
-def pretrain(workdir: str, *extra: str, num_devices: int = 1, **overrides) -> subprocess.Popen:
-  """Starts `python -m experiments.pretrain --config configs/bert.py:tiny` in a subprocess."""
-  command = [sys.executable, '-m', 'experiments.pretrain', '--config', 'configs/bert.py:tiny',
+def pretrain(workdir: str, *extra: str, num_devices: int = 1, config: str = 'configs/bert.py:tiny',
+             **overrides) -> subprocess.Popen:
+  """Starts `python -m experiments.pretrain --config <config>` (TINY's overrides) in a subprocess."""
+  command = [sys.executable, '-m', 'experiments.pretrain', '--config', config,
              '--workdir', workdir, *flags(**overrides), *extra]
   return subprocess.Popen(command, cwd=ROOT, env=env(num_devices), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
