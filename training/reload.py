@@ -1,4 +1,5 @@
-"""Reload a trained workdir for analysis: `load_workdir(workdir, step=None) -> (config, model, params)`.
+"""Reload a trained workdir for analysis: `load_workdir(workdir, step=None) -> (config, model, params)`,
+and `encode_texts(config, workdir, texts)` -> the model's inputs, with the workdir's tokenizer.
 
 The parameters are restored onto this host's local devices (sharded over them along
 the fsdp axis by the run's logical-axis rules), whatever mesh wrote the checkpoint.
@@ -6,6 +7,8 @@ the fsdp axis by the run's logical-axis rules), whatever mesh wrote the checkpoi
 import jax
 import ml_collections
 import numpy as np
+
+from data import tokenizer as tokenizer_lib
 
 from training import checkpointing, objectives, optimizer, sharding, trainer
 from training import state as state_lib
@@ -34,3 +37,24 @@ def load_workdir(workdir: str, step: int | None = None):
   state, _ = checkpointing.restore(manager, step, abstract_state, with_data=False)
   manager.close()
   return config, objective.model, state.params
+
+
+def encode_texts(config, workdir: str, texts: list[str], max_length: int | None = None) -> dict:
+  """Texts -> the batch contract's arrays (int32 [len(texts), length]) for `model.apply(**batch)`.
+
+  Each row is [CLS] text [SEP], truncated to `max_length` (default: the run's seq_length)
+  and right-padded; `segment_ids` is 1 on the text and 0 on padding, positions count from 0.
+  """
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
+  max_length = max_length or config.data.seq_length
+  rows = [[tokenizer.cls_id, *ids[:max_length - 2].tolist(), tokenizer.sep_id]
+          for ids, _ in tokenizer.encode_batch(list(texts))]
+  length = max(map(len, rows))
+  input_ids = np.full((len(rows), length), tokenizer.pad_id, np.int32)
+  segment_ids = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    input_ids[i, :len(row)] = row
+    segment_ids[i, :len(row)] = 1
+  position_ids = (np.arange(length, dtype=np.int32)[None] * segment_ids).astype(np.int32)
+  return dict(input_ids=input_ids, segment_ids=segment_ids, position_ids=position_ids,
+              token_type_ids=np.zeros_like(input_ids))
