@@ -247,3 +247,29 @@ def test_exported_config_reads_back(tmp_path):
   assert flax.traverse_util.flatten_dict(random_params(model)).keys() == \
       flax.traverse_util.flatten_dict(hf_interop.load_params(
           str(tmp_path), albert.EncoderForPreTraining(read, sentence_head=True))).keys()
+
+
+@pytest.mark.parametrize('variant', [dict(remat_policy='full'), dict(remat_policy='dots'),
+                                     dict(dtype='bfloat16')])
+def test_remat_and_bf16_keep_the_loss_and_gradients(variant):
+  config = albert.AlbertConfig(vocab_size=99, hidden_size=32, embedding_size=16, num_layers=3,
+                               num_heads=4, intermediate_size=37, num_hidden_groups=2,
+                               inner_group_num=2, hidden_dropout_rate=0.0,
+                               attention_dropout_rate=0.0)
+  ids = np.random.default_rng(0).integers(5, 99, (2, 12)).astype(np.int32)
+
+  def loss_and_grads(c):
+    model = albert.EncoderForPreTraining(c, sentence_head=True)
+    params = random_params(albert.EncoderForPreTraining(config, sentence_head=True))
+    loss = lambda p: jax.numpy.mean(model.apply({'params': p}, ids)['mlm_logits'] ** 2)
+    return jax.value_and_grad(loss)(params)
+
+  loss, grads = loss_and_grads(config)
+  other_loss, other_grads = loss_and_grads(dataclasses.replace(config, **variant))
+  tol = 2e-2 if 'dtype' in variant else 1e-5
+  assert float(other_loss) == pytest.approx(float(loss), rel=tol)
+  flat, other = jax.tree.leaves(grads), jax.tree.leaves(other_grads)
+  norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in flat))
+  diff = np.sqrt(sum(float(np.sum(np.square(a - b))) for a, b in zip(flat, other)))
+  assert diff / norm < tol * 3, diff / norm
+  assert all(g.dtype == np.float32 for g in other)  # f32 parameters keep f32 gradients.
