@@ -17,8 +17,7 @@ import tokenizers
 from absl import app, flags
 
 from data import corpus
-from encoders import bert, hf_interop
-from encoders.config import EncoderConfig
+from encoders import families, hf_interop
 from encoders.heads import pool
 
 DEFAULT_QUERIES = (
@@ -57,8 +56,9 @@ class Embedder:
   """Mean-pooled, L2-normalised sentence embeddings; one compiled shape per length bucket."""
 
   def __init__(self, checkpoint_dir: str, max_length: int, batch_size: int):
-    config = EncoderConfig.from_config(hf_interop.read_model_config(checkpoint_dir))
-    self.model = bert.Encoder(config)
+    model_config = hf_interop.read_model_config(checkpoint_dir)
+    family = families.get(model_config.family)  # BERT, RoBERTa or ALBERT, by its config.json.
+    self.model = family.models.Encoder(family.model_config(model_config))
     self.params = hf_interop.load_params(checkpoint_dir, self.model)
     self.tokenizer = load_tokenizer(checkpoint_dir, max_length)
     self.buckets = sorted({b for b in (32, 64, max_length) if b <= max_length})
