@@ -50,6 +50,7 @@ class Ablation:
   module: str | None = None  # The script, for --mode=subprocess/print; None: experiments.ablate_<name>.
   # (scale, base, out, seeds) -> path of a plot of its own, drawn after the report; None: none.
   extra_plot: Callable[[str, ml_collections.ConfigDict, str, list[int]], str] | None = None
+  smoke_cells: int = 2  # Cells a smoke run runs (the first ones; more when cells differ in kind).
 
 
 def pretrain_config(scale: str) -> ml_collections.ConfigDict:
@@ -193,7 +194,7 @@ def main(ablation: Ablation) -> str:
   cells = ablation.cells(scale, base)
   seeds = list(range(f.seeds))
   if scale == 'smoke':
-    cells, seeds = cells[:2], [0]
+    cells, seeds = cells[:ablation.smoke_cells], [0]
   if f.cell is not None:
     cells = [c for c in cells if c.name == f.cell] or _unknown_cell(f.cell, ablation.cells(scale, base))
     seeds = seeds if f.seed is None else [f.seed]

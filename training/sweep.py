@@ -35,6 +35,8 @@ class Cell:
   name: str  # Shown in tables; also names the result files.
   overrides: dict  # {'section.field': value} applied to the base config.
   paper: dict = dataclasses.field(default_factory=dict)  # {column: the paper's reported value}.
+  # {column: value} known before any run (e.g. the parameter count), shown after the name.
+  info: dict = dataclasses.field(default_factory=dict)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
@@ -149,16 +151,18 @@ def write_csv(records: list[dict], path: str) -> None:
 
 def markdown_table(cells: list[Cell], summary: dict, metrics, title: str, paper: str) -> str:
   """Ours (mean ± std over seeds) beside the paper's numbers for each cell."""
+  info_columns = list(dict.fromkeys(k for cell in cells for k in cell.info))
   paper_columns = list(dict.fromkeys(k for cell in cells for k in cell.paper))
-  header = ['cell', *metrics, 'seeds', *(f'paper: {c}' for c in paper_columns)]
+  header = ['cell', *info_columns, *metrics, 'seeds', *(f'paper: {c}' for c in paper_columns)]
   lines = [f'### {title}', '', f'Paper numbers: {paper}.', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for cell in cells:
     stats = summary.get(cell.name, {})
     ours = [f'{stats[m][0]:.4f} ± {stats[m][1]:.4f}' if m in stats else '—' for m in metrics]
     seeds = max((s[2] for s in stats.values()), default=0)
+    info = [str(cell.info.get(c, '—')) for c in info_columns]
     reported = [str(cell.paper.get(c, '—')) for c in paper_columns]
-    lines.append('| ' + ' | '.join([cell.name, *ours, str(seeds), *reported]) + ' |')
+    lines.append('| ' + ' | '.join([cell.name, *info, *ours, str(seeds), *reported]) + ' |')
   return '\n'.join(lines) + '\n'
 
 
