@@ -1,9 +1,9 @@
 """Fine-tunes an encoder on a labelled task; see configs/finetune.py for the commands.
 
-  python -m experiments.finetune --config configs/finetune.py:topic --workdir DIR \
+  python -m experiments.finetune --config configs/finetune.py:topic_tiny --workdir DIR \
       --config.init_from=<pretraining workdir | HF checkpoint dir | none>
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from training import finetune
@@ -15,6 +15,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:  # Quiet by default (orbax logs each save); -v 0 shows all.
+    logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   result = finetune.finetune(flags.FLAGS.config, flags.FLAGS.workdir)

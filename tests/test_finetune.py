@@ -1,7 +1,11 @@
 """Fine-tuning: metrics against hand-computed references, layer-wise lr decay, every head end to end,
 and initialisation from our pretraining workdir and from the HF MiniLM checkpoint (the
 fine-tuning run of MiniLM itself is the measured acceptance run, too slow for a unit test)."""
+import json
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import flax.linen as nn
@@ -11,11 +15,13 @@ import pytest
 from safetensors.numpy import load_file
 
 from configs import finetune as finetune_configs
+from experiments import compare_inits
 from data import finetune_data
 from data import tokenizer as tokenizer_lib
 from encoders import electra
 from encoders.config import EncoderConfig
-from training import checkpointing, finetune, finetune_init, finetune_metrics, trainer
+from training import checkpointing, finetune, finetune_ablation, finetune_init, finetune_metrics
+from training import sweep, trainer
 from tests import training_util
 
 TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64,
@@ -279,3 +285,54 @@ def test_bad_init_from_is_named(minilm_dir, tmp_path):
   config.init_from = str(tmp_path / 'nothing')
   with pytest.raises(ValueError, match='init_from'):
     finetune.finetune(config, str(tmp_path / 'out'), task=None)
+
+
+# --------------------------------------------------------------------------- the command line
+def test_readme_recipes_are_presets():
+  """`configs/finetune.py:topic_tiny` is the recipe of the README's 0.760 (\"Does pretraining
+  help?\": mean pooling, L=64, lr 1e-3, batch 32, 2 epochs, all records), and `topic_minilm` the
+  same at lr 1e-4; both are what experiments.compare_inits runs on all records."""
+  recipe = dict(task='topic', pooling='mean', max_length=64, batch_size=32, num_epochs=2.0,
+                max_examples=0, max_train_examples=0)
+  for name, learning_rate in (('topic_tiny', 1e-3), ('topic_minilm', 1e-4)):
+    config = finetune_configs.get_config(name)
+    assert dict(task=config.task, pooling=config.head.pooling, max_length=config.data.max_length,
+                batch_size=config.train.batch_size, num_epochs=config.train.num_epochs,
+                max_examples=config.data.max_examples,
+                max_train_examples=config.data.max_train_examples) == recipe, name
+    assert config.optimizer.learning_rate == learning_rate, name
+  # What compare_inits ran for the README's table, n=all (its base, then the cell's overrides).
+  base = finetune_ablation.finetune_config('tiny')
+  base.data.max_examples = 0
+  cells = {c.name: c for c in compare_inits.make_cells('ours', 'hf', [0], 1e-4,
+                                                       base.train.num_epochs, 5000)}
+  for cell, preset in (('pretrained n=all', 'topic_tiny'), ('HF n=all', 'topic_minilm')):
+    ran = sweep.apply_overrides(base, {k: v for k, v in cells[cell].overrides.items()
+                                       if k != 'init_from'})
+    assert ran.to_dict() == finetune_configs.get_config(preset).to_dict(), cell
+  with open(os.path.join(training_util.ROOT, 'README.md')) as f:
+    readme = f.read()
+  assert 'configs/finetune.py:topic_tiny --workdir workdirs/ft_tiny' in readme
+
+
+@pytest.mark.slow
+def test_command_shows_progress_and_no_info_logs(minilm_dir, tmp_path):
+  """experiments.finetune: a tqdm bar up to the last step, the dev lines, and none of orbax's INFO
+  lines (absl's `I1203 ...` format) unless asked for with -v."""
+  workdir = str(tmp_path / 'ft')
+  model = [f'--config.model.{k}={v}' for k, v in TINY_MODEL.items()]
+  command = [sys.executable, '-m', 'experiments.finetune', '--config', 'configs/finetune.py:topic',
+             '--workdir', workdir, '--config.init_from=none', f'--config.data.tokenizer_path={minilm_dir}',
+             '--config.model.vocab_size=30522', '--config.data.max_examples=48',
+             '--config.data.max_length=32', '--config.data.max_windows=1',
+             '--config.train.batch_size=8', '--config.train.num_epochs=0.5', *model]
+  result = subprocess.run(command, cwd=training_util.ROOT, env=training_util.env(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'results.json')) as f:
+    num_steps = json.load(f)['num_steps']
+  output = result.stdout + result.stderr
+  assert f'{num_steps}/{num_steps} [' in output, output[-3000:]
+  assert re.search(rf'step {num_steps}: dev accuracy=', output)
+  assert not re.findall(r'^I\d{4} ', output, flags=re.M), output[-3000:]
+  assert 'test: ' in result.stdout

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data import finetune_data
@@ -244,27 +245,35 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   predict_fn = jax.jit(lambda p, batch: apply_model(model, p, batch),
                        in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
 
-  writer = metrics.MetricWriter(workdir, jax.process_index() == 0)
+  is_main = jax.process_index() == 0
+  writer = metrics.MetricWriter(workdir, is_main)
   selection = SELECTION_METRIC[task.kind]
   order = np.random.default_rng(config.seed)
   stream = np.concatenate([order.permutation(num_train)
                            for _ in range(int(np.ceil(num_steps * batch_size / num_train)))])
   best = dict(score=-np.inf, step=0, params=None, dev={})
   evaluations_without_gain = 0
+  progress = tqdm.tqdm(total=num_steps, unit='step', dynamic_ncols=True,
+                       desc=f'fine-tuning {config.task}',
+                       disable=not (is_main and config.train.get('progress_bar', True)))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # Activation constraints on.
     for step in range(num_steps):
       batch = take(train_rows, stream[step * batch_size:(step + 1) * batch_size])
       state, step_metrics = step_fn(state, sharding.global_batch(batch, mesh))
       done = step + 1
+      progress.update(1)
       if done % config.train.log_every == 0 or done == num_steps:
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if not np.isfinite(values['loss']):
           raise FloatingPointError(f'Non-finite fine-tuning loss at step {done}: lower '
                                    'config.optimizer.learning_rate.')
         writer.write(done, values, 'train')
+        progress.set_postfix(loss=f'{values["loss"]:.3f}', refresh=False)
       if done % eval_every == 0 or done == num_steps:
         dev = evaluate(predict_fn, state.params, task, 'dev', config, mesh)
         writer.write(done, dev, 'dev')
+        if not progress.disable:
+          progress.write(f'step {done}: dev ' + ', '.join(f'{k}={v:.4f}' for k, v in dev.items()))
         if dev[selection] > best['score']:
           best.update(score=dev[selection], step=done, dev=dev,
                       params=jax.device_get(state.params))
@@ -275,6 +284,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
             logging.info('Early stopping at step %d (best dev %s=%.4f at step %d).', done,
                          selection, best['score'], best['step'])
             break
+    progress.close()
     best_params = jax.device_put(best['params'], param_shardings)
     test = evaluate(predict_fn, best_params, task, 'test', config, mesh)
   writer.write(best['step'], test, 'test')
