@@ -16,7 +16,7 @@ import ml_collections
 DEFAULT_RULES = (
     ('batch', ('data', 'fsdp')),
     ('embed', 'fsdp'),
-    ('embed_out', None),  # Square head matrices; 'tensor' here gave wrong MLM-head gradients on a 2x2x2 CPU mesh.
+    ('embed_out', 'tensor'),  # Output side of square hidden->hidden kernels (heads, projections).
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
     ('vocab', 'tensor'),

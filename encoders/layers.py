@@ -158,7 +158,16 @@ def matmul(equation: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
 
 
 class Dense(nn.Module):
-  """nn.Dense's parameters (kernel [in, features], bias [features]), computed by `matmul`."""
+  """nn.Dense's parameters (kernel [in, features], bias [features]), computed by `matmul`.
+
+  A square hidden -> hidden kernel ('embed', 'embed_out') may be split over its output
+  features, but what it computes is a hidden state: its output is laid out as the
+  residual stream ([batch, ..., embed]), not left split over those features. Left to
+  propagation, that split reached the tied decoder, whose vocabulary is split over the
+  same mesh axis, and XLA (jaxlib 0.10.2, CPU, Shardy and GSPMD alike) then computed
+  wrong gradients through the softmax over the vocabulary; the forward pass stayed
+  right (tests/test_sharding.py has the pure-JAX reproduction).
+  """
   config: EncoderConfig
   features: int
   axes: tuple[str | None, str | None]  # Logical axes of the kernel; the bias takes axes[1].
@@ -169,7 +178,10 @@ class Dense(nn.Module):
     kernel = self.param('kernel', normal_init(c, self.axes), (x.shape[-1], self.features),
                         c.storage_dtype)
     bias = self.param('bias', zeros_init(self.axes[1:]), (self.features,), c.storage_dtype)
-    return (matmul('...i,io->...o', x, kernel, c.compute_dtype) + bias).astype(c.compute_dtype)
+    y = (matmul('...i,io->...o', x, kernel, c.compute_dtype) + bias).astype(c.compute_dtype)
+    if self.axes[1] == 'embed_out':
+      y = nn.with_logical_constraint(y, ('batch',) + (None,) * (y.ndim - 2) + ('embed',))
+    return y
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:

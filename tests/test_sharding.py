@@ -21,7 +21,7 @@ PARAM_ATOL = 1e-5
 COMPARABLE = dict(optimizer__eps=1e-2)
 
 # Expected mesh axes per parameter on any mesh, from the rules in configs/training.py
-# (embed->fsdp, vocab/heads/mlp->tensor, embed_out/kv->None) applied by hand to the
+# (embed->fsdp, vocab/heads/mlp/embed_out->tensor, kv->None) applied by hand to the
 # logical axes of encoders/layers.py and heads.py. Trailing Nones dropped.
 EXPECTED_SPECS = (
     (r'word_embeddings/embedding$', ('tensor', 'fsdp')),
@@ -35,11 +35,11 @@ EXPECTED_SPECS = (
     (r'mlp/intermediate/bias$', ('tensor',)),
     (r'mlp/output/kernel$', ('tensor', 'fsdp')),
     (r'mlp/output/bias$', ('fsdp',)),
-    (r'mlm_head/transform/kernel$', ('fsdp',)),
-    (r'mlm_head/transform/bias$', ()),
+    (r'mlm_head/transform/kernel$', ('fsdp', 'tensor')),
+    (r'mlm_head/transform/bias$', ('tensor',)),
     (r'mlm_head/bias$', ('tensor',)),
-    (r'pooler/dense/kernel$', ('fsdp',)),
-    (r'pooler/dense/bias$', ()),
+    (r'pooler/dense/kernel$', ('fsdp', 'tensor')),
+    (r'pooler/dense/bias$', ('tensor',)),
     (r'sentence_order_head/dense/kernel$', ('fsdp',)),
     (r'sentence_order_head/dense/bias$', ()),
 )
@@ -161,6 +161,53 @@ def test_gradient_accumulation_on_a_mesh_matches_one_batch_on_one_device(report)
   assert result['losses'] == pytest.approx(result['reference'], rel=LOSS_RTOL)
   assert result['param_diff'] < PARAM_ATOL, result['param_diff']
   assert result['reference'][-1] != result['reference'][0]
+
+
+def _xla_reproduction_child():
+  """The XLA defect behind encoders.layers.Dense's layout of 'embed_out' outputs, in plain JAX.
+
+  logits = (h @ W) @ T.T with W's output features and T's vocabulary both split over
+  'tensor', then a log-sum-exp over the vocabulary (the softmax's): the gradients of W and
+  h differ from one device's unless h @ W is laid out without the 'tensor' split.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  h = rng.normal(size=(8, 5, 32)).astype(np.float32)
+  w = rng.normal(size=(32, 32)).astype(np.float32) * 0.2
+  table = rng.normal(size=(128, 32)).astype(np.float32)
+  mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+  def loss(w, table, h, pin):
+    x = jnp.einsum('bli,io->blo', h, w)
+    if pin:  # What Dense does for ('embed', 'embed_out') kernels.
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(('data', 'fsdp'))))
+    return jnp.sum(jax.nn.logsumexp(jnp.einsum('bld,vd->blv', x, table), axis=-1))
+
+  reference = jax.grad(loss, argnums=(0, 2))(w, table, h, False)
+  report = {}
+  for pin in (False, True):
+    with jax.set_mesh(mesh):
+      args = (jax.device_put(w, NamedSharding(mesh, P('fsdp', 'tensor'))),
+              jax.device_put(table, NamedSharding(mesh, P('tensor', 'fsdp'))),
+              jax.device_put(h, NamedSharding(mesh, P(('data', 'fsdp')))))
+      grads = jax.jit(jax.grad(loss, argnums=(0, 2)), static_argnums=3)(*args, pin)
+    report[str(pin)] = max(float(np.max(np.abs(np.asarray(g) - r)) / np.max(np.abs(r)))
+                           for g, r in zip(grads, reference))
+  training_util.print_report(report)
+
+
+@pytest.mark.slow
+def test_embed_out_outputs_are_pinned_around_an_xla_gradient_defect():
+  report = training_util.child_report('test_sharding', '_xla_reproduction_child')
+  assert report['True'] < 1e-5, report
+  # If a JAX upgrade fixes XLA, the unpinned gradients agree too and this documents nothing
+  # more: the pin in Dense can then go.
+  print(f'unpinned relative gradient error: {report["False"]:.3g}')
 
 
 def test_mesh_shape_errors_name_the_field():
