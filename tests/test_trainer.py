@@ -2,6 +2,7 @@
 import glob
 import json
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -102,6 +103,35 @@ def test_logged_loss_with_accumulation_is_the_global_batch_loss(tmp_path):
     # its own (sum, count) pair; with one step per log line the sum of those is the loss.
     assert record['train/loss'] == pytest.approx(
         record['train/mlm_loss'] + record['train/sentence_loss'], rel=1e-5), step
+
+
+def test_run_prints_its_plan_then_a_time_estimate(tmp_path, capsys, monkeypatch):
+  """Process 0 prints the model size, tokens per step, steps and total tokens before the first
+  step, and the measured time per step times the steps left once a few steps are timed."""
+  monkeypatch.setattr(trainer, 'ETA_MIN_SECONDS', 0.0)  # After ETA_STEPS = 3 steps, however fast.
+  config = training_util.tiny_config(train__num_steps=7, checkpoint__every_steps=7)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  rounded = r'(?: \([\d.]+[kMBT]\))?'  # '17,186 (17.2k)'.
+  plan = re.search(rf'Plan: bert L1/H32, ([\d,]+){rounded} parameters; 8 x 32 = ([\d,]+) tokens per '
+                   rf'step; ([\d,]+) steps = ([\d,]+){rounded} tokens', out)
+  assert plan, out
+  parameters, tokens_per_step, steps, total_tokens = (int(g.replace(',', '')) for g in plan.groups())
+  # BERT with TINY's sizes, counted by hand: V=128 words, H=32, I=64, 64 positions, 2 types.
+  V, H, I, P, T = 128, 32, 64, 64, 2
+  embeddings = V * H + P * H + T * H + 2 * H  # Word, position, type tables and a LayerNorm.
+  layer = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H  # q, k, v, o; LN; MLP; LN.
+  pooler, mlm_head, nsp_head = H * H + H, (H * H + H) + 2 * H + V, 2 * H + 2  # MLM decoder is tied.
+  assert parameters == embeddings + layer + pooler + mlm_head + nsp_head == 17_186
+  _, _, params = reload.load_workdir(str(tmp_path))
+  assert parameters == sum(np.size(x) for x in jax.tree.leaves(params))
+  assert (tokens_per_step, steps, total_tokens) == (8 * 32, 7, 8 * 32 * 7)
+  eta = re.search(r'Time estimate: ([\d.e+-]+) s per step \(timed over 3 steps\) x (\d+) steps left',
+                  out)
+  assert eta, out
+  # Step 1 compiles; steps 2-4 are timed, leaving 7 - 4.
+  assert float(eta.group(1)) > 0 and int(eta.group(2)) == 3
+  assert out.index('Plan: ') < out.index('Time estimate: ')
 
 
 # A huge unclipped learning rate: the first update is finite, the loss after it is not.

@@ -236,6 +236,62 @@ def check_eval_split(validation: ml_collections.ConfigDict, make: Callable) -> N
         '--config.eval_data.eval_split.')
 
 
+# The time estimate is printed once at least ETA_STEPS steps after the first (which compiles)
+# and ETA_MIN_SECONDS of them are timed: a few steps of a slow run, enough of a fast one.
+ETA_STEPS = 3
+ETA_MIN_SECONDS = 10.0
+
+
+def run_plan(config, params) -> dict[str, int]:
+  """What the run will do: parameter count (every trainable array), tokens per step, steps, tokens.
+
+  `params` may be arrays or ShapeDtypeStructs (the trainer passes its abstract state's).
+  """
+  tokens_per_step = config.train.batch_size * config.data.seq_length
+  return dict(parameters=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+              tokens_per_step=tokens_per_step, steps=config.train.num_steps,
+              total_tokens=tokens_per_step * config.train.num_steps)
+
+
+def _count(n: int) -> str:
+  """1234567 -> '1,234,567 (1.23M)'; under 10,000 the plain number."""
+  if n < 10_000:
+    return f'{n:,}'
+  for size, suffix in ((1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'k')):
+    if n >= size:
+      return f'{n:,} ({n / size:.3g}{suffix})'
+
+
+def duration(seconds: float) -> str:
+  """A wall time a person reads at a glance: '45 s', '26 min', '3 h 05 min', '11.6 days'."""
+  if seconds < 90:
+    return f'{seconds:.0f} s'
+  if seconds < 90 * 60:
+    return f'{seconds / 60:.0f} min'
+  if seconds < 48 * 3600:
+    return f'{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min'
+  return f'{seconds / 86400:.1f} days'
+
+
+def describe_plan(config, plan: dict[str, int], start_step: int) -> str:
+  """The line printed before the first step: model size, tokens per step, steps, total tokens."""
+  model = config.model
+  left = f' ({plan["steps"] - start_step:,} left)' if start_step else ''
+  return (f'Plan: {model.family} L{model.num_layers}/H{model.hidden_size}, '
+          f'{_count(plan["parameters"])} parameters; '
+          f'{config.train.batch_size} x {config.data.seq_length} = {plan["tokens_per_step"]:,} '
+          f'tokens per step; {plan["steps"]:,} steps{left} = {_count(plan["total_tokens"])} '
+          f'tokens. The time estimate follows the first timed steps.')
+
+
+def describe_eta(seconds_per_step: float, steps_timed: int, steps_left: int) -> str:
+  """The time-estimate line: measured seconds per step times the steps left."""
+  seconds = seconds_per_step * steps_left
+  ends = time.strftime('%Y-%m-%d %H:%M', time.localtime(time.time() + seconds))
+  return (f'Time estimate: {seconds_per_step:.3g} s per step (timed over {steps_timed} steps) x '
+          f'{steps_left:,} steps left = {duration(seconds)}, ending around {ends}.')
+
+
 def _check_batch(batch: dict, expected: dict) -> None:
   local = {k: ((v[0][0] // jax.process_count(),) + v[0][1:], np.dtype(v[1]))
            for k, v in expected.items()}
@@ -333,7 +389,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        disable=not (is_main and train.progress_bar))
   if start_step:
     progress.write(f'Resumed from {checkpointing.checkpoint_dir(workdir)} at step {start_step}.')
+  if is_main:
+    progress.write(describe_plan(config, run_plan(config, run.abstract_state.params), start_step))
   interval = dict(sums=None, steps=0, start=None)
+  eta = dict(start=None, done=not is_main)  # Times the steps after start_step + 1.
   eval_metrics = {}
 
   def run_eval(step):
@@ -343,8 +402,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write(step, eval_metrics, 'eval')
     progress.write(f'step {step}: validation ' + ', '.join(
         f'{k}={v:.4f}' for k, v in eval_metrics.items()))
-    if interval['start'] is not None:  # Validation time is not training step time.
-      interval['start'] += time.perf_counter() - start
+    for timer in (interval, eta):  # Validation time is not training step time.
+      if timer['start'] is not None:
+        timer['start'] += time.perf_counter() - start
 
   def logs_at(step):
     """Whether step `step` writes train metrics: the first of this run, every log_every, the last."""
@@ -364,6 +424,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     interval['steps'] += 1
     progress.set_postfix(loss=f'{float(values["loss"][0]):.3f}', refresh=False)
     first = interval['start'] is None  # The first step (after a start) includes compilation.
+    if not eta['done']:
+      timed = step - (start_step + 1)
+      if timed == 0:
+        eta['start'] = time.perf_counter()
+      elif timed >= ETA_STEPS and time.perf_counter() - eta['start'] >= ETA_MIN_SECONDS:
+        eta['done'] = True
+        if step < train.num_steps:
+          progress.write(describe_eta((time.perf_counter() - eta['start']) / timed, timed,
+                                      train.num_steps - step))
     if logs_at(step):
       scalars = metrics.summarize(interval['sums'])
       scalars.update({k: float(values[k]) for k in
