@@ -8,7 +8,9 @@ Three sources, chosen by `config.data.dataset`:
 
 The first two are built into data_dir the first time they are needed. Train / validation /
 test splits come from a hash of the document's title, so an article always lands in the
-same split whatever else the corpus holds.
+same split whatever else the corpus holds. A text_files corpus whose hash gives validation
+nothing (a few files, one document each) gets the training documents with the highest hashes
+moved there (5%, at least one), as long as one stays in train.
 """
 import glob
 import hashlib
@@ -23,14 +25,20 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from encoders.config import ConfigError
+
 SPLITS = ('train', 'validation', 'test')
 _SPLIT_PERCENTS = (90, 5, 5)
 _LANGUAGES = {'en': 'en-us', 'fr': 'fr-fr', 'es': 'es-es'}
 
 
+def _title_hash(title: str) -> int:
+  return int.from_bytes(hashlib.md5(title.encode('utf-8')).digest()[:8], 'little')
+
+
 def split_of(title: str) -> str:
   """The split of a document: a stable hash of its title, 90/5/5."""
-  bucket = int.from_bytes(hashlib.md5(title.encode('utf-8')).digest()[:8], 'little') % 100
+  bucket = _title_hash(title) % 100
   for name, end in zip(SPLITS, np.cumsum(_SPLIT_PERCENTS)):
     if bucket < end:
       return name
@@ -90,6 +98,30 @@ def _by_split(examples: dict[str, dict]) -> dict[str, list]:
   return {split: splits[split] for split in SPLITS if split in splits}
 
 
+def _carve_validation(splits: dict[str, list]) -> dict[str, list]:
+  """`splits` with a validation split when the hash gave none and two or more training documents.
+
+  It takes the training documents with the highest title hashes (those nearest the validation
+  buckets): 5% of all documents, at least one, leaving at least one in train. Which ones does
+  not depend on the order of the files. Pretraining validates on 'validation' by default, and
+  without it failed with TFDS's "Unknown split 'validation'".
+  """
+  train = splits.get('train', [])
+  if 'validation' in splits or len(train) < 2:
+    return splits
+  total = sum(len(examples) for examples in splits.values())
+  count = min(max(1, total * _SPLIT_PERCENTS[1] // 100), len(train) - 1)
+  order = sorted(train, key=lambda item: (_title_hash(item[1]['title']), item[1]['title']))
+  moved = order[-count:]
+  moved_keys = {key for key, _ in moved}
+  logging.warning('Text files: the title hash put none of the %d documents in the validation '
+                  'split; moved %d training document(s) there: %s.', total, count,
+                  ', '.join(example['title'] for _, example in moved[:5]))
+  carved = dict(splits, train=[item for item in train if item[0] not in moved_keys],
+                validation=[item for item in train if item[0] in moved_keys])
+  return {split: carved[split] for split in SPLITS if split in carved}
+
+
 class TextFilesConfig(tfds.core.BuilderConfig):
   """Files to read; the config name hashes their paths, sizes and mtimes."""
 
@@ -105,7 +137,8 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
   """User text files: one document per file, or documents separated by blank lines."""
 
   code_path = None  # No checksums file; TFDS's own lookup needs importlib_resources.
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'A validation split is carved from train when the hash gives none.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, features=_text_features(None),
@@ -120,7 +153,7 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
     if not examples:
       raise ValueError(f'The {len(files)} text files ({files[0]}, ...) hold no non-empty '
                        'document: check config.data.text_files.')
-    return _by_split(examples)
+    return _carve_validation(_by_split(examples))
 
   def _generate_examples(self, examples):
     yield from examples
@@ -260,7 +293,7 @@ def iter_documents(data_config, split: str, builder=None, chunk: int = 4096
   `split` may be a TFDS slice such as 'train[:10%]' or 'train+validation'.
   """
   builder = builder or get_builder(data_config)
-  source = builder.as_data_source(split=split)  # Unknown splits raise, naming the known ones.
+  source = _data_source(data_config, builder, split)
   if not len(source):
     raise ValueError(f'Split {split!r} of {data_config.dataset!r} is empty: check the source '
                      'files / data_dir, or use another split.')
@@ -271,6 +304,29 @@ def iter_documents(data_config, split: str, builder=None, chunk: int = 4096
     texts = [r[field].decode('utf-8', errors='replace') if isinstance(r[field], bytes)
              else r[field] for r in records]
     yield texts, (np.asarray([r['topic'] for r in records], np.int32) if has_topic else None)
+
+
+def _data_source(data_config, builder: tfds.core.DatasetBuilder, split: str):
+  """builder.as_data_source(split); a split the dataset lacks raises ConfigError saying what to do."""
+  try:
+    return builder.as_data_source(split=split)
+  except ValueError as error:
+    if 'Unknown split' not in str(error):
+      raise
+  splits = builder.info.splits
+  message = (f'{data_config.dataset!r} has no split {split!r}; its splits are '
+             f'{", ".join(sorted(splits))}. ')
+  if data_config.dataset == 'text_files':
+    documents = sum(splits[name].num_examples for name in splits)
+    raise ConfigError(message + (
+        f'text_files holds out about 5% of its documents (at least one when it has two or more) '
+        f'by a hash of their names, and this corpus has {documents} document'
+        f'{"" if documents == 1 else "s"}: set --config.data.text_files_split_by=paragraph '
+        '(documents separated by blank lines), or add files.'))
+  raise ConfigError(message + (
+      'Pretraining reads config.data.train_split and validates on config.data.eval_split (or '
+      'config.eval_data.eval_split): set them to existing splits or to slices of one, e.g. '
+      "--config.data.train_split='train[:95%]' --config.data.eval_split='train[95%:]'."))
 
 
 def read_documents(data_config, split: str, builder=None) -> tuple[list[str], np.ndarray | None]:

@@ -10,6 +10,7 @@ import pytest
 
 from configs.data import get_data_config
 from data import corpus
+from encoders.config import ConfigError
 
 
 def _json_articles(code='en-us'):
@@ -96,6 +97,45 @@ def test_text_files_bad_bytes_and_empty_docs(tmp_path, caplog):
                  for r in builder.as_data_source(split=s))
   assert [t for t in texts if t.startswith('Para')] == ['Para one.', 'Para three.',
                                                          'Para two\nstill two.']
+
+
+def _title_hash(title):  # As in _expected_split.
+  return int.from_bytes(hashlib.md5(title.encode()).digest()[:8], 'little')
+
+
+def six_train_files(folder) -> list[str]:
+  """Six files, one document each, whose names the 90/5/5 hash all puts in train."""
+  names = [n for n in (f'doc{i}.txt' for i in range(100)) if _expected_split(n) == 'train'][:6]
+  articles = [a['extract'] for a in _json_articles().values()]
+  folder.mkdir()
+  for i, name in enumerate(names):
+    (folder / name).write_text('\n'.join(articles[7 * i:7 * i + 7]))
+  return names
+
+
+def test_text_files_carve_a_validation_split_when_the_hash_gives_none(tmp_path, caplog):
+  names = six_train_files(tmp_path / 'files')
+  config = get_data_config(dataset='text_files', text_files=str(tmp_path / 'files'),
+                           data_dir=str(tmp_path / 'tfds'))
+  with caplog.at_level(logging.WARNING):
+    builder = corpus.get_builder(config)
+  held_out = max(names, key=_title_hash)  # 5% of 6 documents rounds down: one, the highest hash.
+  titles = {split: sorted(r['title'].decode() for r in builder.as_data_source(split=split))
+            for split in builder.info.splits}
+  assert titles == {'train': sorted(set(names) - {held_out}), 'validation': [held_out]}
+  assert any(held_out in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_text_files_without_a_validation_split_say_what_to_do(tmp_path):
+  name = next(n for n in (f'only{i}.txt' for i in range(100)) if _expected_split(n) == 'train')
+  (tmp_path / name).write_text('One document.\n\nIn two paragraphs.')
+  config = get_data_config(dataset='text_files', text_files=str(tmp_path / name),
+                           data_dir=str(tmp_path / 'tfds'))
+  assert [t for t, _ in corpus.iter_documents(config, 'train')] == [['One document.\n\nIn two paragraphs.']]
+  with pytest.raises(ConfigError, match=r"'text_files' has no split 'validation'; its splits are "
+                     r'train\. .*this corpus has 1 document: set '
+                     r'--config\.data\.text_files_split_by=paragraph'):
+    corpus.read_documents(config, 'validation')
 
 
 def test_empty_corpus_error(tmp_path):

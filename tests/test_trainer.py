@@ -270,3 +270,16 @@ def test_validation_split_smaller_than_a_batch_stops_at_start(tmp_path):
   config.train.batch_size = 1  # The one row is a whole batch.
   _, make_eval_iterator = trainer.make_iterators(config, workdir, False)
   assert [b['input_ids'].shape for b in make_eval_iterator()] == [(1, 32)]
+
+
+def test_text_files_with_one_document_per_file_validate(tmp_path):
+  """Six files that the title hash all puts in train (tests/test_corpus.py): the run validates on
+  the one moved to validation, where it stopped with TFDS's "Unknown split 'validation'"."""
+  from tests import test_corpus  # pylint: disable=g-import-not-at-top
+  test_corpus.six_train_files(tmp_path / 'files')
+  config = training_util.tiny_config(train__synthetic_data=False, train__num_steps=2,
+                                     data__input_format='full_sentences', model__vocab_size=512)
+  config.data.update(dataset='text_files', text_files=str(tmp_path / 'files'), vocab_size=512,
+                     data_dir=str(tmp_path / 'tfds'))
+  final = trainer.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert math.isfinite(final['mlm_loss'])
