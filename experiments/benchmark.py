@@ -7,8 +7,9 @@ Each (system, precision, shape, length) runs in its own process (`benchmarks/wor
 so threads and memory never mix and the peak RSS is that run's own. All systems get
 the same batch, length and 15% masking; ours predicts at the masked positions only,
 the references at every position (as run_mlm_flax does). MFU is model FLOPs/s over a
-large f32 matmul measured with jax here (and over the accelerator's table peak when
-there is one); 'useful' counts the MLM head at masked positions only. Prints a
+large matmul of the run's own precision measured with jax here (f32; bf16 x bf16 -> f32),
+and over the accelerator's table peak when there is one; 'useful' counts the MLM head at
+masked positions only. Prints a
 markdown table; with --out writes results.json and tokens_per_s.png.
 
 Every process (ours and the references alike) runs with glibc's malloc on transparent huge
@@ -124,12 +125,17 @@ def run_in_subprocess(spec: measure.Spec, timeout: float, hugepages: bool = True
   return result
 
 
+# The measured matmul peak each precision's MFU is over: an f32 run against f32 matmuls, a
+# bf16 run against bf16 x bf16 -> f32 matmuls (what its dots are), never one against the other.
+PEAK_OF_PRECISION = {'f32': 'f32_gflops', 'bf16': 'bf16_acc_f32_gflops'}
+
+
 def add_mfu(result: dict, peak: dict | None) -> None:
-  """MFU of a finished run over the measured matmul peak (and the accelerator's, if any)."""
+  """MFU of a finished run over the matmul peak of its own precision (and the accelerator's)."""
   if result['status'] != 'ok' or not peak or peak['status'] != 'ok':
     return
   tokens_per_s = result['tokens_per_s']['median']
-  cpu_peak = peak['f32_gflops']['max'] * 1e9
+  cpu_peak = peak[PEAK_OF_PRECISION[result['spec']['precision']]]['max'] * 1e9
   for kind in ('useful', 'executed'):
     result[f'mfu_{kind}'] = result[f'flops_per_token_{kind}'] * tokens_per_s / cpu_peak
   if peak['platform'] != 'cpu':

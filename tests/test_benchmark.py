@@ -32,6 +32,17 @@ def test_synthetic_batch_labels_match_masked_positions():
     np.testing.assert_array_equal(starts, [0, np.argmax(segments == 2)])
 
 
+def test_mfu_is_over_the_peak_of_the_run_s_own_precision():
+  peak = dict(status='ok', platform='cpu', device_kind='cpu', f32_gflops={'max': 400.0},
+              bf16_acc_f32_gflops={'max': 800.0})
+  for precision, peak_flops in (('f32', 400e9), ('bf16', 800e9)):
+    result = dict(status='ok', spec={'precision': precision}, tokens_per_s={'median': 1000.0},
+                  flops_per_token_useful=2e8, flops_per_token_executed=3e8)
+    benchmark.add_mfu(result, peak)
+    assert result['mfu_useful'] == pytest.approx(2e8 * 1000 / peak_flops)
+    assert result['mfu_executed'] == pytest.approx(3e8 * 1000 / peak_flops)
+
+
 @pytest.mark.slow
 def test_benchmark_runs_every_system(tmp_path):
   benchmark.main(['--shapes', 'tiny', '--seq', '16', '--batch', '2', '--warmup', '0', '--steps', '2',
