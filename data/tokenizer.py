@@ -75,19 +75,23 @@ def train(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool,
   if kind not in KINDS:
     raise ValueError(f'config.data.tokenizer={kind!r}: use one of {", ".join(KINDS)}.')
   specials = list(SPECIAL_TOKENS[kind].values())
+  # HF's progress bars print empty lines to stdout when it is not a terminal, and stdout may be
+  # a job list (`ablate_* --mode=print > jobs.txt`); training takes seconds.
   if kind == 'wordpiece':
     texts = texts if isinstance(texts, (list, tuple)) else list(texts)  # Read twice.
     seeds = _wordpiece_initial_vocab(texts, specials, lowercase, num_texts)
     tok = tokenizers.Tokenizer(models.WordPiece(unk_token='[UNK]'))
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=seeds)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=seeds,
+                                        show_progress=False)
   elif kind == 'bpe':
     tok = tokenizers.Tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
   else:
     tok = tokenizers.Tokenizer(models.Unigram())
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                      unk_token='<unk>')
+                                      unk_token='<unk>', show_progress=False)
   _set_pipeline(tok, kind, lowercase)
   tok.train_from_iterator(texts, trainer, length=num_texts)
   _set_pipeline(tok, kind, lowercase)

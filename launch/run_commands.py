@@ -9,8 +9,9 @@
 Blank lines and lines starting with '#' are skipped; '-' reads the list from stdin. Local jobs
 run as written. SLURM and TPU jobs take the module and arguments after `python -m` and run
 them through launch/slurm_gpu.sbatch (sbatch returns at once) or launch/tpu_vm.sh (each TPU
-VM runs its share of the jobs one after another; the VMs run in parallel). DRY_RUN=1 prints
-the commands instead of running them. Exits 1, naming the failed jobs, if any job fails;
+VM runs its share of the jobs one after another; the VMs run in parallel). --dry-run (or DRY_RUN=1)
+prints the commands instead of running them: check a list before --parallel starts paper-scale
+training here. Exits 1, naming the failed jobs, if any job fails;
 the sweep's result files make a rerun skip the finished ones.
 """
 import argparse
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
   parser.add_argument('--zone', help='Zone of the TPU VMs.')
   parser.add_argument('--nodes', type=int, default=1, help='SLURM nodes per job.')
   parser.add_argument('--sbatch_args', default='', help="Extra sbatch flags, e.g. '--time=4:00:00'.")
+  parser.add_argument('--dry-run', '--dry_run', action='store_true',
+                      help='Print each command as it would run (sbatch / tpu_vm.sh included) and '
+                           'run nothing; DRY_RUN=1 does the same.')
   args = parser.parse_args(argv)
   if args.parallel < 1:
     parser.error(f'--parallel={args.parallel}: must be at least 1.')
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
     queues = job_commands(read_commands(args.commands), args)
   except ValueError as error:
     parser.error(str(error))
-  dry_run = os.environ.get('DRY_RUN', '0') == '1'
+  dry_run = args.dry_run or os.environ.get('DRY_RUN', '0') == '1'
   with concurrent.futures.ThreadPoolExecutor(max(len(queues), 1)) as pool:
     failed = [c for result in pool.map(lambda q: run_queue(q, dry_run), queues) for c in result]
   for command in failed:

@@ -4,6 +4,7 @@
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE experiments.pretrain --config configs/bert.py:base --workdir gs://BUCKET/bert_base
 #   DRY_RUN=1 launch/tpu_vm.sh ...   # print the gcloud commands instead of running them
+#   launch/tpu_vm.sh --help          # this text
 #
 # Environment: PROJECT (gcloud project; default: gcloud's), REPO_DIR (the checkout on the
 # workers; default ~/encoders), SETUP=1 (first copy this checkout's HEAD to every worker
@@ -11,8 +12,15 @@
 # The workdir must be shared by all workers (a gs:// bucket). Re-running resumes.
 set -euo pipefail
 
+usage() {  # The comment block above, without '#' and #SBATCH lines.
+  awk 'NR > 1 && /^#SBATCH/ {next} NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"
+}
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  usage
+  exit 0
+fi
 if [[ $# -lt 3 ]]; then
-  sed -n '2,13p' "$0" >&2
+  usage >&2
   exit 2
 fi
 TPU_NAME=$1 ZONE=$2 MODULE=$3

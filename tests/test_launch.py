@@ -54,6 +54,20 @@ def test_usage_without_arguments():
     assert rc == 2 and 'DRY_RUN=1' in err
 
 
+def test_help_prints_the_usage_and_exits_0():
+  """--help / -h: the header comment as plain text on stdout (tpu_vm.sh printed a line of its
+  code, `set -euo pipefail`, and exited 2; slurm_gpu.sbatch ran `srun python -m --help`)."""
+  for script, example in (('tpu_vm.sh', 'launch/tpu_vm.sh TPU_NAME ZONE experiments.pretrain'),
+                          ('slurm_gpu.sbatch', 'sbatch --nodes=4 launch/slurm_gpu.sbatch')):
+    for flag in ('--help', '-h'):
+      result = subprocess.run(['bash', os.path.join('launch', script), flag], cwd=training_util.ROOT,
+                              capture_output=True, text=True)
+      assert result.returncode == 0, (script, flag, result.stderr)
+      assert example in result.stdout and 'DRY_RUN=1' in result.stdout
+      lines = result.stdout.splitlines()
+      assert not any(l.startswith(('#', 'set ', 'srun', 'if ')) for l in lines), result.stdout
+
+
 def _run_commands(lines, *args, dry_run=False):
   result = subprocess.run([sys.executable, os.path.join('launch', 'run_commands.py'), '-', *args],
                           cwd=training_util.ROOT, input='\n'.join(lines) + '\n', text=True,
@@ -83,6 +97,19 @@ def test_run_commands_runs_jobs_in_parallel_locally_and_names_failures(tmp_path)
   assert rc == 1 and len(printed) == 3
   assert (tmp_path / 'a').exists() and (tmp_path / 'b').exists()
   assert 'FAILED' in err and 'sys.exit(3)' in err and 'rendezvous' not in err
+
+
+def test_run_commands_dry_run_flag_prints_and_runs_nothing(tmp_path):
+  marker = tmp_path / 'ran'
+  job = [sys.executable, '-c', f'open({str(marker)!r}, "w").close()']
+  help_text = subprocess.run([sys.executable, os.path.join('launch', 'run_commands.py'), '--help'],
+                             cwd=training_util.ROOT, capture_output=True, text=True).stdout
+  assert '--dry-run' in help_text
+  rc, printed, err = _run_commands([shlex.join(job)] * 2, '--parallel=2', '--dry-run')
+  assert rc == 0, err
+  assert printed == [job, job] and not marker.exists()
+  rc, printed, err = _run_commands([shlex.join(job)], '--slurm', '--dry-run')
+  assert rc == 2 and 'python -m MODULE' in err  # Checked as a real run would be.
 
 
 ABLATION_JOBS = [shlex.join(['/venv/bin/python', '-m', 'experiments.ablate_nsp', '--scale=paper',

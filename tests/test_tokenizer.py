@@ -90,6 +90,15 @@ def test_trained_special_tokens_and_templates(trained, tmp_path):
   assert trained['unigram'].backend.pre_tokenizer.pre_tokenize_str('a b')[0][0] == '▁a'
 
 
+@pytest.mark.parametrize('kind', tokenizer_lib.KINDS)
+def test_training_prints_nothing(kind, capfd):
+  """stdout may be a job list (`ablate_* --mode=print > jobs.txt`): HF's progress bars wrote
+  empty lines to it when it is not a terminal."""
+  tokenizer_lib.train(kind, _articles(50), 300, True)
+  out, _ = capfd.readouterr()
+  assert out == ''
+
+
 @pytest.mark.parametrize('kind', tokenizer_lib.KINDS + ('minilm',))
 def test_whole_words_are_never_split(trained, kind):
   """Tokens of one run of letters share a word id; a word id never spans whitespace."""
