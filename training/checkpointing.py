@@ -9,6 +9,7 @@ leaves only a `<step>.orbax-checkpoint-tmp*` directory, which restarts never pic
 """
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -57,6 +58,14 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+class _ReadOnlyNotice(logging.Filter):
+  """Drops orbax's warning 'Given directory is read only=...': a read-only manager is what
+  reloading for analysis asks for, not a problem to warn about."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+
 def make_manager(workdir: str, ckpt_config=None, read_only: bool = False) -> ocp.CheckpointManager:
   """A manager over <workdir>/checkpoints keeping the last `keep` checkpoints."""
   options = ocp.CheckpointManagerOptions(
@@ -64,9 +73,15 @@ def make_manager(workdir: str, ckpt_config=None, read_only: bool = False) -> ocp
       enable_async_checkpointing=bool(ckpt_config and ckpt_config.async_save),
       cleanup_tmp_directories=not read_only,
       create=not read_only,
+      save_interval_steps=0 if read_only else 1,  # orbax warns when it has to set these itself.
       read_only=read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=('state', 'data', 'config'))
+  absl_logger, notice = logging.getLogger('absl'), _ReadOnlyNotice()  # orbax logs through absl.
+  absl_logger.addFilter(notice)
+  try:
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 item_names=('state', 'data', 'config'))
+  finally:
+    absl_logger.removeFilter(notice)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict,
