@@ -382,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metrics.MetricWriter(workdir, is_main, start_step)
   model_flops = train.batch_size * run.objective.flops_per_sequence(
       config.data.seq_length, run.shapes['masked_ids'][0][1])
-  peak_flops = flops.peak_flops_total()
+  peak_flops = flops.peak_flops_total(EncoderConfig.from_config(config.model).compute_dtype)
   # With several processes JAX's preemption service (started by jax.distributed) owns SIGTERM.
   preemption = _Preemption(config.checkpoint.save_on_preemption and jax.process_count() == 1)
   progress = tqdm.tqdm(total=train.num_steps, initial=start_step, unit='step', dynamic_ncols=True,
