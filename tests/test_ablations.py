@@ -128,3 +128,16 @@ def test_a_preempted_pretraining_writes_no_result(monkeypatch, tmp_path):
   with pytest.raises(SystemExit, match='stopped at step 1 of 4'):
     finetune_ablation.pretrain_and_finetune(pretrain, finetune_ablation.finetune_config('smoke'),
                                             str(tmp_path), 0, None)
+
+
+@pytest.mark.slow
+def test_print_mode_writes_nothing_to_out(tmp_path):
+  # ablate_nsp's cells measure tokens per row, so printing builds a tokenizer: in a scratch dir.
+  out = tmp_path / 'out'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.ablate_nsp', '--smoke', f'--out={out}', '--mode=print'],
+      cwd=training_util.ROOT, env=training_util.env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines and lines[0].strip() and all('experiments.ablate_nsp' in line for line in lines)
+  assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())

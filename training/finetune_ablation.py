@@ -18,6 +18,7 @@ corpus cache is shared too.
 import dataclasses
 import os
 import sys
+import tempfile
 from typing import Callable
 
 from absl import app, flags
@@ -190,13 +191,24 @@ def main(ablation: Ablation) -> str:
     ablation.paper_config(base)
   base = sweep.apply_overrides(base, parse_overrides(f.set))
   tune = sweep.apply_overrides(finetune_config(scale), parse_overrides(f.finetune_set))
-  base.data.tokenizer_path = shared_tokenizer(base, out)  # Before cells: some measure the data.
-  cells = ablation.cells(scale, base)
+  if f.mode == 'print':  # Printing writes nothing to --out: cells measure data in a scratch dir.
+    with tempfile.TemporaryDirectory() as scratch:
+      measured = sweep.apply_overrides(base, {'data.cache_dir': scratch})
+      measured.data.tokenizer_path = shared_tokenizer(measured, scratch)
+      all_cells = ablation.cells(scale, measured)
+    if not base.data.get('tokenizer_path'):
+      print(f'# The jobs train <out>/tokenizer on first use; with parallel jobs, train it once first: '
+            f'python -m experiments.train_tokenizer ... --workdir {out}, then add '
+            f'--set=data.tokenizer_path={out}/tokenizer/tokenizer.json', file=sys.stderr)
+  else:
+    base.data.tokenizer_path = shared_tokenizer(base, out)  # Before cells: some measure the data.
+    all_cells = ablation.cells(scale, base)
+  cells = all_cells
   seeds = list(range(f.seeds))
   if scale == 'smoke':
     cells, seeds = cells[:ablation.smoke_cells], [0]
   if f.cell is not None:
-    cells = [c for c in cells if c.name == f.cell] or _unknown_cell(f.cell, ablation.cells(scale, base))
+    cells = [c for c in cells if c.name == f.cell] or _unknown_cell(f.cell, all_cells)
     seeds = seeds if f.seed is None else [f.seed]
 
   def run_fn(cell: sweep.Cell, seed: int) -> dict:
@@ -213,7 +225,7 @@ def main(ablation: Ablation) -> str:
   sweep.run(cells, seeds, out, run_fn, mode=f.mode, command_fn=command_fn)
   if f.mode == 'print':
     return ''
-  all_cells = cells if scale == 'smoke' else ablation.cells(scale, base)
+  all_cells = cells if scale == 'smoke' else all_cells
   report_seeds = seeds if scale == 'smoke' else list(range(f.seeds))
   markdown = sweep.report(all_cells, report_seeds, out, ablation.metrics,
                           f'{ablation.title} (scale={scale})', ablation.paper)
