@@ -16,7 +16,7 @@ import ml_collections
 DEFAULT_RULES = (
     ('batch', ('data', 'fsdp')),
     ('embed', 'fsdp'),
-    ('embed_out', 'tensor'),  # Output side of square hidden->hidden kernels (heads, projections).
+    ('embed_out', 'tensor'),  # Output side of hidden-state kernels (pooler, MLM transform, projections).
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
     ('vocab', 'tensor'),

@@ -101,8 +101,7 @@ def _by_split(examples: dict[str, dict]) -> dict[str, list]:
 def _carve_validation(splits: dict[str, list]) -> dict[str, list]:
   """`splits` with a validation split when the hash gave none and two or more training documents.
 
-  It takes the training documents with the highest title hashes (those nearest the validation
-  buckets): 5% of all documents, at least one, leaving at least one in train. Which ones does
+  It takes the training documents with the highest title hashes: 5% of all documents, at least one, leaving at least one in train. Which ones does
   not depend on the order of the files. Pretraining validates on 'validation' by default, and
   without it failed with TFDS's "Unknown split 'validation'".
   """

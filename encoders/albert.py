@@ -27,7 +27,7 @@ import numpy as np
 from encoders import bert
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import Pooler
-from encoders.layers import (MLP, REMAT_POLICIES, Dense, Embeddings, SelfAttention,
+from encoders.layers import (MLP, REMAT_POLICIES, Embeddings, SelfAttention,
                              attention_mask, layer_norm)
 
 SHARING = ('all', 'attention', 'ffn', 'none')
@@ -194,8 +194,7 @@ class Encoder(bert.Encoder):
   def setup(self):
     c = self.config
     self.embeddings = Embeddings(c.embedding)
-    self.embeddings_project = Dense(c, c.hidden_size, ('embed', 'embed_out'),
-                                    name='embeddings_project')  # Even when E == H, as HF.
+    self.embeddings_project = bert.embeddings_project(c)  # Even when E == H, as HF.
     self.layers = AlbertStack(c)
     if self.add_pooler:
       self.pooler = Pooler(c)

@@ -8,7 +8,8 @@ family is one model file (`encoders/<family>.py`), one interop table, one config
 A family's model module provides `Encoder`, `EncoderForPreTraining`,
 `EncoderForSequenceClassification`, `EncoderForTokenClassification`,
 `EncoderForQuestionAnswering` (BERT's signatures) and `layer_depth(names, value, config)`
-for layer-wise learning-rate decay. The objective and the interop table are named as
+for layer-wise learning-rate decay, unless the family fine-tunes as another
+(`finetunes_as`: ELECTRA's discriminator is a BERT encoder). The objective and the interop table are named as
 'module:attribute' strings, imported on first use (the objectives live in training/,
 which imports this module).
 """
@@ -97,6 +98,9 @@ def by_hf_model_type(model_type: str | None) -> Family:
   for family in FAMILIES.values():
     if family.hf_model_type == model_type and family.interop and ':' in family.interop:
       return family
+  for family in FAMILIES.values():
+    if family.hf_model_type == model_type:
+      raise ConfigError(f'model_type={model_type!r}: read it with {family.interop}.')
   known = tuple(f.hf_model_type for f in FAMILIES.values() if f.interop and ':' in f.interop)
   raise ConfigError(f'model_type={model_type!r} is not supported; known: {known}.')
 

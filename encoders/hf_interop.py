@@ -12,7 +12,7 @@ tables of BERT and RoBERTa are below; other families keep theirs beside their mo
   family = families.get(config_model.family)
   model = family.models.EncoderForPreTraining(family.model_config(config_model), sentence_head=True)
   params = hf_interop.load_params(checkpoint_dir, model)          # the 'params' collection
-  hf_interop.save_checkpoint(out_dir, model, params, family='bert')  # 'BertForPreTraining'
+  hf_interop.save_checkpoint(out_dir, model, params, family=family.name)  # 'BertForPreTraining'
 
 Nothing is silently re-initialised: a parameter the checkpoint lacks raises unless its
 subtree is named in `fresh=` (e.g. a new classifier). Checkpoint tensors that map to

@@ -6,7 +6,7 @@ logical constraints, so a mesh shards them by the rules of `training/sharding.py
   batch, length  activations          vocab    word embeddings / MLM bias
   embed          the hidden size      heads    attention heads
   kv             per-head features    mlp      the MLP's inner size
-  embed_out      output side of square hidden->hidden kernels (pooler, MLM transform)
+  embed_out      output side of hidden-state kernels (pooler, MLM transform, embeddings_project)
 """
 import functools
 from typing import Callable
@@ -160,8 +160,8 @@ def matmul(equation: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
 class Dense(nn.Module):
   """nn.Dense's parameters (kernel [in, features], bias [features]), computed by `matmul`.
 
-  A square hidden -> hidden kernel ('embed', 'embed_out') may be split over its output
-  features, but what it computes is a hidden state: its output is laid out as the
+  A kernel with axes ('embed', 'embed_out') may be split over its output features,
+  but what it computes is a hidden state: its output is laid out as the
   residual stream ([batch, ..., embed]), not left split over those features. Left to
   propagation, that split reached the tied decoder, whose vocabulary is split over the
   same mesh axis, and XLA (jaxlib 0.10.2, CPU, Shardy and GSPMD alike) then computed

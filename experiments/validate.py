@@ -4,14 +4,16 @@
   python -m experiments.validate --workdir DIR --step 2000 --batches 16
 
 Training validates on `config.train.eval_steps` batches (8 x 32 rows at tiny scale), too few
-to tell a sentence-head accuracy of 0.54 from chance; this reads every validation row once.
-Prints the metrics and writes them to <workdir>/validation_<step>.json.
+to tell a sentence-head accuracy of 0.54 from chance; this reads every full validation batch
+once, on this machine's devices whatever mesh wrote the checkpoint (as training/reload.py).
+Prints the metrics and the rows read, and writes them to <workdir>/validation_<step>.json.
 """
 import json
 import os
 
 from absl import app, flags, logging
 import jax
+import numpy as np
 
 from training import checkpointing, sharding, trainer
 
@@ -28,7 +30,10 @@ def validate(workdir: str, step: int | None = None, batches: int = 0) -> tuple[i
   if step is None:
     raise FileNotFoundError(f'No complete checkpoint in {checkpointing.checkpoint_dir(workdir)}.')
   config = checkpointing.restore_config(manager, step)
-  mesh = sharding.make_mesh(config.mesh)
+  # This host's devices, sharded along fsdp (as reload.load_workdir), not the training mesh.
+  fsdp = int(np.gcd(len(jax.local_devices()), config.model.hidden_size))
+  config.mesh.shape = (1, fsdp, 1)
+  mesh = sharding.make_mesh(config.mesh, jax.local_devices()[:fsdp])
   run = trainer.setup(config, mesh)
   state, _ = checkpointing.restore(manager, step, run.abstract_state, with_data=False)
   manager.close()
@@ -46,10 +51,11 @@ def validate(workdir: str, step: int | None = None, batches: int = 0) -> tuple[i
 def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:  # Quiet by default; -v 0 shows all logs.
-    logging.set_verbosity(logging.ERROR)
+    logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
   step, result = validate(f.workdir, f.step, f.batches)
-  print(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in result.items()))
+  print(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in result.items() if k != 'rows')
+        + f', rows={result["rows"]}')
   if jax.process_index() == 0:
     with open(os.path.join(f.workdir, f'validation_{step}.json'), 'w') as out:
       json.dump({'step': step, **result}, out, indent=1)

@@ -12,8 +12,8 @@
 # The workdir must be shared by all workers (a gs:// bucket). Re-running resumes.
 set -euo pipefail
 
-usage() {  # The comment block above, without '#' and #SBATCH lines.
-  awk 'NR > 1 && /^#SBATCH/ {next} NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"
+usage() {  # The comment block above, without its '#'.
+  awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"
 }
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
   usage

@@ -141,3 +141,14 @@ def test_print_mode_writes_nothing_to_out(tmp_path):
   lines = result.stdout.splitlines()
   assert lines and lines[0].strip() and all('experiments.ablate_nsp' in line for line in lines)
   assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.slow
+def test_print_mode_keeps_a_bucket_out_as_a_url(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.ablate_nsp', '--smoke', '--out=gs://bucket/nsp',
+       '--mode=print'], cwd=tmp_path, env=training_util.env(), capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.count('--out=gs://bucket/nsp ') == len(result.stdout.splitlines()) > 0
+  assert not os.path.exists(tmp_path / 'gs:')

@@ -18,7 +18,7 @@ from configs import finetune as finetune_configs
 from experiments import compare_inits
 from data import finetune_data
 from data import tokenizer as tokenizer_lib
-from encoders import electra
+from encoders import electra, families
 from encoders.config import EncoderConfig
 from training import checkpointing, finetune, finetune_ablation, finetune_init, finetune_metrics
 from training import sweep, trainer
@@ -253,8 +253,8 @@ def test_init_from_hf_minilm_reads_its_weights(minilm_dir, tmp_path):
   config.init_from = minilm_dir
   source = finetune_init.resolve(config, str(tmp_path))
   assert source.kind == 'hf' and source.tokenizer.vocab_size == 30522
-  model = finetune.make_model('classification', EncoderConfig.from_config(source.model_config), 3,
-                              'cls')
+  model = families.get('bert').task_model('classification',
+                                          EncoderConfig.from_config(source.model_config), 3, 'cls')
   ids = jnp.zeros((1, 8), jnp.int32)
   fresh = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), ids)['params']))
   fresh = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), fresh)

@@ -35,12 +35,6 @@ TARGETS = {'classification': ('label',), 'token_classification': ('labels', 'lab
 SELECTION_METRIC = {'classification': 'accuracy', 'token_classification': 'entity_f1', 'qa': 'f1'}
 
 
-def make_model(kind: str, model_config: EncoderConfig, num_labels: int | None, pooling: str,
-               family: str = 'bert'):
-  """The task model of `kind` from `family`'s modules (encoders/families.py)."""
-  return families.get(family).task_model(kind, model_config, num_labels, pooling)
-
-
 def layer_depths(params, num_layers: int, depth_of: Callable):
   """Depth per parameter: embeddings (and their projection) 0, layers 1..num_layers, the rest num_layers + 1.
 

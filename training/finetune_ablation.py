@@ -185,7 +185,7 @@ def main(ablation: Ablation) -> str:
   """Runs the ablation's sweep per the flags and writes its report; returns the markdown."""
   f = flags.FLAGS
   scale = 'smoke' if f.smoke else f.scale
-  out = os.path.abspath(f.out)
+  out = f.out if '://' in f.out else os.path.abspath(f.out)  # A gs:// bucket stays a URL.
   base = (ablation.base_config or pretrain_config)(scale)
   if scale == 'paper':
     ablation.paper_config(base)
@@ -197,9 +197,8 @@ def main(ablation: Ablation) -> str:
       measured.data.tokenizer_path = shared_tokenizer(measured, scratch)
       all_cells = ablation.cells(scale, measured)
     if not base.data.get('tokenizer_path'):
-      print(f'# The jobs train <out>/tokenizer on first use; with parallel jobs, train it once first: '
-            f'python -m experiments.train_tokenizer ... --workdir {out}, then add '
-            f'--set=data.tokenizer_path={out}/tokenizer/tokenizer.json', file=sys.stderr)
+      print(f'# The jobs train {out}/tokenizer on first use; to run them in parallel, train it '
+            f'once first: python -m experiments.train_tokenizer ... --workdir {out}', file=sys.stderr)
   else:
     base.data.tokenizer_path = shared_tokenizer(base, out)  # Before cells: some measure the data.
     all_cells = ablation.cells(scale, base)
