@@ -6,6 +6,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import cli
 from training import finetune
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/finetune.py:topic.',
@@ -26,4 +27,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

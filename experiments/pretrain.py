@@ -9,6 +9,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from encoders.config import ConfigError
+from experiments import cli
 from training import trainer
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/bert.py:tiny.',
@@ -29,4 +30,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
