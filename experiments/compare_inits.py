@@ -20,7 +20,7 @@ from absl import app, flags
 import matplotlib
 
 from encoders import hf_interop
-from training import finetune, finetune_ablation, sweep
+from training import checkpointing, finetune, finetune_ablation, sweep
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -94,9 +94,9 @@ def plot_by_size(summary: dict, sizes: list[int], path: str, hf_name: str) -> No
 def main(argv):
   del argv
   f = flags.FLAGS
-  out = os.path.abspath(f.out)
-  pretrained = os.path.abspath(f.pretrained)
-  hf = os.path.abspath(f.hf) if f.hf else hf_interop.installed_minilm_dir()
+  out = checkpointing.absolute(f.out)
+  pretrained = checkpointing.absolute(f.pretrained)
+  hf = checkpointing.absolute(f.hf) if f.hf else hf_interop.installed_minilm_dir()
   sizes = [int(s) for s in f.train_sizes]
   base = finetune_ablation.finetune_config('tiny')
   base.data.max_examples = 0  # All dev and test records; cells cap the training records.

@@ -87,3 +87,9 @@ def test_reload_logs_no_read_only_warning(tmp_path, caplog):
     absl_logging.warning('another warning')
   messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert messages == ['another warning'], messages
+
+
+def test_a_bucket_workdir_stays_a_url(tmp_path, monkeypatch):
+  assert checkpointing.checkpoint_dir('gs://bucket/run') == 'gs://bucket/run/checkpoints'
+  monkeypatch.chdir(tmp_path)  # A local workdir is made absolute, as orbax needs.
+  assert checkpointing.checkpoint_dir('run') == os.path.join(str(tmp_path), 'run', 'checkpoints')

@@ -54,8 +54,13 @@ class DataStateRestore(ocp.args.CheckpointArgs):
   pass
 
 
+def absolute(path: str) -> str:
+  """A local path made absolute (orbax needs that); a URL such as gs://bucket/run as given."""
+  return path if '://' in path else os.path.abspath(path)
+
+
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return os.path.join(absolute(workdir), 'checkpoints')
 
 
 class _ReadOnlyNotice(logging.Filter):

@@ -185,7 +185,7 @@ def main(ablation: Ablation) -> str:
   """Runs the ablation's sweep per the flags and writes its report; returns the markdown."""
   f = flags.FLAGS
   scale = 'smoke' if f.smoke else f.scale
-  out = f.out if '://' in f.out else os.path.abspath(f.out)  # A gs:// bucket stays a URL.
+  out = checkpointing.absolute(f.out)  # A gs:// bucket stays a URL.
   base = (ablation.base_config or pretrain_config)(scale)
   if scale == 'paper':
     ablation.paper_config(base)

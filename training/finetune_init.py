@@ -57,7 +57,7 @@ def resolve(config, workdir: str) -> Source:
                        f'{tokenizer.vocab_size} tokens: set --config.model.vocab_size.')
     model.pad_token_id = tokenizer.pad_id
     return Source('none', None, model, tokenizer)
-  path = os.path.abspath(os.path.expanduser(init_from))
+  path = checkpointing.absolute(os.path.expanduser(init_from))
   if _is_hf_dir(path):
     return Source('hf', path, hf_interop.read_model_config(path), tokenizer_lib.load(path))
   if os.path.isdir(checkpointing.checkpoint_dir(path)):
