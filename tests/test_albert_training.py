@@ -1,7 +1,6 @@
 """ALBERT through the shared trainer: its registry entry, exact resume after SIGKILL, a 2x2x2
 mesh equal to one device, and a pretraining workdir that fine-tunes with its shared weights
 (BERT's versions: test_checkpointing.py, test_sharding.py, test_finetune.py)."""
-import signal
 
 import jax
 import numpy as np
@@ -12,9 +11,9 @@ from configs import finetune as finetune_configs
 from data import tokenizer as tokenizer_lib
 from encoders.layers import stack_layers
 from tests import training_util
-from tests.test_checkpointing import _finish, _wait_for_step
+from tests.test_checkpointing import kill_and_resume
 from tests.test_electra_training import _params, _topic_like_task
-from training import checkpointing, finetune, objectives, trainer
+from training import finetune, objectives, trainer
 
 # training_util.TINY's widths with ALBERT's factorized embeddings (E=16 < H=32), two layers
 # over one shared group of two inner layers, and SOP pairs.
@@ -51,21 +50,10 @@ def training_util_mesh():
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
-  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-  flags = dict(train__num_steps=24, config='configs/albert.py:tiny',
-               **{k.replace('.', '__'): v for k, v in ALBERT_TINY.items()})
-  reference = training_util.pretrain(straight, **flags)
-  run = training_util.pretrain(killed, **flags)
-  _wait_for_step(run, killed, 12)  # After a few checkpoints (every 3 steps, saved async).
-  run.send_signal(signal.SIGKILL)
-  run.wait()
-  restart_from = checkpointing.make_manager(killed, read_only=True).latest_step()
-  assert restart_from is not None and restart_from < 24
-  _finish(training_util.pretrain(killed, **flags))
-  _finish(reference)
-  expected = training_util.train_losses(straight)
-  assert sorted(expected) == list(range(1, 25))
-  assert training_util.train_losses(killed) == expected
+  # Killed after a few checkpoints (every 3 steps, saved async).
+  expected, resumed = kill_and_resume(tmp_path, 24, 12, config='configs/albert.py:tiny',
+                                      **{k.replace('.', '__'): v for k, v in ALBERT_TINY.items()})
+  assert resumed == expected
 
 
 def _sharded_child():

@@ -31,23 +31,30 @@ def _finish(process) -> str:
   return output
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
+def kill_and_resume(tmp_path, num_steps: int, kill_at: int, **overrides):
+  """The entry point run straight, and killed (SIGKILL) at step `kill_at` then rerun to resume;
+  returns the train losses of both ({step: loss}), after checking the straight run logged all."""
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-  steps = dict(train__num_steps=30)
+  steps = dict(train__num_steps=num_steps, **overrides)
   reference = training_util.pretrain(straight, **steps)
   run = training_util.pretrain(killed, **steps)
-  kill_at = random.randint(4, 24)  # After the first checkpoint (every 3 steps).
   _wait_for_step(run, killed, kill_at)
   run.send_signal(signal.SIGKILL)
   run.wait()
   restart_from = checkpointing.make_manager(killed, read_only=True).latest_step()
-  assert restart_from is not None and restart_from < 30
+  assert restart_from is not None and restart_from < num_steps
   _finish(training_util.pretrain(killed, **steps))
   _finish(reference)
   expected = training_util.train_losses(straight)
-  assert sorted(expected) == list(range(1, 31))
-  assert training_util.train_losses(killed) == expected, f'killed at {kill_at}'
+  assert sorted(expected) == list(range(1, num_steps + 1))
+  return expected, training_util.train_losses(killed)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
+  kill_at = random.randint(4, 24)  # After the first checkpoint (every 3 steps).
+  expected, resumed = kill_and_resume(tmp_path, 30, kill_at)
+  assert resumed == expected, f'killed at {kill_at}'
 
 
 @pytest.mark.slow
