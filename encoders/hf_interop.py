@@ -120,6 +120,7 @@ class Table:
   position_offset: Callable[[int], int] = lambda pad_token_id: 0  # From the pad id.
   default_pad_token_id: int = 0
   sequence_classification: bool = True  # transformers' head is dropout + linear on the pooler.
+  base_model_pooler: bool = True  # <Prefix>Model has a pooler (DistilBertModel has none).
   check_model: Callable[[nn.Module], None] = lambda model: None  # Raises for what HF cannot hold.
 
 
@@ -394,7 +395,7 @@ def architecture(model: nn.Module, family: str) -> tuple[str, str]:
   _check_family(model, table)
   name, prefix = table.class_prefix, table.model_type
   if isinstance(model, bert.Encoder):
-    if not model.add_pooler:
+    if table.base_model_pooler and not model.add_pooler:
       raise ValueError(f'{name}Model has a pooler: export an Encoder(add_pooler=True), or the '
                        'EncoderForPreTraining around it (-> ForMaskedLM).')
     return f'{name}Model', ''
