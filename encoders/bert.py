@@ -77,7 +77,8 @@ class EncoderForPreTraining(nn.Module):
 
   With `masked_positions` [batch, predictions], the MLM head runs only there (sparse
   prediction: the vocabulary projection is most of a small model's FLOPs); without
-  it, at every position.
+  it, at every position. 'hidden' is the last layer's states at every position (the
+  distillation loss reads it; under jit an unused output costs nothing).
   """
   config: EncoderConfig
   sentence_head: bool = False
@@ -92,10 +93,9 @@ class EncoderForPreTraining(nn.Module):
   def __call__(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,
                masked_positions=None, *, deterministic: bool = True) -> dict[str, jax.Array]:
     hidden, pooled = self.encoder(input_ids, segment_ids, position_ids, token_type_ids,
-                                  deterministic=deterministic)
-    if masked_positions is not None:
-      hidden = gather_positions(hidden, masked_positions)  # [batch, predictions, hidden]
-    outputs = {'mlm_logits': self.mlm_head(hidden, self.encoder.decode)}
+                                  deterministic=deterministic)  # [batch, length, hidden]
+    predicted = hidden if masked_positions is None else gather_positions(hidden, masked_positions)
+    outputs = {'mlm_logits': self.mlm_head(predicted, self.encoder.decode), 'hidden': hidden}
     if self.sentence_head:
       outputs['sentence_logits'] = self.sentence_order_head(pooled)  # [batch, 2]
     return outputs

@@ -243,6 +243,11 @@ def _hf_names(params_shapes: dict, table: Table, prefix: str = '') -> dict[tuple
   return names
 
 
+def tensor_names(model: nn.Module, family: str) -> dict[tuple[str, ...], str]:
+  """Our parameter path (unrolled layout) -> the HF tensor it reads, without the model-type prefix."""
+  return _hf_names(_abstract_params(unrolled(model)), table_of(family))
+
+
 def _num_inputs(path: tuple[str, ...]) -> int:
   """Leading input dims of our kernel: 2 for the attention output [heads, head_dim, embed], else 1."""
   return 2 if path[-3:-1] == ('attention', 'output') else 1

@@ -44,7 +44,7 @@ def validate(workdir: str, step: int | None = None, batches: int = 0) -> tuple[i
     for batch in make_eval_iterator():
       rows.append(len(batch['input_ids']))
       yield batch
-  result = trainer.evaluate(run.eval_fn, state.params, counted, batches or 2 ** 62, mesh)
+  result = trainer.evaluate(run.eval_fn, state, counted, batches or 2 ** 62, mesh)
   return step, {**result, 'rows': sum(rows) * jax.process_count()}
 
 

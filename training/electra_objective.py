@@ -93,7 +93,8 @@ class ReplacedTokenDetection:
     return {'mlm': jnp.maximum(jnp.sum(batch['masked_weights']), 1.0),
             'rtd': jnp.maximum(jnp.sum(batch['segment_ids'] > 0).astype(jnp.float32), 1.0)}
 
-  def loss(self, params, batch, rng, denominators, deterministic: bool = False):
+  def loss(self, params, batch, rng, denominators, deterministic: bool = False, frozen=None):
+    del frozen  # No frozen variables.
     if rng is None:
       rng = jax.random.key(EVAL_SAMPLING_SEED)
     generator_rng, sampling_rng, discriminator_rng = jax.random.split(rng, 3)

@@ -32,11 +32,11 @@ class Source:
   pretrained: dict | None = None  # Workdir: its 'params' tree (numpy).
 
 
-def _is_hf_dir(path: str) -> bool:
+def is_hf_dir(path: str) -> bool:
   return os.path.exists(os.path.join(path, 'config.json'))
 
 
-def _pretraining_checkpoint(path: str):
+def pretraining_checkpoint(path: str):
   manager = checkpointing.make_manager(path, read_only=True)
   step = manager.latest_step()
   if step is None:
@@ -58,10 +58,10 @@ def resolve(config, workdir: str) -> Source:
     model.pad_token_id = tokenizer.pad_id
     return Source('none', None, model, tokenizer)
   path = checkpointing.absolute(os.path.expanduser(init_from))
-  if _is_hf_dir(path):
+  if is_hf_dir(path):
     return Source('hf', path, hf_interop.read_model_config(path), tokenizer_lib.load(path))
   if os.path.isdir(checkpointing.checkpoint_dir(path)):
-    manager, step = _pretraining_checkpoint(path)
+    manager, step = pretraining_checkpoint(path)
     pretrain_config = checkpointing.restore_config(manager, step)
     family = families.of_config(pretrain_config)
     state, _ = checkpointing.restore(manager, step, None, with_data=False)
@@ -77,7 +77,7 @@ def resolve(config, workdir: str) -> Source:
                    "nor 'none'.")
 
 
-def _hf_tensor_names(path: str) -> set[str]:
+def hf_tensor_names(path: str) -> set[str]:
   index = os.path.join(path, 'model.safetensors.index.json')
   if os.path.exists(index):
     with open(index) as f:
@@ -100,7 +100,7 @@ def initial_params(source: Source, model, fresh_params: dict, rng: jax.Array,
   heads = sorted({path[0] for path in fresh if path[0] != 'encoder'})
   has_pooler = any(path[:2] == POOLER for path in fresh)
   if source.kind == 'hf':
-    names = _hf_tensor_names(source.path)
+    names = hf_tensor_names(source.path)
     new = list(heads)
     if has_pooler and not any(re.search(r'pooler(\.dense)?\.weight$', n) for n in names):
       new.append('/'.join(POOLER))

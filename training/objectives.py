@@ -4,7 +4,7 @@ An objective owns its networks and its loss:
 
   init(rng, batch)                    -> the trainable variables (boxed with logical axes)
   denominators(batch)                 -> {term: normaliser over the whole global batch}
-  loss(params, batch, rng, denominators, deterministic)
+  loss(params, batch, rng, denominators, deterministic, frozen)
                                       -> (scalar loss, {metric: (numerator, denominator)})
 
 `denominators` is computed once per step over the global batch, so a step split into
@@ -12,8 +12,8 @@ micro-batches (gradient accumulation) sums to exactly the same loss and gradient
 one big batch. Metrics are (numerator, denominator) pairs that the loop sums over
 micro-batches and eval batches before dividing. ELECTRA fits as one objective whose
 `init` returns {'generator': ..., 'discriminator': ...} and whose `loss` adds both
-terms; distillation as one whose `loss` also runs a teacher held outside the
-optimised variables.
+terms; distillation (training/distillation.py) as one whose `loss` also runs a teacher,
+its `frozen` variables (training/state.py says how an objective declares them).
 """
 from typing import Any
 
@@ -89,7 +89,8 @@ class MaskedLanguageModeling:
       result['sentence'] = jnp.asarray(batch['input_ids'].shape[0], jnp.float32)
     return result
 
-  def loss(self, params, batch, rng, denominators, deterministic: bool = False):
+  def loss(self, params, batch, rng, denominators, deterministic: bool = False, frozen=None):
+    del frozen  # No frozen variables.
     outputs = self.apply(params, batch, rng, deterministic)
     loss, metrics = mlm_terms(outputs['mlm_logits'], batch['masked_ids'],
                               batch['masked_weights'], denominators['mlm'])
@@ -107,5 +108,9 @@ class MaskedLanguageModeling:
 
 
 def make_objective(config, sentence_head: bool):
-  """The pretraining objective of `config.model.family` (encoders/families.py)."""
+  """The pretraining objective of `config.model.family` (encoders/families.py), or
+  distillation into it when `config.distill.teacher` is set (training/distillation.py)."""
+  if config.get('distill') and config.distill.get('teacher'):
+    from training import distillation  # pylint: disable=g-import-not-at-top (it imports this module)
+    return distillation.Distillation.from_config(config, sentence_head)
   return families.of_config(config).make_objective(config, sentence_head)

@@ -115,7 +115,7 @@ def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
 
   def grads_and_metrics(microbatch, micro_rng):
     (loss, sums), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-        state.params, microbatch, micro_rng, denominators)
+        state.params, microbatch, micro_rng, denominators, frozen=state.frozen)
     # With the whole batch's denominators, a micro-batch's loss is its share of the batch
     # loss: the shares add up to it. Its count is one per step (set below), not one per
     # micro-batch, or the logged loss would be divided by grad_accum_steps.
@@ -156,9 +156,10 @@ def train_step(state: state_lib.TrainState, batch, *, objective, tx, schedule,
   return new_state, sums
 
 
-def eval_step(params, batch, *, objective):
+def eval_step(params, frozen, batch, *, objective):
   """Metric sums of one held-out batch (no dropout)."""
-  _, sums = objective.loss(params, batch, None, objective.denominators(batch), deterministic=True)
+  _, sums = objective.loss(params, batch, None, objective.denominators(batch), deterministic=True,
+                           frozen=frozen)
   return sums
 
 
@@ -302,11 +303,12 @@ def _check_batch(batch: dict, expected: dict) -> None:
                      'max_predictions).')
 
 
-def evaluate(eval_fn, params, make_eval_iterator, num_batches: int, mesh) -> dict[str, float]:
-  """MLM loss, accuracy and perplexity (and NSP/SOP) over `num_batches` held-out batches."""
+def evaluate(eval_fn, state, make_eval_iterator, num_batches: int, mesh) -> dict[str, float]:
+  """MLM loss, accuracy and perplexity (and NSP/SOP) of `state` over `num_batches` held-out batches."""
   total = None
   for _, batch in zip(range(num_batches), make_eval_iterator()):
-    total = metrics.add_sums(total, jax.device_get(eval_fn(params, sharding.global_batch(batch, mesh))))
+    sums = eval_fn(state.params, state.frozen, sharding.global_batch(batch, mesh))
+    total = metrics.add_sums(total, jax.device_get(sums))
   if total is None:  # check_eval_split stops such runs at start.
     raise ValueError('The validation split gave no batch (see check_eval_split).')
   result = metrics.summarize(total)
@@ -327,7 +329,7 @@ class Setup:
   abstract_state: state_lib.TrainState  # ShapeDtypeStructs with shardings.
   state_shardings: state_lib.TrainState
   step_fn: Callable  # (state, global batch) -> (state, metric sums); donates state.
-  eval_fn: Callable  # (params, global batch) -> metric sums.
+  eval_fn: Callable  # (params, frozen, global batch) -> metric sums.
   param_norm_fn: Callable  # params -> their global L2 norm (replicated scalar).
 
   def init_state(self, seed: int) -> state_lib.TrainState:
@@ -352,7 +354,8 @@ def setup(config, mesh: Mesh) -> Setup:
       in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
       donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_step, objective=objective),
-                    in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+                    in_shardings=(state_shardings.params, state_shardings.frozen, batch_sharding),
+                    out_shardings=replicated)
   param_norm_fn = jax.jit(optax.tree.norm, in_shardings=(state_shardings.params,),
                           out_shardings=replicated)
   return Setup(mesh, rules, sentence_head, objective, tx, schedule, shapes, abstract_state,
@@ -398,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def run_eval(step):
     nonlocal eval_metrics
     start = time.perf_counter()
-    eval_metrics = evaluate(run.eval_fn, state.params, make_eval_iterator, train.eval_steps, mesh)
+    eval_metrics = evaluate(run.eval_fn, state, make_eval_iterator, train.eval_steps, mesh)
     writer.write(step, eval_metrics, 'eval')
     progress.write(f'step {step}: validation ' + ', '.join(
         f'{k}={v:.4f}' for k, v in eval_metrics.items()))
