@@ -85,6 +85,20 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   head.pooling = 'cls'  # Sequence classification: 'cls' (BERT's pooler), 'mean' or 'max'.
   head.class_weights = 'none'  # 'none' or 'balanced' (n / (classes * count) per class).
 
+  # Parameter-efficient fine-tuning: only the method's weights, the task head (and a new pooler)
+  # are trained; the rest of the encoder is frozen (training/finetune.py).
+  config.peft = peft = ml_collections.ConfigDict()
+  peft.method = 'none'  # 'none' (full fine-tuning), 'lora', 'houlsby' or 'pfeiffer' (adapters).
+  # Comma-separated suffixes of module paths ('query,value', 'attention/output', 'mlp/output');
+  # '': the method's default (LoRA: 'query,value', PEFT's for BERT; adapters: their placement).
+  peft.targets = ''
+  peft.rank = 8  # LoRA rank r.
+  peft.alpha = 8.0  # LoRA scale alpha / r.
+  peft.rslora = False  # rsLoRA: scale alpha / sqrt(r).
+  peft.dropout = 0.0  # LoRA dropout on the input of A.
+  peft.adapter_size = 64  # Adapters' bottleneck width.
+  peft.adapter_activation = 'relu'  # 'relu', 'gelu' or 'swish'.
+
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 32  # Rows (windows) per step.
   train.num_epochs = 3.0  # Passes over the training rows (fractions allowed).

@@ -6,7 +6,16 @@ selection / early stopping on the dev split. It reuses the pretraining pieces: m
 shardings (training/sharding.py), the AdamW/LAMB optimizer and schedule
 (training/optimizer.py), the train state, metric writers and orbax checkpoints. The best
 dev model is saved to <workdir>/checkpoints and its metrics to <workdir>/results.json.
+
+Parameter-efficient fine-tuning (`config.peft`, encoders/lora.py and encoders/adapters.py)
+trains only the method's weights, the task head and any subtree the checkpoint lacked (a
+new pooler); the rest of the encoder is passed to the step as frozen arrays, so it has no
+gradient and no optimizer state. The trained variables are one tree whose paths say where
+each sits (module_hooks). LoRA is merged into the kernels for evaluation and the saved
+model ('params', plus the LoRA weights under 'lora'), and exported as a PEFT adapter
+directory (<workdir>/peft_adapter) when the task model has a transformers class.
 """
+import dataclasses
 import functools
 import json
 import logging
@@ -24,8 +33,9 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data import finetune_data
-from encoders import bert, families
+from encoders import adapters, bert, families, lora, module_hooks, peft_interop
 from encoders.config import ConfigError, EncoderConfig
+from encoders.layers import unroll_layers
 from training import checkpointing, finetune_init, finetune_metrics, metrics, optimizer, sharding
 from training import state as state_lib
 
@@ -82,9 +92,50 @@ def class_weights(labels: np.ndarray, num_labels: int, mode: str) -> np.ndarray:
   raise ConfigError(f"config.head.class_weights={mode!r}: choose 'none' or 'balanced'.")
 
 
-def apply_model(model, params, batch, rng=None, deterministic=True):
-  return model.apply({'params': params}, *(batch[k] for k in INPUTS), deterministic=deterministic,
-                     rngs=None if deterministic else {'dropout': rng})
+def peft_method(peft_config) -> lora.LoRA | adapters.Adapters | None:
+  """config.peft -> the method's LoRA / Adapters, or None for full fine-tuning."""
+  targets = tuple(t.strip() for t in peft_config.targets.split(',') if t.strip())
+  if peft_config.method == 'none':
+    return None
+  if peft_config.method == 'lora':
+    return lora.LoRA(peft_config.rank, peft_config.alpha, peft_config.dropout,
+                     targets or lora.LoRA.targets, peft_config.rslora)
+  if peft_config.method in adapters.PLACEMENTS:
+    return adapters.Adapters(peft_config.method, peft_config.adapter_size,
+                             peft_config.adapter_activation, targets)
+  raise ConfigError(f"config.peft.method={peft_config.method!r}: choose 'none', 'lora' or one "
+                    f'of {tuple(adapters.PLACEMENTS)}.')
+
+
+def is_trained(path: tuple[str, ...], method, new: list[str]) -> bool:
+  """Whether the model parameter at `path` is trained: all of them without a PEFT method;
+  with one, the task head, the new subtrees (not 'all') and what the method trains."""
+  if method is None or path[0] != 'encoder':
+    return True
+  return method.trains(path) or any('/'.join(path).startswith(f'{n}/') for n in new)
+
+
+def apply_model(model, method, params, batch, rng=None, deterministic=True):
+  """The model's outputs; `params` holds the method's weights too (module_hooks.union)."""
+  inputs = [batch[k] for k in INPUTS]
+  rngs = None if deterministic else {'dropout': rng}
+  if method is None:
+    return model.apply({'params': params}, *inputs, deterministic=deterministic, rngs=rngs)
+  params, extra = module_hooks.split_extra(params, method.key)
+  return module_hooks.apply(method, model, params, extra, *inputs, deterministic=deterministic,
+                            rngs=rngs)
+
+
+def inference_method(method):
+  """The method evaluation and the saved model run with: none for LoRA (`for_inference`)."""
+  return None if isinstance(method, lora.LoRA) else method
+
+
+def for_inference(method, params):
+  """The parameters to predict with: LoRA merged into the kernels (a plain model)."""
+  if isinstance(method, lora.LoRA):
+    return method.merge(*module_hooks.split_extra(params, method.key))
+  return params
 
 
 def task_loss(outputs, batch, kind: str, weights_per_class):
@@ -105,10 +156,11 @@ def task_loss(outputs, batch, kind: str, weights_per_class):
   return jnp.sum(cross_entropy * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
 
 
-def train_step(state, batch, *, model, tx, schedule, kind, weights_per_class):
+def train_step(state, frozen, batch, *, model, method, tx, schedule, kind, weights_per_class):
+  """One update of the trained variables (state.params); `frozen` parameters get no gradient."""
   rng = jax.random.fold_in(state.rng, state.step)
-  loss_fn = lambda p: task_loss(apply_model(model, p, batch, rng, False), batch, kind,
-                                weights_per_class)
+  loss_fn = lambda p: task_loss(apply_model(model, method, module_hooks.union(frozen, p), batch,
+                                            rng, False), batch, kind, weights_per_class)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -160,32 +212,67 @@ def _validate(config, mesh) -> None:
     raise ConfigError(f"config.head.pooling={config.head.pooling!r}: choose 'cls', 'mean' or 'max'.")
 
 
+@dataclasses.dataclass
 class _InitAdapter:
-  """The `init(rng, batch)` that training/state.py's sharded initialisation calls."""
+  """The `init(rng, batch)` that training/state.py's sharded initialisation calls: the trained
+  model parameters (boxed, with their logical axes) and the method's weights (replicated)."""
+  model: nn.Module
+  trained: Callable = lambda path: True
+  init_extra: Callable = lambda rng: {}
 
-  def __init__(self, model):
-    self.model = model
-
-  def init(self, rng, batch):
+  def params(self, rng, batch):
     return self.model.init(rng, *(batch[k] for k in INPUTS))['params']
 
+  def init(self, rng, batch):
+    trained, _ = module_hooks.split(self.params(rng, batch), self.trained)
+    return module_hooks.union(trained, self.init_extra(rng))
 
-def _initial_state(model, source, config, tx, train_rows, mesh, rules):
-  """(sharded TrainState, its shardings, names of new subtrees): the model's own init gives
+
+def _initial_state(model, method, source, config, tx, train_rows, mesh, rules):
+  """(sharded TrainState of the trained variables, the frozen parameters, shardings of the
+  model's parameters and of the state, names of new subtrees): the model's own init gives
   shapes, logical axes and the new head; the source fills in the encoder."""
   init_rng, head_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  init_model = _InitAdapter(model)
   shapes = {k: ((config.train.batch_size,) + train_rows[k].shape[1:], np.int32) for k in INPUTS}
-  _, state_shardings = state_lib.state_shardings(init_model, tx, shapes, mesh, rules)
   example = state_lib.example_batch(shapes)
-  fresh = jax.jit(lambda rng: nn.unbox(init_model.init(rng, example)),
-                  out_shardings=state_shardings.params)(init_rng)
+  init_model = _InitAdapter(model)
+  boxed = jax.eval_shape(init_model.params, init_rng, example)
+  param_shardings = sharding.logical_shardings(boxed, mesh, rules)
+  fresh = jax.jit(lambda rng: nn.unbox(init_model.params(rng, example)),
+                  out_shardings=param_shardings)(init_rng)
   params, new = finetune_init.initial_params(source, model, fresh, head_rng, config.reinit)
+  if method is not None:
+    modules = module_hooks.target_modules(model, nn.unbox(boxed), method.module_targets)
+    init_model = _InitAdapter(model, functools.partial(is_trained, method=method, new=new),
+                              functools.partial(method.init, modules=modules))
+  _, state_shardings = state_lib.state_shardings(init_model, tx, shapes, mesh, rules)
+  trained, frozen = module_hooks.split(params, init_model.trained)
+  extra = init_model.init_extra(jax.random.fold_in(init_rng, 1))
   make_state = lambda p, rng: state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                                    opt_state=tx.init(p), rng=rng)
   state = jax.jit(make_state, out_shardings=state_shardings)(
-      jax.device_put(params, state_shardings.params), dropout_rng)
-  return state, state_shardings, new
+      jax.device_put(module_hooks.union(trained, extra), state_shardings.params), dropout_rng)
+  frozen = jax.device_put(frozen, module_hooks.split(param_shardings, init_model.trained)[1])
+  return state, frozen, param_shardings, state_shardings, new
+
+
+def _num_elements(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _export_peft(out_dir, model, family, method, trained, source) -> str | None:
+  """Writes LoRA's PEFT adapter directory; None (logged) when the task model has no
+  transformers class (e.g. mean pooling)."""
+  head, extra = module_hooks.split_extra(trained, method.key)
+  try:
+    architecture = peft_interop.save(
+        out_dir, model, family, method, extra, head,
+        base_model_name_or_path=source.path if source.kind == 'hf' else None)
+  except ValueError as error:  # ConfigError too: a family or model transformers cannot hold.
+    logging.warning('No PEFT adapter directory: %s', error)
+    return None
+  logging.info('PEFT adapter for %s written to %s.', architecture, out_dir)
+  return out_dir
 
 
 def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> dict:
@@ -201,8 +288,13 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   rules = sharding.rules(config.mesh)
   _validate(config, mesh)
   source = finetune_init.resolve(config, workdir)
+  method = peft_method(config.peft)
   family = families.finetuning(families.get(source.model_config.get('family', 'bert')))
   model_config = family.model_config(source.model_config)
+  if method is not None and model_config.scan_layers:  # PEFT finds modules by their layer_{i} path.
+    model_config = dataclasses.replace(model_config, scan_layers=False)
+    if source.pretrained is not None:
+      source = dataclasses.replace(source, pretrained=unroll_layers(source.pretrained))
   if task is None:
     task = finetune_data.build_task(config, source.tokenizer, model_config.type_vocab_size > 1)
   length = task.splits['train'].rows['input_ids'].shape[1]
@@ -226,18 +318,33 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   tx, schedule = make_optimizer(opt_config, num_steps, model_config.num_layers,
                                  functools.partial(family.models.layer_depth, config=model_config))
 
-  state, state_shardings, new = _initial_state(model, source, config, tx, train_rows, mesh, rules)
-  logging.info('Fine-tuning %s from %s (%s); new: %s', task.kind, source.kind, source.path, new)
+  state, frozen, param_shardings, state_shardings, new = _initial_state(
+      model, method, source, config, tx, train_rows, mesh, rules)
+  sizes = dict(trainable_parameters=_num_elements(state.params),
+               frozen_parameters=_num_elements(frozen),
+               optimizer_state_bytes=int(sum(x.nbytes for x in jax.tree.leaves(state.opt_state))))
+  logging.info('Fine-tuning %s from %s (%s); new: %s; %s', task.kind, source.kind, source.path,
+               new, sizes)
 
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                                      kind=task.kind, weights_per_class=weights_per_class),
-                    in_shardings=(state_shardings, batch_sharding),
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+  step_fn = jax.jit(functools.partial(train_step, model=model, method=method, tx=tx,
+                                      schedule=schedule, kind=task.kind,
+                                      weights_per_class=weights_per_class),
+                    in_shardings=(state_shardings, frozen_shardings, batch_sharding),
                     out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  param_shardings = state_shardings.params
-  predict_fn = jax.jit(lambda p, batch: apply_model(model, p, batch),
-                       in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
+  # Evaluation and the saved model use the inference form (LoRA merged into the kernels).
+  evaluated_method = inference_method(method)
+  inference_shardings = param_shardings
+  if evaluated_method is not None:
+    inference_shardings = module_hooks.union(
+        param_shardings, module_hooks.split_extra(state_shardings.params, method.key)[1])
+  to_inference = jax.jit(lambda p, f: for_inference(method, module_hooks.union(f, p)),
+                         in_shardings=(state_shardings.params, frozen_shardings),
+                         out_shardings=inference_shardings)
+  predict_fn = jax.jit(lambda p, batch: apply_model(model, evaluated_method, p, batch),
+                       in_shardings=(inference_shardings, batch_sharding), out_shardings=replicated)
 
   is_main = jax.process_index() == 0
   writer = metrics.MetricWriter(workdir, is_main)
@@ -253,7 +360,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # Activation constraints on.
     for step in range(num_steps):
       batch = take(train_rows, stream[step * batch_size:(step + 1) * batch_size])
-      state, step_metrics = step_fn(state, sharding.global_batch(batch, mesh))
+      state, step_metrics = step_fn(state, frozen, sharding.global_batch(batch, mesh))
       done = step + 1
       progress.update(1)
       if done % config.train.log_every == 0 or done == num_steps:
@@ -264,7 +371,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
         writer.write(done, values, 'train')
         progress.set_postfix(loss=f'{values["loss"]:.3f}', refresh=False)
       if done % eval_every == 0 or done == num_steps:
-        dev = evaluate(predict_fn, state.params, task, 'dev', config, mesh)
+        dev = evaluate(predict_fn, to_inference(state.params, frozen), task, 'dev', config, mesh)
         writer.write(done, dev, 'dev')
         if not progress.disable:
           progress.write(f'step {done}: dev ' + ', '.join(f'{k}={v:.4f}' for k, v in dev.items()))
@@ -279,18 +386,28 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
                          selection, best['score'], best['step'])
             break
     progress.close()
-    best_params = jax.device_put(best['params'], param_shardings)
+    best_trained = jax.device_put(best['params'], state_shardings.params)
+    best_params = to_inference(best_trained, frozen)
     test = evaluate(predict_fn, best_params, task, 'test', config, mesh)
   writer.write(best['step'], test, 'test')
   writer.close()
 
+  saved = {'params': best_params}
+  if method is not None:  # The model's parameters (LoRA merged) and the method's weights apart.
+    saved['params'], _ = module_hooks.split_extra(best_params, method.key)
+    saved[method.key] = module_hooks.split_extra(best_trained, method.key)[1]
   manager = checkpointing.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
-  checkpointing.save(manager, best['step'], {'params': best_params}, {'task': config.task}, config)
+  checkpointing.save(manager, best['step'], saved, {'task': config.task}, config)
   manager.wait_until_finished()
   manager.close()
+  adapter_dir = None
+  if isinstance(method, lora.LoRA) and jax.process_index() == 0:
+    adapter_dir = _export_peft(os.path.join(workdir, 'peft_adapter'), model, family.name, method,
+                               jax.device_get(best_trained), source)
   result = dict(task=config.task, init_from=source.kind, reinit=bool(config.reinit),
-                best_step=best['step'], steps_run=done, num_steps=num_steps,
-                train_rows=num_train, new_parameters=new, dev=best['dev'], test=test,
+                peft=config.peft.method, best_step=best['step'], steps_run=done,
+                num_steps=num_steps, train_rows=num_train, new_parameters=new, **sizes,
+                peft_adapter=adapter_dir, dev=best['dev'], test=test,
                 wall_seconds=time.perf_counter() - started)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
