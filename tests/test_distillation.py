@@ -262,3 +262,30 @@ def test_a_teacher_with_another_vocabulary_fails_at_start(teacher_dir, tmp_path)
   config.data.tokenizer_path = other
   with pytest.raises(ConfigError, match='must share the tokenizer'):
     objectives.make_objective(config, sentence_head=False)
+
+
+def test_distil_minilm_recipe_builds_a_three_layer_student_of_minilm():
+  from configs import distilbert as distilbert_configs  # pylint: disable=g-import-not-at-top
+  config = distilbert_configs.get_config('distil_minilm')
+  objective = objectives.make_objective(config, sentence_head=False)
+  assert isinstance(objective, distillation.Distillation)
+  assert objective.teacher.path == hf_interop.installed_minilm_dir()
+  assert (objective.teacher.config.num_layers, objective.model.config.num_layers) == (6, 3)
+  assert objective.layers == [0, 3, 5] and not objective.teacher.has_mlm_head
+  assert type(objective.model).__module__ == 'encoders.distilbert'
+
+
+def test_distill_vs_teacher_prints_one_job_per_row_and_seed(tmp_path):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  out = str(tmp_path / 'out')
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.distill_vs_teacher', f'--out={out}', '--mode=print'],
+      cwd=training_util.ROOT, env=training_util.env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  jobs = [line for line in result.stdout.splitlines() if 'experiments.distill_vs_teacher' in line]
+  rows = ['teacher', 'distilled', '- L_mlm', 'MLM only, teacher init (= - L_cos)',
+          'MLM only, random init', 'no pretraining']  # MiniLM has no MLM head: no '- L_ce' row.
+  assert len(jobs) == 2 * len(rows), result.stdout
+  for row in rows:
+    assert any(f'--cell={row}' in job or f"'--cell={row}'" in job for job in jobs), (row, jobs)
+  assert not os.path.exists(out) or not os.listdir(out)

@@ -207,7 +207,7 @@ def main(ablation: Ablation) -> str:
   if scale == 'smoke':
     cells, seeds = cells[:ablation.smoke_cells], [0]
   if f.cell is not None:
-    cells = [c for c in cells if c.name == f.cell] or _unknown_cell(f.cell, all_cells)
+    cells = [c for c in cells if c.name == f.cell] or unknown_cell(f.cell, all_cells)
     seeds = seeds if f.seed is None else [f.seed]
 
   def run_fn(cell: sweep.Cell, seed: int) -> dict:
@@ -234,7 +234,7 @@ def main(ablation: Ablation) -> str:
   return markdown
 
 
-def _unknown_cell(name: str, cells: list[sweep.Cell]):
+def unknown_cell(name: str, cells: list[sweep.Cell]):
   raise ValueError(f'--cell={name!r}: known cells are {[c.name for c in cells]}.')
 
 
