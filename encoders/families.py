@@ -17,7 +17,7 @@ import dataclasses
 import importlib
 import types
 
-from encoders import albert, bert, distilbert, electra
+from encoders import albert, bert, deberta, distilbert, electra
 from encoders.config import ConfigError, EncoderConfig
 
 
@@ -72,6 +72,8 @@ FAMILIES = {
                       finetune_params='encoders.electra:discriminator_as_encoder'),
     'albert': Family('albert', 'configs/albert.py', albert.AlbertConfig, albert, _MLM,
                      'encoders.albert_interop:ALBERT', 'albert'),
+    'deberta': Family('deberta', 'configs/deberta.py', deberta.DebertaConfig, deberta, _MLM,
+                      'encoders.deberta_interop:DEBERTA', 'deberta-v2'),
     'distilbert': Family('distilbert', 'configs/distilbert.py', distilbert.DistilBertConfig,
                          distilbert, _MLM, 'encoders.distilbert_interop:DISTILBERT', 'distilbert'),
 }

@@ -106,7 +106,7 @@ def config_fields(config: EncoderConfig) -> dict:
 class Table:
   """One family in transformers' layout: names, config fields, architectures, refusals."""
   family: str  # Our family name (encoders/families.py).
-  model_type: str  # transformers' model_type; also the prefix of the encoder's tensors.
+  model_type: str  # transformers' model_type; also the prefix of the encoder's tensors ...
   class_prefix: str  # 'Bert' -> BertModel, BertForMaskedLM, ...
   encoder_rules: Rules  # Our path inside the encoder -> HF module name (after the prefix).
   head_rules: Rules  # Our head's module path -> HF module name.
@@ -122,6 +122,12 @@ class Table:
   sequence_classification: bool = True  # transformers' head is dropout + linear on the pooler.
   base_model_pooler: bool = True  # <Prefix>Model has a pooler (DistilBertModel has none).
   check_model: Callable[[nn.Module], None] = lambda model: None  # Raises for what HF cannot hold.
+  tensor_prefix: str | None = None  # ... unless this differs ('deberta' for 'deberta-v2').
+
+  @property
+  def prefix(self) -> str:
+    """The encoder's tensor-name prefix in task checkpoints ('bert' in 'bert.embeddings...')."""
+    return self.tensor_prefix or self.model_type
 
 
 def _no_projection(model: nn.Module) -> None:
@@ -248,12 +254,20 @@ def tensor_names(model: nn.Module, family: str) -> dict[tuple[str, ...], str]:
   return _hf_names(_abstract_params(unrolled(model)), table_of(family))
 
 
+def _is_conv(path: tuple[str, ...]) -> bool:
+  """A module named `conv` holds a 1-D convolution: ours [width, in / groups, out] (flax's
+  nn.Conv), transformers' (torch Conv1d) [out, in / groups, width], the axes reversed."""
+  return path[-2:] == ('conv', 'kernel')
+
+
 def _num_inputs(path: tuple[str, ...]) -> int:
   """Leading input dims of our kernel: 2 for the attention output [heads, head_dim, embed], else 1."""
   return 2 if path[-3:-1] == ('attention', 'output') else 1
 
 
 def _hf_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+  if _is_conv(path):
+    return tuple(shape[::-1])
   if path[-1] == 'kernel':  # HF (out, in).
     n = _num_inputs(path)
     return (int(np.prod(shape[n:])), int(np.prod(shape[:n])))
@@ -352,7 +366,7 @@ def load_params(checkpoint_dir: str, model: nn.Module, *, fresh: tuple[str, ...]
   for subtree in fresh:
     if not any(under(path, subtree) for path in names):
       raise ValueError(f'fresh={fresh!r}: {subtree!r} names no parameter subtree of the model.')
-  tensors = read_tensors(checkpoint_dir, table.model_type)
+  tensors = read_tensors(checkpoint_dir, table.prefix)
 
   wanted = {path: name for path, name in names.items() if not is_fresh(path)}
   missing = [f'{name} (ours: {"/".join(path)})' for path, name in wanted.items()
@@ -398,7 +412,7 @@ def architecture(model: nn.Module, family: str) -> tuple[str, str]:
   """(HF architecture class, tensor-name prefix) that holds exactly `model`'s parameters."""
   table = table_of(family)
   _check_family(model, table)
-  name, prefix = table.class_prefix, table.model_type
+  name, prefix = table.class_prefix, table.prefix
   if isinstance(model, bert.Encoder):
     if table.base_model_pooler and not model.add_pooler:
       raise ValueError(f'{name}Model has a pooler: export an Encoder(add_pooler=True), or the '
