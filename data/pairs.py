@@ -42,6 +42,12 @@ def articles(split: str) -> list[dict]:
           if a['extract'].strip() and corpus.split_of(a['title']) == split]
 
 
+def evenly_spaced(items: list, count: int) -> list:
+  """`count` items (0: all) at evenly spaced positions of `items`, first and last included."""
+  count = len(items) if count <= 0 else min(count, len(items))
+  return [items[i] for i in np.linspace(0, len(items) - 1, count).astype(int)]
+
+
 def sentences(text: str) -> list[str]:
   """A text cut after '.', '!' or '?' followed by a space and a capital, digit or quote."""
   return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]

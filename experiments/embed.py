@@ -60,11 +60,8 @@ INDEX_VECTORS, INDEX_META = 'embeddings.npy', 'index.json'
 def read_articles(num_articles: int, split: str = 'all') -> list[dict]:
   """`num_articles` (0: all) evenly spaced {title, extract, description, topic} dicts of `split`."""
   articles = list(corpus.wiki_offline_articles('en').values())
-  if split != 'all':
-    articles = pairs_lib.articles(split)
-  count = len(articles) if num_articles <= 0 else min(num_articles, len(articles))
-  picks = np.linspace(0, len(articles) - 1, count).astype(int)
-  return [articles[i] for i in picks]
+  return pairs_lib.evenly_spaced(articles if split == 'all' else pairs_lib.articles(split),
+                                 num_articles)
 
 
 def load_tokenizer(checkpoint_dir: str, max_length: int) -> tokenizers.Tokenizer:
