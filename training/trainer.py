@@ -65,10 +65,19 @@ def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return result
 
 
+def encoder_config(config) -> EncoderConfig:
+  """config.model validated by its family: the family's own config when that is an
+  EncoderConfig (DeBERTa's, which allows type_vocab_size=0), else the fields all families
+  have (ELECTRA's pair of configs: its discriminator's)."""
+  model = families.of_config(config).model_config(config.model, prefix='config.model')
+  if isinstance(model, EncoderConfig):
+    return model
+  return EncoderConfig.from_config(config.model, prefix='config.model')
+
+
 def validate_config(config, mesh) -> None:
   """Checks what would otherwise fail deep inside JAX; the message names the field."""
-  families.of_config(config).model_config(config.model, prefix='config.model')  # Its own checks.
-  model = EncoderConfig.from_config(config.model, prefix='config.model')  # Fields all families have.
+  model = encoder_config(config)
   train = config.train
   for field in ('batch_size', 'num_steps', 'grad_accum_steps', 'log_every', 'eval_every',
                 'eval_steps'):
@@ -385,7 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metrics.MetricWriter(workdir, is_main, start_step)
   model_flops = train.batch_size * run.objective.flops_per_sequence(
       config.data.seq_length, run.shapes['masked_ids'][0][1])
-  peak_flops = flops.peak_flops_total(EncoderConfig.from_config(config.model).compute_dtype)
+  peak_flops = flops.peak_flops_total(encoder_config(config).compute_dtype)
   # With several processes JAX's preemption service (started by jax.distributed) owns SIGTERM.
   preemption = _Preemption(config.checkpoint.save_on_preemption and jax.process_count() == 1)
   progress = tqdm.tqdm(total=train.num_steps, initial=start_step, unit='step', dynamic_ncols=True,
