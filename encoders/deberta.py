@@ -42,8 +42,8 @@ import numpy as np
 from encoders import bert
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import MaskedLMHead, gather_positions
-from encoders.layers import (ACTIVATIONS, MLP, REMAT_POLICIES, Dense, HeadProjection, matmul,
-                             normal_init, zeros_init, attention_mask, layer_norm)
+from encoders.layers import (ACTIVATIONS, MLP, REMAT_POLICIES, Dense, HeadProjection,
+                             attention_mask, layer_norm, matmul, normal_init, zeros_init)
 
 POSITION_TERMS = ('c2p', 'p2c')
 CONV_ACTIVATIONS = {**ACTIVATIONS, 'tanh': jnp.tanh}
@@ -78,7 +78,9 @@ class DebertaConfig(EncoderConfig):
   @property
   def relative_span(self) -> int:
     """The largest relative distance the buckets reach (transformers' max_relative_positions)."""
-    return self.max_relative_positions if self.max_relative_positions >= 1 else self.max_position_embeddings
+    if self.max_relative_positions >= 1:
+      return self.max_relative_positions
+    return self.max_position_embeddings
 
   @property
   def attention_span(self) -> int:
@@ -101,7 +103,8 @@ class DebertaConfig(EncoderConfig):
     if self.embedding_size not in (None, self.hidden_size):
       fail('embedding_size', "DeBERTa embeds at hidden_size (transformers' bias-free embed_proj "
            'is not supported).')
-    if len(set(self.pos_att_type)) != len(self.pos_att_type) or not set(self.pos_att_type) <= set(POSITION_TERMS):
+    terms = self.pos_att_type
+    if len(set(terms)) != len(terms) or not set(terms) <= set(POSITION_TERMS):
       fail('pos_att_type', f'must be a subset of {POSITION_TERMS} without repeats.')
     for field in ('position_buckets', 'max_relative_positions'):
       value = getattr(self, field)
@@ -114,7 +117,8 @@ class DebertaConfig(EncoderConfig):
       fail('conv_kernel_size', 'must be 0 (no ConvLayer) or an odd positive integer.')
     if self.conv_act not in CONV_ACTIVATIONS:
       fail('conv_act', f'choose one of {tuple(CONV_ACTIVATIONS)}.')
-    if not isinstance(self.conv_groups, int) or self.conv_groups < 1 or self.hidden_size % self.conv_groups:
+    groups = self.conv_groups
+    if not isinstance(groups, int) or groups < 1 or self.hidden_size % groups:
       fail('conv_groups', f'must be a positive integer dividing hidden_size={self.hidden_size}.')
     if self.conv_kernel_size and self.scan_layers:
       fail('conv_kernel_size', 'the ConvLayer follows only the first layer, which a scan over '
@@ -210,21 +214,26 @@ class DisentangledSelfAttention(nn.Module):
     query = query_projection(query_states)  # [batch, queries, heads, head_dim]
     key = key_projection(x)  # [batch, length, heads, head_dim]
     value = HeadProjection(c, to_heads=True, name='value')(x)
-    scale = (c.head_dim * (1 + len(c.pos_att_type))) ** -0.5  # transformers counts the terms
-    scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) * scale  # even without relative attention.
+    # transformers counts the position terms in the scale even without relative attention.
+    scale = (c.head_dim * (1 + len(c.pos_att_type))) ** -0.5
+    scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) * scale  # f32
     if c.relative_attention:
       embeddings, index = relative
       embeddings = nn.Dropout(c.hidden_dropout_rate)(embeddings, deterministic=deterministic)[None]
       if 'c2p' in c.pos_att_type:
-        projection = key_projection if c.share_att_key else HeadProjection(c, True, name='pos_key_proj')
+        projection = (key_projection if c.share_att_key
+                      else HeadProjection(c, to_heads=True, name='pos_key_proj'))
         position_key = projection(embeddings)[0]  # [rows, heads, head_dim]
         c2p = matmul('bqhd,rhd->bhqr', query, position_key, c.compute_dtype)
-        scores += jnp.take_along_axis(c2p, index[:, None], axis=-1) * scale  # [batch, heads, queries, length]
+        c2p = jnp.take_along_axis(c2p, index[:, None], axis=-1)  # [batch, heads, queries, length]
+        scores += c2p * scale
       if 'p2c' in c.pos_att_type:
-        projection = query_projection if c.share_att_key else HeadProjection(c, True, name='pos_query_proj')
+        projection = (query_projection if c.share_att_key
+                      else HeadProjection(c, to_heads=True, name='pos_query_proj'))
         position_query = projection(embeddings)[0]  # [rows, heads, head_dim]
         p2c = matmul('bkhd,rhd->bhkr', key, position_query, c.compute_dtype)
-        p2c = jnp.take_along_axis(p2c, jnp.swapaxes(index, 1, 2)[:, None], axis=-1)  # [b, h, length, queries]
+        # Key j's row at d(i, j), for each query i: [batch, heads, length, queries].
+        p2c = jnp.take_along_axis(p2c, jnp.swapaxes(index, 1, 2)[:, None], axis=-1)
         scores += jnp.swapaxes(p2c, 2, 3) * scale
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, queries, length], f32
@@ -245,7 +254,8 @@ class Layer(nn.Module):
     dropout = nn.Dropout(c.hidden_dropout_rate)
     attended = DisentangledSelfAttention(c, name='attention')(x, query_states, mask, relative,
                                                              deterministic)
-    y = layer_norm(c, 'attention_layer_norm')(query_states + dropout(attended, deterministic=deterministic))
+    attended = dropout(attended, deterministic=deterministic)
+    y = layer_norm(c, 'attention_layer_norm')(query_states + attended)
     y = nn.with_logical_constraint(y, ('batch', 'length', 'embed'))
     transformed = MLP(c, name='mlp')(y)
     y = layer_norm(c, 'output_layer_norm')(y + dropout(transformed, deterministic=deterministic))
@@ -385,7 +395,8 @@ class Encoder(bert.Encoder):
     if not self.config.relative_attention:
       return None, None
     index = relative_index(length, self.config)
-    first, end = int(index.min()), int(index.max()) + 1  # Rows no distance of this length reaches are left out.
+    # Only the rows that a distance within this length reaches.
+    first, end = int(index.min()), int(index.max()) + 1
     rows = self.relative_embeddings.embedding[first:end]
     if self.config.norm_rel_ebd == 'layer_norm':
       rows = self.relative_layer_norm(rows)
@@ -408,7 +419,7 @@ class Encoder(bert.Encoder):
     if emd:
       if masked_positions is None:
         masked_positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-      query_segments = jnp.take_along_axis(segment_ids, masked_positions, axis=1)  # [batch, predictions]
+      query_segments = jnp.take_along_axis(segment_ids, masked_positions, axis=1)  # [b, predictions]
       query_mask = (query_segments[:, :, None] == segment_ids[:, None, :])[:, None]
       query_relative = None if rows is None else (rows, index[masked_positions])
       emd_inputs = (self.embeddings.absolute_positions(position_ids), masked_positions,

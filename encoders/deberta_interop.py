@@ -42,7 +42,10 @@ def _read_fields(hf: dict, path: str) -> dict:
     if hf.get(key, expected) != expected:
       raise ConfigError(f'{path}: {key}={hf[key]} (not {expected}) is not supported.')
   fields = {ours: hf.get(key, default) for key, (ours, default) in _FIELDS.items()}
-  fields['pos_att_type'] = list(fields['pos_att_type'] or ())
+  terms = fields['pos_att_type'] or ()
+  if isinstance(terms, str):  # The released config.json files: 'p2c|c2p'.
+    terms = terms.lower().split('|')
+  fields['pos_att_type'] = [term.strip() for term in terms if term.strip()]
   if fields['position_buckets'] <= 0:
     fields['position_buckets'] = -1
   return {**encoder_fields(hf, path), **fields, 'emd': False}

@@ -311,6 +311,10 @@ def test_read_model_config_gives_the_deberta_family(tmp_path):
   assert (config.conv_kernel_size, config.conv_act, config.conv_groups) == (3, 'gelu', 2)
   assert config.pos_att_type == ('p2c', 'c2p') and config.share_att_key is False
   assert config.type_vocab_size == 0 and config.layer_norm_eps == 1e-7 and not config.emd
+  # The released checkpoints' config.json spell the terms as one string (deberta_base.json).
+  written = json.load(open(tmp_path / 'config.json'))
+  json.dump({**written, 'pos_att_type': 'p2c|c2p'}, open(tmp_path / 'config.json', 'w'))
+  assert read_config(path).pos_att_type == ('p2c', 'c2p')
 
 
 def test_emd_export_keeps_its_position_table_as_transformers_ignores_it(tmp_path):
