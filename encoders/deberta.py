@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoders import bert
+from encoders import bert, layers
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import MaskedLMHead, gather_positions
 from encoders.layers import (ACTIVATIONS, MLP, REMAT_POLICIES, Dense, HeadProjection,
@@ -156,8 +156,9 @@ def relative_index(length: int, config: DebertaConfig) -> np.ndarray:
   return np.clip(relative + span, 0, 2 * span - 1)
 
 
-class Embeddings(nn.Module):
-  """Word [+ absolute position] [+ token type] embeddings, LayerNorm, dropout.
+class Embeddings(layers.Embeddings):
+  """Word [+ absolute position] [+ token type] embeddings, LayerNorm, dropout; BERT's tied
+  decoder (`attend`).
 
   The position table exists when the input uses it (position_biased_input) or EMD does.
   """
@@ -190,10 +191,6 @@ class Embeddings(nn.Module):
   def absolute_positions(self, position_ids):
     """[batch, length] -> the position table's rows [batch, length, hidden] (EMD's z states)."""
     return self.position_embeddings(position_ids + self.config.position_offset)
-
-  def attend(self, x):
-    """[..., hidden] -> [..., vocab]: the decoder tied to the word embeddings."""
-    return matmul('...d,vd->...v', x, self.word_embeddings.embedding, self.config.compute_dtype)
 
 
 class DisentangledSelfAttention(nn.Module):
