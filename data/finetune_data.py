@@ -33,6 +33,7 @@ import hashlib
 import numpy as np
 
 from data import corpus
+from encoders.config import ConfigError
 
 KINDS = ('classification', 'token_classification', 'qa')
 # GLUE tasks: (text features, evaluation split). STS-B is a regression and is not supported.
@@ -288,25 +289,73 @@ def carve_dev(records: list[dict], key: str, dev_fraction: float) -> dict[str, l
   return result
 
 
+def _no_topics(data_config) -> ConfigError:
+  return ConfigError(f'config.data.dataset={data_config.dataset!r} has no topic labels: the '
+                     "topic task needs 'wiki_offline/en' (or /fr, /es).")
+
+
 def topic_records(data_config, dev_fraction: float) -> tuple[dict[str, list[dict]], list[str]]:
   """{'train', 'dev', 'test'} record lists of the embedded Wikipedia topic task, and topic names."""
   builder = corpus.get_builder(data_config)
   names = corpus.topic_names(builder)
   if names is None:
-    raise ValueError(f'config.data.dataset={data_config.dataset!r} has no topic labels: the topic '
-                     "task needs 'wiki_offline/en' (or /fr, /es).")
+    raise _no_topics(data_config)
   splits = carve_dev(read_records(builder, 'train'), 'title', dev_fraction)
   splits['test'] = read_records(builder, 'test')
   return splits, names
 
 
-def catalog_records(name: str, data_dir: str, dev_fraction: float, key: str, eval_split: str,
-                    text_field: str) -> tuple[dict[str, list[dict]], object]:
-  """{'train', 'dev', 'test'} records of a prepared TFDS catalog dataset, and its builder."""
-  builder = corpus.catalog_builder(name, data_dir, text_field)  # Clear errors if not prepared.
+def catalog_task(task: str) -> tuple[str, str, str, str] | None:
+  """(TFDS name, record key of the dev carve, evaluation split, text feature) of a task read from
+  a prepared TFDS dataset; None for 'topic'. An unknown task raises ConfigError."""
+  if task == 'topic':
+    return None
+  if task.startswith('glue/'):
+    glue_name = task.partition('/')[2]
+    if glue_name not in GLUE:
+      raise ConfigError(f'config.task={task!r}: supported GLUE tasks are '
+                        f'{", ".join("glue/" + n for n in GLUE)} (stsb is a regression).')
+    fields, eval_split = GLUE[glue_name]
+    return task, 'idx', eval_split, fields[0]
+  if task == 'conll2003':
+    return 'conll2003', 'id', 'test', 'tokens'
+  if task == 'squad':
+    return 'squad', 'title', 'validation', 'context'
+  raise ConfigError(f"config.task={task!r}: choose 'topic', 'glue/<name>', 'conll2003' or "
+                    "'squad'.")
+
+
+def catalog_task_builder(name: str, data_dir: str, eval_split: str, text_field: str):
+  """The prepared builder of a catalog task; ConfigError when it is not prepared in data_dir
+  or lacks the evaluation split."""
+  builder = corpus.catalog_builder(name, data_dir, text_field)
   if eval_split not in builder.info.splits:
-    raise ValueError(f'{name} in {builder.data_dir} has no {eval_split!r} split; it has '
-                     f'{", ".join(builder.info.splits)}.')
+    raise ConfigError(f'{name} in {builder.data_dir} has no {eval_split!r} split; it has '
+                      f'{", ".join(builder.info.splits)}.')
+  return builder
+
+
+def check_task(config) -> None:
+  """Raises ConfigError, reading no record, when config.task cannot be read: an unknown task,
+  the topic task on a corpus without topic labels, a catalog task not prepared in
+  config.data.data_dir. (data/validate.py calls it at start.)"""
+  data = config.data
+  source = catalog_task(config.task)
+  if source is None:
+    if data.dataset == 'text_files' or (
+        corpus.is_catalog(data.dataset) and corpus.topic_names(corpus.catalog_builder(
+            data.dataset, corpus.data_dir_of(data), data.text_field)) is None):
+      raise _no_topics(data)
+    return
+  name, _, eval_split, text_field = source
+  catalog_task_builder(name, data.data_dir, eval_split, text_field)
+
+
+def catalog_records(task: str, data_dir: str, dev_fraction: float
+                    ) -> tuple[dict[str, list[dict]], object]:
+  """{'train', 'dev', 'test'} records of a catalog task (catalog_task), and its builder."""
+  name, key, eval_split, text_field = catalog_task(task)
+  builder = catalog_task_builder(name, data_dir, eval_split, text_field)
   splits = carve_dev(read_records(builder, 'train'), key, dev_fraction)
   splits['test'] = read_records(builder, eval_split)
   return splits, builder
@@ -316,6 +365,7 @@ def build_task(config, tokenizer, pair_types: bool) -> Task:
   """The Task of `config.task` ('topic', 'glue/<name>', 'conll2003', 'squad') from config.data."""
   data = config.data
   task = config.task
+  catalog_task(task)  # An unknown task raises ConfigError naming it.
   common = dict(tokenizer=tokenizer, max_length=data.max_length, doc_stride=data.doc_stride)
 
   def limit(records, split):
@@ -330,13 +380,8 @@ def build_task(config, tokenizer, pair_types: bool) -> Task:
             for s, recs in splits.items()}
     return Task('classification', names, made)
   if task.startswith('glue/'):
-    glue_name = task.partition('/')[2]
-    if glue_name not in GLUE:
-      raise ValueError(f'config.task={task!r}: supported GLUE tasks are '
-                       f'{", ".join("glue/" + n for n in GLUE)} (stsb is a regression).')
-    fields, eval_split = GLUE[glue_name]
-    splits, builder = catalog_records(task, data.data_dir, data.dev_fraction, 'idx', eval_split,
-                                      fields[0])
+    splits, builder = catalog_records(task, data.data_dir, data.dev_fraction)
+    fields, _ = GLUE[task.partition('/')[2]]
     names = list(builder.info.features['label'].names)
     made = {}
     for s, recs in splits.items():
@@ -347,22 +392,19 @@ def build_task(config, tokenizer, pair_types: bool) -> Task:
           pair_types=pair_types, **common)
     return Task('classification', names, made)
   if task == 'conll2003':
-    splits, builder = catalog_records('conll2003', data.data_dir, data.dev_fraction, 'id', 'test',
-                                      'tokens')
+    splits, builder = catalog_records(task, data.data_dir, data.dev_fraction)
     names = list(builder.info.features['ner'].feature.names)
     made = {s: token_classification_split([r['tokens'] for r in limit(recs, s)],
                                           [r['ner'] for r in limit(recs, s)], **common)
             for s, recs in splits.items()}
     return Task('token_classification', names, made)
-  if task == 'squad':
-    splits, _ = catalog_records('squad', data.data_dir, data.dev_fraction, 'title', 'validation',
-                                'context')
-    made = {}
-    for s, recs in splits.items():
-      recs = limit(recs, s)
-      answers = [list(zip(r['answers']['text'], map(int, r['answers']['answer_start'])))
-                 for r in recs]
-      made[s] = qa_split([r['question'] for r in recs], [r['context'] for r in recs], answers,
-                         max_query_length=data.max_query_length, pair_types=pair_types, **common)
-    return Task('qa', None, made)
-  raise ValueError(f"config.task={task!r}: choose 'topic', 'glue/<name>', 'conll2003' or 'squad'.")
+  assert task == 'squad', task
+  splits, _ = catalog_records(task, data.data_dir, data.dev_fraction)
+  made = {}
+  for s, recs in splits.items():
+    recs = limit(recs, s)
+    answers = [list(zip(r['answers']['text'], map(int, r['answers']['answer_start'])))
+               for r in recs]
+    made[s] = qa_split([r['question'] for r in recs], [r['context'] for r in recs], answers,
+                       max_query_length=data.max_query_length, pair_types=pair_types, **common)
+  return Task('qa', None, made)

@@ -26,34 +26,7 @@ import numpy as np
 from data import examples as examples_lib
 from data import masking
 from data import packing
-
-
-def validate_data_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad field of the pipeline block of `config.data`."""
-
-  def check(field, ok, requirement):
-    if not ok:
-      raise ValueError(f'data.{field}={config[field]!r}: {requirement}.')
-
-  check('input_format', config.input_format in examples_lib.INPUT_FORMATS,
-        f'must be one of {examples_lib.INPUT_FORMATS}')
-  check('seq_length', isinstance(config.seq_length, int) and config.seq_length >= 8,
-        'must be an integer >= 8')
-  check('short_seq_prob', 0 <= config.short_seq_prob <= 1, 'must be in [0, 1]')
-  check('packing_buffer', config.packing_buffer >= 1, 'must be >= 1')
-  check('mask_rate', 0 < config.mask_rate < 1, 'must be in (0, 1)')
-  check('mask_token_prob', 0 <= config.mask_token_prob <= 1, 'must be in [0, 1]')
-  check('random_token_prob', 0 <= config.random_token_prob <= 1 - config.mask_token_prob,
-        f'must be in [0, 1 - mask_token_prob = {1 - config.mask_token_prob:g}]')
-  check('masking', config.masking in masking.MASKING_UNITS,
-        f'must be one of {masking.MASKING_UNITS}')
-  check('max_predictions', config.max_predictions is None
-        or 1 <= config.max_predictions <= config.seq_length,
-        f'must be None (derived from mask_rate) or in [1, seq_length={config.seq_length}]')
-  check('dupe_factor', config.dupe_factor >= 1, 'must be >= 1')
-  check('shuffle_seed', 0 <= config.shuffle_seed < 2**32, 'must be in [0, 2**32)')
-  check('num_workers', config.num_workers >= 0, 'must be >= 0')
-  check('prefetch', config.prefetch >= 0, 'must be >= 0')
+from data import validate
 
 
 def max_predictions(config: ml_collections.ConfigDict) -> int:
@@ -91,7 +64,7 @@ def make_pretraining_dataset(
   """
   global_batch_size = config.train.batch_size
   data_config = config.data
-  validate_data_config(data_config)
+  validate.check_pipeline(data_config)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:

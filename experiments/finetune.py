@@ -3,9 +3,13 @@
   python -m experiments.finetune --config configs/finetune.py:topic_tiny --workdir DIR \
       --config.init_from=<pretraining workdir | HF checkpoint dir | none>
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data import validate
+from encoders.config import ConfigError
 from experiments import cli
 from training import finetune
 
@@ -20,7 +24,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  result = finetune.finetune(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    validate.check_data_config(flags.FLAGS.config)  # Before a tokenizer is trained or data read.
+    result = finetune.finetune(flags.FLAGS.config, flags.FLAGS.workdir)
+  except ConfigError as error:  # A bad config value: the message names the field.
+    sys.exit(f'Config error: {error}')
   print('dev:', result['dev'])
   print('test:', result['test'])
   print(f'wall time: {result["wall_seconds"]:.1f} s')

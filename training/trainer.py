@@ -76,8 +76,11 @@ def encoder_config(config) -> EncoderConfig:
 
 
 def validate_config(config, mesh) -> None:
-  """Checks what would otherwise fail deep inside JAX; the message names the field."""
+  """Checks what would otherwise fail deep inside JAX, or only once the corpus is built and the
+  tokenizer trained (data/validate.py); the message names the field."""
+  from data import validate as data_validate  # pylint: disable=g-import-not-at-top
   model = encoder_config(config)
+  data_validate.check_data_config(config, eval_config(config).data)
   train = config.train
   for field in ('batch_size', 'num_steps', 'grad_accum_steps', 'log_every', 'eval_every',
                 'eval_steps'):
