@@ -57,6 +57,10 @@ def get_training_config(size: str, runlocal: bool = False) -> ml_collections.Con
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.shape = (-1, 1, 1)  # Sizes of the ('data', 'fsdp', 'tensor') axes; one -1 takes the rest.
   mesh.rules = DEFAULT_RULES  # Logical axis -> mesh axes, first free match wins.
+  # Devices the run must find: 'any' (whatever JAX finds, CPU included), 'cpu', 'gpu' or 'tpu'.
+  # 'gpu'/'tpu' stop the run at start when JAX falls back to CPU; with 'any', JAX_PLATFORMS=cuda
+  # or tpu (set by launch/) asks the same (training/sharding.py: require_platform).
+  mesh.platform = 'any'
   mesh.coordinator_address = ''  # host:port of process 0 for jax.distributed; '' auto-detects.
   mesh.num_processes = 0  # With coordinator_address: number of processes (0: auto-detect).
   mesh.process_id = -1  # With coordinator_address: this process's index (-1: auto-detect).

@@ -247,12 +247,35 @@ class HeadProjection(nn.Module):
     return (matmul(equation, x, kernel, c.compute_dtype) + bias).astype(c.compute_dtype)
 
 
+# cuDNN's fused (flash) attention in JAX 0.10 (jax._src.cudnn.fused_attention_stablehlo):
+# bf16/fp16 operands, head_dim a multiple of 8 up to 128 (256 from Hopper on), and, with a
+# bias (our boolean mask becomes one), even query and key lengths in training.
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
+                             length: int) -> str:
+  """`jax.nn.dot_product_attention`'s implementation for these attention settings.
+
+  'cudnn' (the fused flash-attention kernel) on GPU when it supports them: compute dtype
+  bf16/fp16, no attention dropout (the kernel has none here), head_dim % 8 == 0 and
+  <= CUDNN_MAX_HEAD_DIM, an even sequence length. Else 'xla', which is also what the
+  default (None) runs, so CPU and TPU compute exactly what they did.
+  """
+  if (backend == 'gpu' and jnp.dtype(dtype) in CUDNN_DTYPES and not dropout
+      and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM and length % 2 == 0):
+    return 'cudnn'
+  return 'xla'
+
+
 class SelfAttention(nn.Module):
   """Bidirectional multi-head self-attention with a boolean mask.
 
-  Without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`,
-  which XLA fuses and which uses cuDNN flash attention on GPU; with dropout it
-  spells the softmax out, since the fused kernel has no dropout.
+  Without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`, as
+  cuDNN's fused flash attention on GPU where that supports the settings
+  (`attention_implementation`), else as XLA's (which fuses it); with dropout it spells
+  the softmax out, since neither fused form has dropout.
   """
   config: EncoderConfig
 
@@ -263,8 +286,12 @@ class SelfAttention(nn.Module):
     key = HeadProjection(c, to_heads=True, name='key')(x)
     value = HeadProjection(c, to_heads=True, name='value')(x)
 
-    if deterministic or c.attention_dropout_rate == 0.0:
-      context = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    dropout = not deterministic and c.attention_dropout_rate > 0.0
+    if not dropout:
+      implementation = attention_implementation(jax.default_backend(), query.dtype, dropout,
+                                                c.head_dim, x.shape[1])
+      context = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                             implementation=implementation)
     else:
       scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) * c.head_dim ** -0.5
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)

@@ -8,7 +8,9 @@
 #
 # Environment: PROJECT (gcloud project; default: gcloud's), REPO_DIR (the checkout on the
 # workers; default ~/encoders), SETUP=1 (first copy this checkout's HEAD to every worker
-# and install the requirements with jax[tpu] into REPO_DIR/.venv).
+# and install requirements-tpu.txt, with jax[tpu], into REPO_DIR/.venv).
+# Every worker runs with JAX_PLATFORMS=tpu: a worker whose JAX cannot reach its TPU stops at
+# start with a config error naming what to install, instead of training on the CPU.
 # The workdir must be shared by all workers (a gs:// bucket). Re-running resumes.
 set -euo pipefail
 
@@ -43,7 +45,7 @@ if [[ "${SETUP:-0}" == 1 ]]; then  # Ship the committed tree (not .venv) and ins
   run git -C "$ROOT" archive --format=tar.gz -o /tmp/encoders.tar.gz HEAD
   run "${GCLOUD[@]}" scp /tmp/encoders.tar.gz "${TARGET[0]}:/tmp/encoders.tar.gz" "${TARGET[@]:1}"
   run "${GCLOUD[@]}" ssh "${TARGET[@]}" --command \
-    "mkdir -p $REPO_DIR && tar -xzf /tmp/encoders.tar.gz -C $REPO_DIR && cd $REPO_DIR && python3 -m venv .venv && . .venv/bin/activate && pip install -q -r requirements.txt 'jax[tpu]'"
+    "mkdir -p $REPO_DIR && tar -xzf /tmp/encoders.tar.gz -C $REPO_DIR && cd $REPO_DIR && python3 -m venv .venv && . .venv/bin/activate && pip install -q -r requirements-tpu.txt"
 fi
 
 # jax.distributed.initialize() reads the coordinator (worker 0) from JAX_COORDINATOR_ADDRESS
@@ -58,4 +60,4 @@ else
 fi
 ARGS=$(printf ' %q' "$@")
 run "${GCLOUD[@]}" ssh "${TARGET[@]}" --command \
-  "cd $REPO_DIR && . .venv/bin/activate && JAX_COORDINATOR_ADDRESS=$COORDINATOR:8476 PYTHONUNBUFFERED=1 python -m $MODULE$ARGS"
+  "cd $REPO_DIR && . .venv/bin/activate && JAX_PLATFORMS=tpu JAX_COORDINATOR_ADDRESS=$COORDINATOR:8476 PYTHONUNBUFFERED=1 python -m $MODULE$ARGS"

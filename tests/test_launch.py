@@ -1,5 +1,8 @@
-"""The launchers' dry runs print the commands they would run, with the arguments intact."""
+"""The launchers' dry runs print the commands they would run, with the arguments intact; they
+install the accelerator build of JAX and refuse to fall back to the CPU."""
+import importlib.metadata
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -29,23 +32,57 @@ def test_tpu_vm_runs_the_experiment_on_every_worker():
   python = remote.index('python')
   assert remote[python:] == ['python', '-m', 'experiments.pretrain', *ARGS]
   assert any(word.startswith('JAX_COORDINATOR_ADDRESS=') for word in remote[:python])
+  # No CPU fallback: JAX may use the TPU only (training/sharding.py turns its absence into a
+  # config error at start).
+  assert 'JAX_PLATFORMS=tpu' in remote[:python]
 
 
-def test_tpu_vm_setup_ships_the_checkout_and_installs():
+def test_tpu_vm_setup_ships_the_checkout_and_installs_jax_for_tpu():
   rc, commands, err = _dry_run('tpu_vm.sh', 'tpu', 'zone', 'experiments.pretrain', *ARGS, SETUP='1')
   assert rc == 0, err
   assert commands[0][:3] == ['git', '-C', training_util.ROOT] and 'archive' in commands[0]
   assert commands[1][4] == 'scp' and '--worker=all' in commands[1]
-  assert 'pip install' in commands[2][commands[2].index('--command') + 1]
+  install = shlex.split(commands[2][commands[2].index('--command') + 1])
+  assert install[-5:] == ['pip', 'install', '-q', '-r', 'requirements-tpu.txt']  # Not jax[cpu].
 
 
-def test_slurm_runs_one_process_per_node():
+def test_slurm_runs_one_process_per_node_on_gpus_only():
   rc, commands, err = _dry_run('slurm_gpu.sbatch', 'experiments.pretrain', *ARGS)
   assert rc == 0, err
-  assert commands == [['srun', '--kill-on-bad-exit=1', 'python', '-m', 'experiments.pretrain', *ARGS]]
+  assert commands == [['srun', '--kill-on-bad-exit=1', '--export=ALL,JAX_PLATFORMS=cuda', 'python',
+                       '-m', 'experiments.pretrain', *ARGS]]
   with open(os.path.join(training_util.ROOT, 'launch', 'slurm_gpu.sbatch')) as f:
     header = f.read()
   assert '#SBATCH --ntasks-per-node=1' in header and '#SBATCH --signal=TERM@' in header
+  assert '#SBATCH --gpus-per-node=' in header
+
+
+def test_slurm_setup_installs_jax_for_gpu_before_the_job():
+  """The SLURM job installed jax[cpu] (requirements.txt) and so trained on the CPU."""
+  rc, commands, err = _dry_run('slurm_gpu.sbatch', 'experiments.pretrain', *ARGS, SETUP='1')
+  assert rc == 0, err
+  assert commands[:2] == [['python3', '-m', 'venv', '.venv'],
+                          ['.venv/bin/pip', 'install', '-q', '-r', 'requirements-gpu.txt']]
+  assert commands[2][0] == 'srun' and len(commands) == 3
+
+
+def _requirements(name: str) -> list[str]:
+  with open(os.path.join(training_util.ROOT, name)) as f:
+    return [line.split('#')[0].strip() for line in f if line.split('#')[0].strip()]
+
+
+def test_accelerator_requirements_pin_the_tested_jax_with_an_extra_it_has():
+  """requirements-{tpu,gpu}.txt: the runtime stack plus jax[tpu] / jax[cuda12] at the jax version
+  requirements.txt allows and this environment tests (the installed one), an extra that this
+  jax's PyPI metadata declares (jax[tpu] pins libtpu, jax[cuda12] the CUDA plugin)."""
+  jax_version = importlib.metadata.version('jax')
+  allowed = re.search(r'^jax\[cpu\]>=([\d.]+),<([\d.]+)$',
+                      '\n'.join(_requirements('requirements.txt')), re.M)
+  assert allowed and allowed.group(1) == jax_version, (allowed, jax_version)
+  extras = importlib.metadata.metadata('jax').get_all('Provides-Extra')
+  for name, extra in (('requirements-tpu.txt', 'tpu'), ('requirements-gpu.txt', 'cuda12')):
+    assert _requirements(name) == ['-r requirements.txt', f'jax[{extra}]=={jax_version}'], name
+    assert extra in extras, (extra, extras)
 
 
 def test_usage_without_arguments():

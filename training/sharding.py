@@ -42,9 +42,58 @@ def initialize_distributed(mesh_config) -> None:
             or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')):
     return
   jax.distributed.initialize(**kwargs)
+  require_platform(mesh_config)  # Before the log line below starts JAX's backend.
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices.',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+PLATFORMS = ('any', 'cpu', 'gpu', 'tpu')
+# JAX_PLATFORMS names (launch/ sets 'tpu' or 'cuda') -> jax.default_backend() names.
+JAX_PLATFORM_NAMES = {'cpu': 'cpu', 'cuda': 'gpu', 'rocm': 'gpu', 'gpu': 'gpu', 'tpu': 'tpu'}
+
+
+def required_platform(mesh_config) -> tuple[str, str]:
+  """(platform the run must find, the setting that asks for it): config.mesh.platform, or, when
+  that is 'any', a JAX_PLATFORMS naming one accelerator (the launchers set it, since they run
+  modules whose flags differ); ('any', '') when neither asks."""
+  platform = mesh_config.get('platform', 'any')
+  if platform not in PLATFORMS:
+    raise ConfigError(f'config.mesh.platform={platform!r}: choose one of {PLATFORMS}.')
+  if platform != 'any':
+    return platform, f'config.mesh.platform={platform!r}'
+  value = os.environ.get('JAX_PLATFORMS', '')
+  named = {JAX_PLATFORM_NAMES.get(name.strip()) for name in value.split(',') if name.strip()}
+  if len(named) == 1 and None not in named and 'cpu' not in named:
+    return named.pop(), f'JAX_PLATFORMS={value}'
+  return 'any', ''
+
+
+def require_platform(mesh_config) -> None:
+  """Raises ConfigError, before any work, when JAX runs on other devices than the run asks for.
+
+  A GPU or TPU run whose JAX is the CPU build (or whose accelerator is not visible) would
+  otherwise train on the CPU, or fail deep inside JAX: with JAX_PLATFORMS=cuda and no CUDA
+  plugin, JAX 0.10 raises a bare AssertionError.
+  """
+  platform, source = required_platform(mesh_config)
+  if platform == 'any':
+    return
+  try:
+    found = jax.default_backend()
+  except (RuntimeError, AssertionError) as error:  # JAX_PLATFORMS names a backend JAX lacks.
+    found = f'no backend ({type(error).__name__}: {str(error)[:300]})'
+  if found == platform:
+    return
+  remedy = ''
+  if platform in ('gpu', 'tpu'):
+    launcher = 'tpu_vm.sh' if platform == 'tpu' else 'slurm_gpu.sbatch'
+    remedy = (f' Install JAX for {platform.upper()}: pip install -r requirements-{platform}.txt '
+              f'(launch/{launcher} does with SETUP=1).')
+  raise ConfigError(
+      f'{source} asks for {platform.upper()} devices, but JAX {jax.__version__} runs on '
+      f'{found.upper() if found in PLATFORMS else found}.{remedy} To run on this machine as it '
+      'is, set --config.mesh.platform=any and unset JAX_PLATFORMS.')
 
 
 def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
@@ -67,8 +116,12 @@ def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices)."""
-  devices = jax.devices() if devices is None else devices
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices, which must be of
+  the platform the run asks for: require_platform). Analysis tools that pass their own devices
+  (reload, validate) run anywhere."""
+  if devices is None:
+    require_platform(mesh_config)
+    devices = jax.devices()
   shape = mesh_shape(mesh_config.shape, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
                        devices=devices)

@@ -1,0 +1,147 @@
+"""Accelerator runs: a run that asks for GPU or TPU devices and finds only the CPU stops at start
+with a config error; on GPU, attention runs cuDNN's fused kernel where that supports it."""
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import finetune as finetune_configs
+from encoders import bert, layers
+from encoders.config import ConfigError, EncoderConfig
+from tests import training_util
+from training import finetune, sharding, trainer
+
+
+# --------------------------------------------------------------------------- the platform check
+@pytest.mark.parametrize('platform, jax_platforms, expected', [
+    ('any', '', 'any'), ('any', 'cpu', 'any'), ('any', 'cuda', 'gpu'), ('any', 'rocm', 'gpu'),
+    ('any', 'tpu', 'tpu'), ('any', 'cuda,cpu', 'any'),  # JAX may fall back to the CPU there.
+    ('gpu', '', 'gpu'), ('tpu', 'cpu', 'tpu'), ('cpu', 'cuda', 'cpu'),
+])
+def test_required_platform_from_the_config_then_jax_platforms(monkeypatch, platform,
+                                                               jax_platforms, expected):
+  monkeypatch.setenv('JAX_PLATFORMS', jax_platforms)
+  mesh = ml_collections.ConfigDict(dict(platform=platform))
+  assert sharding.required_platform(mesh)[0] == expected
+  without_field = ml_collections.ConfigDict()  # configs/finetune.py's mesh: as 'any'.
+  assert sharding.required_platform(without_field) == sharding.required_platform(
+      ml_collections.ConfigDict(dict(platform='any')))
+  with pytest.raises(ConfigError, match=r"config.mesh.platform='cuda': choose one of"):
+    sharding.required_platform(ml_collections.ConfigDict(dict(platform='cuda')))
+
+
+def _no_work(monkeypatch):
+  """Makes training a tokenizer, building a corpus or initialising a state fail the test."""
+  from data import corpus, tokenizer  # pylint: disable=g-import-not-at-top
+  for module, name in ((tokenizer, 'train'), (corpus, 'get_builder'), (trainer, 'setup')):
+    monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('work done before the check'))
+
+
+def test_pretraining_that_asks_for_gpus_on_this_cpu_stops_at_start(tmp_path, monkeypatch):
+  _no_work(monkeypatch)
+  config = training_util.tiny_config(train__synthetic_data=False)
+  config.mesh.platform = 'gpu'
+  start = time.perf_counter()
+  with pytest.raises(ConfigError) as error:
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert time.perf_counter() - start < 1.0
+  message = str(error.value)
+  assert "config.mesh.platform='gpu' asks for GPU devices, but JAX" in message
+  assert 'runs on CPU' in message and 'pip install -r requirements-gpu.txt' in message
+  assert os.listdir(tmp_path) == []
+
+
+def test_finetuning_that_asks_for_a_tpu_on_this_cpu_stops_at_start(tmp_path, monkeypatch):
+  _no_work(monkeypatch)
+  config = finetune_configs.get_config('topic_tiny')
+  config.mesh.platform = 'tpu'  # configs/finetune.py has no such field yet: set it here.
+  with pytest.raises(ConfigError, match=r"asks for TPU devices.*requirements-tpu\.txt"):
+    finetune.finetune(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('module, config, jax_platforms, accelerator', [
+    ('experiments.pretrain', 'configs/bert.py:tiny', 'cuda', 'GPU'),
+    ('experiments.finetune', 'configs/finetune.py:topic_tiny', 'tpu', 'TPU'),
+])
+def test_launchers_jax_platforms_refuses_the_cpu(tmp_path, module, config, jax_platforms,
+                                                 accelerator):
+  """launch/ sets JAX_PLATFORMS=cuda (SLURM) or tpu (TPU VM): with the CPU build of JAX the entry
+  points print one config-error line (JAX alone raised a bare AssertionError for cuda)."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', module, '--config', config, '--workdir', str(workdir)],
+      cwd=training_util.ROOT, env=dict(training_util.env(), JAX_PLATFORMS=jax_platforms),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'Config error: JAX_PLATFORMS={jax_platforms} asks for {accelerator} '
+                         'devices'), result.stderr[-3000:]
+  assert f'requirements-{accelerator.lower()}.txt' in last and 'Traceback' not in result.stderr
+  assert not workdir.exists() or not any(workdir.iterdir())  # No tokenizer, no checkpoint.
+
+
+# --------------------------------------------------------------------------- cuDNN attention
+@pytest.mark.parametrize('backend, dtype, dropout, head_dim, length, expected', [
+    ('gpu', jnp.bfloat16, False, 64, 128, 'cudnn'),  # BERT-base in bf16.
+    ('gpu', jnp.float16, False, 128, 512, 'cudnn'),
+    ('gpu', jnp.float32, False, 64, 128, 'xla'),  # The kernel has no f32.
+    ('gpu', jnp.bfloat16, True, 64, 128, 'xla'),  # Nor dropout.
+    ('gpu', jnp.bfloat16, False, 60, 128, 'xla'),  # Head dim not a multiple of 8.
+    ('gpu', jnp.bfloat16, False, 256, 128, 'xla'),  # Over 128.
+    ('gpu', jnp.bfloat16, False, 64, 127, 'xla'),  # Odd length with a mask (a bias) in training.
+    ('cpu', jnp.bfloat16, False, 64, 128, 'xla'),
+    ('tpu', jnp.bfloat16, False, 64, 128, 'xla'),
+])
+def test_attention_implementation(backend, dtype, dropout, head_dim, length, expected):
+  assert layers.attention_implementation(backend, dtype, dropout, head_dim, length) == expected
+
+
+def _asked_implementations(monkeypatch, backend: str, **fields) -> list:
+  """The `implementation`s SelfAttention passes to jax.nn.dot_product_attention (run as XLA's) in
+  one forward and one training pass of a tiny BERT, with jax.default_backend() returning
+  `backend` inside encoders/layers.py."""
+  asked = []
+  fused = jax.nn.dot_product_attention
+
+  def recording(*args, implementation=None, **kwargs):
+    asked.append(implementation)
+    return fused(*args, implementation='xla', **kwargs)
+
+  monkeypatch.setattr(layers.jax, 'default_backend', lambda: backend)
+  monkeypatch.setattr(layers.jax.nn, 'dot_product_attention', recording)
+  config = EncoderConfig(**{**dict(vocab_size=50, hidden_size=32, num_layers=1, num_heads=4,
+                                   intermediate_size=64, max_position_embeddings=16), **fields})
+  model = bert.Encoder(config)
+  ids = jnp.ones((2, 8), jnp.int32)
+  params = model.init(jax.random.key(0), ids)
+  model.apply(params, ids, deterministic=False, rngs={'dropout': jax.random.key(1)})
+  return asked
+
+
+def test_gpu_bf16_attention_without_dropout_asks_for_cudnn(monkeypatch):
+  assert set(_asked_implementations(monkeypatch, 'gpu', dtype='bfloat16',
+                                    attention_dropout_rate=0.0)) == {'cudnn'}
+  # Dropout in training: the softmax is spelled out (no fused call); at init (deterministic)
+  # the fused kernel runs.
+  assert _asked_implementations(monkeypatch, 'gpu', dtype='bfloat16') == ['cudnn']
+  assert set(_asked_implementations(monkeypatch, 'gpu', dtype='float32',
+                                    attention_dropout_rate=0.0)) == {'xla'}
+  assert set(_asked_implementations(monkeypatch, 'cpu', dtype='bfloat16',
+                                    attention_dropout_rate=0.0)) == {'xla'}
+
+
+def test_xla_is_what_the_default_ran():
+  """On CPU the chosen 'xla' computes bit for bit what implementation=None did."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 8, 4, 8)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray(rng.random((2, 1, 8, 8)) > 0.3) | jnp.eye(8, dtype=bool)
+  default = jax.nn.dot_product_attention(q, k, v, mask=mask)
+  chosen = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=(
+      layers.attention_implementation(jax.default_backend(), q.dtype, False, 8, 8)))
+  np.testing.assert_array_equal(np.asarray(chosen), np.asarray(default))
