@@ -32,6 +32,7 @@ import time
 
 from absl import app, flags
 import flax.linen as nn
+import matplotlib
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -41,7 +42,11 @@ from configs import distilbert as distilbert_configs
 from encoders import families
 from training import distillation, finetune, finetune_ablation, sweep, trainer
 
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 flags.DEFINE_string('teacher', None, 'Teacher workdir or HF directory (default: the config\'s).')
+flags.DEFINE_bool('report_only', False, 'Write the table and plots from the finished runs; run nothing.')
 
 # Sanh et al. 2019 (arXiv 1910.01108v4): Table 1 (GLUE macro-score, dev), Table 3 (parameters,
 # CPU inference seconds for a full pass of STS-B at batch 1), Table 4 (ablation, GLUE macro-score
@@ -176,7 +181,7 @@ def main(argv):
   if f.cell is not None:
     rows = [c for c in rows if c.name == f.cell] or finetune_ablation.unknown_cell(f.cell, rows)
     seeds = seeds if f.seed is None else [f.seed]
-  if f.mode != 'print':
+  if f.mode != 'print' and f.cell is None:  # Measured for the report, not per job.
     teacher_info = architecture_info(families.get(teacher.family).models.Encoder(teacher.config))
     student_info = architecture_info(student.models.Encoder(student.model_config(base.model)))
     rows = [dataclasses.replace(c, info=teacher_info if c.name == 'teacher' else student_info)
@@ -188,13 +193,35 @@ def main(argv):
     return [sys.executable, '-m', 'experiments.distill_vs_teacher', f'--scale={scale}',
             f'--out={f.out}', f'--cell={cell.name}', f'--seed={seed}', '--mode=inprocess', *extra]
 
-  run_fn = functools.partial(run_cell, base=base, tune=tune, out=f.out)
-  sweep.run(rows, seeds, f.out, run_fn, mode=f.mode, command_fn=command_fn)
+  if not f.report_only:
+    run_fn = functools.partial(run_cell, base=base, tune=tune, out=f.out)
+    sweep.run(rows, seeds, f.out, run_fn, mode=f.mode, command_fn=command_fn)
   if f.mode == 'print' or f.cell is not None:
     return
   title = (f'Distillation of a {teacher.config.num_layers}-layer teacher into a '
            f'{base.model.num_layers}-layer student (scale={scale})')
   print(sweep.report(rows, seeds, f.out, METRICS, title, 'Sanh et al. 2019, Tables 1, 3 and 4'))
+  print('Wrote', plot_speed_vs_accuracy(rows, seeds, f.out))
+
+
+def plot_speed_vs_accuracy(rows: list[sweep.Cell], seeds, out: str) -> str:
+  """Test accuracy (mean ± std over seeds) against batch-32 throughput, one point per row."""
+  summary = sweep.summarize(sweep.collect(rows, seeds, out), ('test_accuracy',))
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  for row in rows:
+    if row.name in summary and 'test_accuracy' in summary[row.name]:
+      mean, std, _ = summary[row.name]['test_accuracy']
+      speed = row.info['seq/s b32']
+      axes.errorbar(speed, mean, yerr=std, fmt='o', capsize=3)
+      axes.annotate(row.name, (speed, mean), textcoords='offset points', xytext=(5, 4), fontsize=8)
+  axes.set_xlabel('sequences/s, batch 32 x 128 tokens (jitted forward, this CPU)')
+  axes.set_ylabel('topic test accuracy')
+  axes.grid(alpha=0.3)
+  path = os.path.join(out, 'accuracy_vs_speed.png')
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return path
 
 
 if __name__ == '__main__':

@@ -73,7 +73,7 @@ class Teacher:
 
 def _has_hf_mlm_head(path: str, model: nn.Module, family) -> bool:
   """Whether the HF checkpoint at `path` holds the MLM head of `model` (an EncoderForPreTraining)."""
-  prefix = f'{family.interop_table().model_type}.'
+  prefix = f'{family.interop_table().prefix}.'
   names = {name.removeprefix(prefix) for name in finetune_init.hf_tensor_names(path)}
   head = [name for path_, name in hf_interop.tensor_names(model, family.name).items()
           if path_[0] == 'mlm_head']
