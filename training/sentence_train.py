@@ -107,6 +107,35 @@ def retrieval_metrics(embedder: retrieval.Embedder, config) -> dict[str, dict[st
   return result
 
 
+def initial_state(objective, tx, shapes: dict, source: finetune_init.Source, seed: int, mesh,
+                  rules) -> tuple[state_lib.TrainState, state_lib.TrainState]:
+  """(TrainState placed by the logical-axis shardings, those shardings): the model's own init gives
+  shapes, axes and new parameters (attention pooling); the source fills in the encoder."""
+  _, shardings = state_lib.state_shardings(objective, tx, shapes, mesh, rules)
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  fresh = jax.jit(lambda rng: nn.unbox(objective.init(rng, state_lib.example_batch(shapes))))(init_rng)
+  params = initial_params(source, objective.model, jax.device_get(fresh))
+  make_state = lambda p, rng: state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                                   opt_state=tx.init(p), rng=rng)
+  return jax.jit(make_state, out_shardings=shardings)(params, dropout_rng), shardings
+
+
+def save(workdir: str, config, best: dict, model: SentenceEncoder, source, family) -> str | None:
+  """Saves the selected params to <workdir>/checkpoints and, when the pooling has a
+  sentence-transformers mode, exports them to <workdir>/export (returned; else None)."""
+  manager = checkpointing.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
+  checkpointing.save(manager, best['step'], {'params': best['params']}, {'pairs': config.data.pairs},
+                     config)
+  manager.wait_until_finished()
+  manager.close()
+  if config.pooling not in st_export.ST_POOLING_KEYS:
+    return None
+  export_dir = os.path.join(workdir, 'export')
+  st_export.save(export_dir, model, best['params'], source.tokenizer, family.name,
+                 config.data.document_length)
+  return export_dir
+
+
 def train_sentence(config, workdir: str) -> dict:
   """Trains per `config` in `workdir`; returns (and writes to results.json) retrieval before/after."""
   started = time.perf_counter()
@@ -117,8 +146,8 @@ def train_sentence(config, workdir: str) -> dict:
   _validate(config, mesh)
   source = resolve_source(config, workdir)
   family = families.finetuning(families.get(source.model_config.get('family', 'bert')))
-  model_config = family.model_config(source.model_config)
-  model = SentenceEncoder(model_config, config.pooling, family.models.Encoder)
+  model = SentenceEncoder(family.model_config(source.model_config), config.pooling,
+                          family.models.Encoder)
   train = config.train
   objective = sentence_objective.MultipleNegativesRanking(
       model, config.loss.scale, config.loss.symmetric, train.chunk_size)
@@ -130,28 +159,25 @@ def train_sentence(config, workdir: str) -> dict:
     opt_config.warmup_steps = int(opt_config.warmup_fraction * num_steps)
   tx, schedule = optimizer.make_optimizer(opt_config, num_steps)
   shapes = {k: ((train.batch_size,) + v.shape[1:], v.dtype) for k, v in rows.items()}
-  _, state_shardings = state_lib.state_shardings(objective, tx, shapes, mesh, rules)
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  fresh = jax.jit(lambda rng: nn.unbox(objective.init(rng, state_lib.example_batch(shapes))))(init_rng)
-  params = initial_params(source, model, jax.device_get(fresh))
-  make_state = lambda p, rng: state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                                   opt_state=tx.init(p), rng=rng)
-  state = jax.jit(make_state, out_shardings=state_shardings)(params, dropout_rng)
+  state, state_shardings = initial_state(objective, tx, shapes, source, config.seed, mesh, rules)
   step_fn = jax.jit(
       functools.partial(trainer.train_step, objective=objective, tx=tx, schedule=schedule,
                         grad_accum_steps=1, skip_nonfinite=False, mesh=mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
 
-  tokenizer = pairs_lib.truncating(source.tokenizer.backend, config.data.document_length)
-  evaluate = lambda p: retrieval_metrics(retrieval.Embedder(
-      model, jax.device_get(p), tokenizer, config.data.document_length, train.eval_batch_size), config)
+  embedder = retrieval.Embedder(
+      model, None, pairs_lib.truncating(source.tokenizer.backend, config.data.document_length),
+      config.data.document_length, train.eval_batch_size)
+  def evaluate(params):
+    embedder.params = jax.device_get(params)
+    return retrieval_metrics(embedder, config)
+
   is_main = jax.process_index() == 0
   writer = metrics.MetricWriter(workdir, is_main)
   before = evaluate(state.params)
   writer.write(0, before['validation'], 'validation')
-  best = dict(score=before['validation']['ndcg@10'], step=0, params=jax.device_get(state.params),
-              metrics=before)
+  best = dict(score=before['validation']['ndcg@10'], step=0, params=embedder.params, metrics=before)
   order = np.random.default_rng(config.seed)
   epochs = -(-num_steps * train.batch_size // num_pairs)
   stream = np.concatenate([order.permutation(num_pairs) for _ in range(epochs)])
@@ -180,24 +206,15 @@ def train_sentence(config, workdir: str) -> dict:
         writer.write(done, measured['validation'], 'validation')
         progress.write(f'step {done}: validation nDCG@10={measured["validation"]["ndcg@10"]:.4f}')
         if measured['validation']['ndcg@10'] > best['score']:
-          best.update(score=measured['validation']['ndcg@10'], step=done,
-                      params=jax.device_get(state.params), metrics=measured)
+          best.update(score=measured['validation']['ndcg@10'], step=done, params=embedder.params,
+                      metrics=measured)
   progress.close()
   writer.close()
 
-  manager = checkpointing.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
-  checkpointing.save(manager, best['step'], {'params': best['params']}, {'pairs': config.data.pairs},
-                     config)
-  manager.wait_until_finished()
-  manager.close()
-  export_dir = os.path.join(workdir, 'export')
-  if config.pooling in st_export.ST_POOLING_KEYS:
-    st_export.save(export_dir, model, best['params'], source.tokenizer, family.name,
-                   config.data.document_length)
   result = dict(init_from=source.path or 'none', source=source.kind, pooling=config.pooling,
                 pairs=config.data.pairs, eval_pairs=config.eval.pairs, train_pairs=num_pairs,
                 num_steps=num_steps, best_step=best['step'], before=before, after=best['metrics'],
-                export=export_dir if config.pooling in st_export.ST_POOLING_KEYS else None,
+                export=save(workdir, config, best, model, source, family),
                 wall_seconds=time.perf_counter() - started)
   if is_main:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
