@@ -16,6 +16,12 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float
 # trained 1.2-1.5x faster at widths 512 and 768; without it, slower. 'auto' keeps f32
 # there, so a run's numerics do not change with the machine it resumes on.
 AUTO_DTYPES = {'cpu': 'float32', 'gpu': 'bfloat16', 'tpu': 'bfloat16'}
+# The tied MLM decoder runs over the vocabulary padded with zero rows to a multiple of this
+# (padded_vocab_size), so that a tensor axis of 2, 4, ..., 128 devices splits its matmul evenly:
+# BERT's 30,522 and RoBERTa's 50,265 tokens do not divide by 4. The padding exists only inside
+# the step (encoders/layers.py: Embeddings.attend); parameters, checkpoints, HF exports and
+# the MLM logits have vocab_size rows / columns.
+VOCAB_MULTIPLE = 128
 
 
 class ConfigError(ValueError):
@@ -49,6 +55,28 @@ class EncoderConfig:
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows the tied decoder computes: vocab_size rounded up to a multiple of VOCAB_MULTIPLE."""
+    return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+  def sharded_sizes(self, prefix: str = 'model', names: dict[str, str] | None = None
+                    ) -> list[tuple[str, int, str]]:
+    """(field, the parameter dimension it sets, that dimension's logical axis) of every parameter
+    dimension a mesh may split (the axes of encoders/layers.py), which the mesh axes must
+    divide. The vocabulary need not: its tables are replicated over mesh axes that do not
+    divide it (training/sharding.py) and the decoder pads it. `names` renames fields
+    (ELECTRA's generator_hidden_size, ...)."""
+    name = lambda field: f'{prefix}.{(names or {}).get(field, field)}'
+    sizes = [(name('num_heads'), self.num_heads, 'heads'),
+             (name('intermediate_size'), self.intermediate_size, 'mlp')]
+    # Hidden states are 'embed' (inputs of kernels) and 'embed_out' (outputs of square ones);
+    # the embeddings, their projection's input and a tied MLM head have the embedding width.
+    for field, width in (('hidden_size', self.hidden_size),
+                         ('embedding_size', self.embedding.hidden_size)):
+      sizes += [(name(field), width, 'embed'), (name(field), width, 'embed_out')]
+    return sizes
 
   @property
   def layers_run(self) -> int:

@@ -42,6 +42,14 @@ class ElectraConfig:
     """The shared embeddings' config: the discriminator's, at width embedding_size."""
     return self.discriminator.embedding
 
+  def sharded_sizes(self, prefix: str = 'model') -> list[tuple[str, int, str]]:
+    """EncoderConfig.sharded_sizes of both networks (the generator under its generator_*
+    fields), the shared embeddings' width included: all must divide the mesh axes."""
+    generator_fields = {field: f'generator_{field}'
+                        for field in ('hidden_size', 'num_heads', 'intermediate_size')}
+    return (self.discriminator.sharded_sizes(prefix)
+            + self.generator.sharded_sizes(prefix, generator_fields))
+
   @classmethod
   def from_config(cls, model_config, prefix: str = 'model') -> 'ElectraConfig':
     """Builds from `config.model`: the discriminator's BERT fields plus the ELECTRA fields.

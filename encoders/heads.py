@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from encoders.config import EncoderConfig
-from encoders.layers import Dense, activation, layer_norm, zeros_init
+from encoders.layers import Dense, activation, layer_norm, pad_rows, zeros_init
 
 POOLINGS = ('cls', 'mean', 'max')
 
@@ -15,17 +15,25 @@ def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
 
 
 class MaskedLMHead(nn.Module):
-  """BERT's MLM head: dense + activation + LayerNorm, then the tied decoder + bias."""
+  """BERT's MLM head: dense + activation + LayerNorm, then the tied decoder + bias.
+
+  The decoder may pad the vocabulary (layers.Embeddings.attend: to a multiple of 128, so that
+  a tensor axis splits it evenly); the bias is padded alike and the padding columns dropped,
+  so the logits, every softmax, loss and accuracy are over the vocab_size real tokens.
+  """
   config: EncoderConfig
 
   @nn.compact
   def __call__(self, hidden, decode):
-    """hidden [..., hidden]; decode maps [..., hidden] -> [..., vocab] (the tied embeddings)."""
+    """hidden [..., hidden]; decode maps [..., hidden] -> [..., vocab or padded vocab] (the tied
+    embeddings). Returns f32 logits [..., vocab]."""
     c = self.config
     x = Dense(c, c.hidden_size, ('embed', 'embed_out'), name='transform')(hidden)
     x = layer_norm(c, 'layer_norm')(activation(c, x))
     bias = self.param('bias', zeros_init(('vocab',)), (c.vocab_size,), c.storage_dtype)
-    return (decode(x) + bias).astype(jnp.float32)  # [..., vocab]
+    decoded = decode(x)  # [..., vocab or padded vocab]
+    logits = decoded + pad_rows(bias, decoded.shape[-1])
+    return logits[..., :c.vocab_size].astype(jnp.float32)  # [..., vocab]
 
 
 class Pooler(nn.Module):

@@ -44,6 +44,11 @@ def normal_init(config: EncoderConfig, axes: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
 
+def pad_rows(x: jax.Array, rows: int) -> jax.Array:
+  """[n, ...] -> [rows, ...] with zero rows appended (rows >= n)."""
+  return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
 def zeros_init(axes: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
@@ -218,9 +223,17 @@ class Embeddings(nn.Module):
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
   def attend(self, x: jax.Array) -> jax.Array:
-    """[..., hidden] -> [..., vocab]: the decoder tied to the word embeddings."""
-    table = self.word_embeddings.embedding  # [vocab, hidden]
-    return matmul('...d,vd->...v', x, table, self.config.compute_dtype)  # f32 logits.
+    """[..., hidden] -> [..., padded vocab]: the decoder tied to the word embeddings.
+
+    The table gets zero rows up to config.padded_vocab_size (a multiple of 128) and is laid
+    out split over the vocabulary, so that a tensor axis splits the decoder's matmul evenly
+    even when it does not divide vocab_size (the stored table is then replicated over it:
+    training/sharding.py). The MLM head drops the padding columns.
+    """
+    c = self.config
+    table = pad_rows(self.word_embeddings.embedding, c.padded_vocab_size)  # [padded vocab, hidden]
+    table = nn.with_logical_constraint(table, ('vocab', 'embed'))
+    return matmul('...d,vd->...v', x, table, c.compute_dtype)  # f32 logits.
 
 
 class HeadProjection(nn.Module):

@@ -142,9 +142,51 @@ def rules(mesh_config) -> tuple[tuple[str, Any], ...]:
   return tuple(result)
 
 
+def _mesh_axes(axis_rules, logical: str) -> tuple[str, ...]:
+  """The mesh axes of the first rule naming `logical` (none: ())."""
+  mesh_axes = next((axes for name, axes in axis_rules if name == logical), None)
+  return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+
+
+def _size(mesh: Mesh, mesh_axes: tuple[str, ...]) -> int:
+  return int(np.prod([mesh.shape[axis] for axis in mesh_axes]))
+
+
+def check_divisible(sizes, mesh_config, mesh: Mesh) -> None:
+  """Raises ConfigError for the first (field, size, logical axis) of `sizes` (a model config's
+  sharded_sizes) that the mesh axes of its logical axis do not divide: jit refuses such uneven
+  shardings, deep inside JAX."""
+  axis_rules = rules(mesh_config)
+  for field, size, logical in sizes:
+    mesh_axes = _mesh_axes(axis_rules, logical)
+    if size % _size(mesh, mesh_axes):
+      raise ConfigError(
+          f'{field}={size} is not divisible by {_size(mesh, mesh_axes)}, the size of the mesh '
+          f'axes {mesh_axes} that config.mesh.rules split {logical!r} over (config.mesh.shape='
+          f'{tuple(mesh_config.shape)}).')
+
+
+# Logical axes whose size may not divide their mesh axes: the dimension is then replicated over
+# them. The vocabulary (BERT's 30,522 tokens over tensor=4): the tied decoder pads it inside
+# the step and splits its matmul there (encoders/layers.py: Embeddings.attend).
+UNEVEN_REPLICATED = ('vocab',)
+
+
 def logical_shardings(abstract_boxed_tree, mesh: Mesh, axis_rules) -> Any:
-  """Abstract tree with nn.Partitioned leaves -> NamedShardings (unboxed tree structure)."""
-  specs = nn.get_partition_spec(abstract_boxed_tree)
+  """Abstract tree with nn.Partitioned leaves -> NamedShardings (unboxed tree structure).
+
+  A dimension of an UNEVEN_REPLICATED logical axis that its mesh axes do not divide is
+  replicated (jit refuses uneven shardings); every other one must divide (check_divisible).
+  """
+  def spec(leaf):
+    if not isinstance(leaf, nn.Partitioned):
+      return nn.get_partition_spec(leaf)
+    return PartitionSpec(*(
+        None if name in UNEVEN_REPLICATED
+        and leaf.value.shape[i] % _size(mesh, _mesh_axes(axis_rules, name)) else name
+        for i, name in enumerate(leaf.names)))
+  specs = jax.tree.map(spec, abstract_boxed_tree,
+                       is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
   return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
 
 

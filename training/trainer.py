@@ -99,13 +99,10 @@ def validate_config(config, mesh) -> None:
     raise ConfigError(f'config.train.batch_size={train.batch_size}: must be divisible by '
                       f'config.train.grad_accum_steps={train.grad_accum_steps} times the '
                       f'data-parallel size (data*fsdp={dp}).')
-  tensor, fsdp = mesh.shape['tensor'], mesh.shape['fsdp']
-  for field, size, axis in (('num_heads', tensor, 'tensor'), ('intermediate_size', tensor, 'tensor'),
-                            ('vocab_size', tensor, 'tensor'), ('hidden_size', tensor, 'tensor'),
-                            ('hidden_size', fsdp, 'fsdp')):
-    if getattr(model, field) % size:
-      raise ConfigError(f'config.model.{field}={getattr(model, field)}: not divisible by the '
-                        f'{axis} axis size {size} of config.mesh.shape.')
+  # Every width the mesh splits (ELECTRA's generator and shared embeddings too); the vocabulary
+  # need not divide (training/sharding.py: UNEVEN_REPLICATED).
+  family_config = families.of_config(config).model_config(config.model, prefix='config.model')
+  sharding.check_divisible(family_config.sharded_sizes('config.model'), config.mesh, mesh)
   if config.data.seq_length + model.position_offset > model.max_position_embeddings:
     raise ConfigError(f'config.data.seq_length={config.data.seq_length} (+ position_offset '
                       f'{model.position_offset}) exceeds config.model.max_position_embeddings='
