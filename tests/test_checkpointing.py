@@ -25,6 +25,18 @@ def _wait_for_step(process, workdir: str, step: int, timeout: float = 300) -> in
   raise TimeoutError(f'no step {step} in {workdir}')
 
 
+def _wait_for_checkpoint(process, workdir: str, timeout: float = 300) -> int:
+  """Polls until the run has a committed checkpoint; returns its step."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert process.poll() is None, 'the run ended before the signal: ' + process.stdout.read()[-3000:]
+    step = checkpointing.make_manager(workdir, read_only=True).latest_step()
+    if step is not None:
+      return step
+    time.sleep(0.05)
+  raise TimeoutError(f'no committed checkpoint in {workdir}')
+
+
 def _finish(process) -> str:
   output, _ = process.communicate(timeout=600)
   assert process.returncode == 0, output[-5000:]
@@ -39,6 +51,7 @@ def kill_and_resume(tmp_path, num_steps: int, kill_at: int, **overrides):
   reference = training_util.pretrain(straight, **steps)
   run = training_util.pretrain(killed, **steps)
   _wait_for_step(run, killed, kill_at)
+  _wait_for_checkpoint(run, killed)  # The save is async: a step logged after it does not mean committed.
   run.send_signal(signal.SIGKILL)
   run.wait()
   restart_from = checkpointing.make_manager(killed, read_only=True).latest_step()
