@@ -2,6 +2,7 @@
 on transformers 4.57.6 (torch, CPU): initialisation, trainable-parameter counts, adapters that
 PEFT wrote read into ours and ours loaded by PEFT (<= 1e-4), and a LoRA fine-tune on topic-task
 records whose frozen weights must be bit-identical."""
+import dataclasses
 import json
 import os
 import shutil
@@ -363,3 +364,53 @@ def test_lora_on_a_scanned_stack_is_tuned_unrolled(minilm_dir, tmp_path):
   result = finetune.finetune(config, str(tmp_path))
   assert result['trainable_parameters'] == 2 * 4 * (32 + 32) + 12 * 33  # The random pooler is frozen.
   assert np.isfinite(result['test']['accuracy'])
+
+
+@pytest.mark.parametrize('name', list(families.FAMILIES))
+def test_lora_on_every_linear_module_of_every_registered_family(name):
+  """Each registered family's fine-tuning model (its tiny config), LoRA on every linear module of
+  its encoder: B = 0 changes nothing, and the merged kernels compute the unmerged outputs (which
+  fails for a module that uses its kernel in any way but x W)."""
+  from tests.test_families import _config_module  # pylint: disable=g-import-not-at-top
+  family = families.get(name)
+  tuned = families.finetuning(family)
+  config = dataclasses.replace(tuned.model_config(_config_module(family).get_config('tiny').model),
+                               scan_layers=False, hidden_dropout_rate=0.0,
+                               attention_dropout_rate=0.0)
+  model = tuned.task_model('classification', config, 3, 'mean')
+  ids = jax.random.randint(jax.random.key(1), (2, 12), 5, config.vocab_size)
+  params = nn.unbox(model.init(jax.random.key(0), ids)['params'])
+  linear = module_hooks.linear_modules(model, params)
+  targets = tuple('/'.join(path[1:]) for path in linear if path[0] == 'encoder')
+  assert len(targets) >= 4 * config.num_layers or name == 'albert'
+  lora = LoRA(rank=2, alpha=4.0, targets=targets)
+  extra = lora.init(jax.random.key(2), module_hooks.target_modules(model, params, targets))
+  run = jax.jit(lambda p, e: module_hooks.apply(lora, model, p, e, ids))
+  base = run(params, {})
+  np.testing.assert_array_equal(run(params, extra), base)
+  extra = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), extra)
+  unmerged = run(params, extra)
+  merged = run(lora.merge(params, extra), {})
+  assert max_diff(unmerged, base) > 1e-3
+  assert max_diff(merged, unmerged) <= 1e-5 * max(1.0, float(np.abs(base).max()))
+
+
+def test_lora_vs_full_arms_are_the_readme_presets():
+  """experiments/lora_vs_full.py: full = topic_minilm; the LoRA arms differ from it only in
+  config.peft and the learning rate, and target what their names say."""
+  from experiments import lora_vs_full  # pylint: disable=g-import-not-at-top
+  configs = {}
+  for arm, (preset, overrides) in lora_vs_full.ARMS.items():
+    configs[arm] = finetune_configs.get_config(preset)
+    configs[arm].peft.update(overrides)
+  assert finetune.peft_method(configs['full'].peft) is None
+  assert finetune.peft_method(configs['lora_query_value'].peft) == LoRA(8, 16.0)
+  assert finetune.peft_method(configs['lora'].peft).targets == (
+      'query', 'key', 'value', 'attention/output', 'mlp/intermediate', 'mlp/output')
+  for arm in ('lora', 'lora_query_value'):
+    config = configs[arm].to_dict()
+    assert config.pop('peft') != configs['full'].peft.to_dict()
+    assert config['optimizer'].pop('learning_rate') == 1e-3
+    full = configs['full'].to_dict()
+    del full['peft'], full['optimizer']['learning_rate']
+    assert config == full, arm
