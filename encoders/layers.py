@@ -288,7 +288,9 @@ class SelfAttention(nn.Module):
   Without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`, as
   cuDNN's fused flash attention on GPU where that supports the settings
   (`attention_implementation`), else as XLA's (which fuses it); with dropout it spells
-  the softmax out, since neither fused form has dropout.
+  the softmax out, since neither fused form has dropout. Applied with the 'intermediates'
+  collection mutable (analysis/), it also spells it out and sows the weights as
+  'attention_weights' ([batch, heads, query, key], f32); otherwise nothing changes.
   """
   config: EncoderConfig
 
@@ -300,7 +302,7 @@ class SelfAttention(nn.Module):
     value = HeadProjection(c, to_heads=True, name='value')(x)
 
     dropout = not deterministic and c.attention_dropout_rate > 0.0
-    if not dropout:
+    if not dropout and not self.is_mutable_collection('intermediates'):
       implementation = attention_implementation(jax.default_backend(), query.dtype, dropout,
                                                 c.head_dim, x.shape[1])
       context = jax.nn.dot_product_attention(query, key, value, mask=mask,
@@ -309,7 +311,8 @@ class SelfAttention(nn.Module):
       scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) * c.head_dim ** -0.5
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, query, key], f32
-      probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=False)
+      self.sow('intermediates', 'attention_weights', probs)
+      probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=not dropout)
       context = matmul('bhqk,bkhd->bqhd', probs, value, c.compute_dtype).astype(c.compute_dtype)
     context = nn.with_logical_constraint(context, ('batch', 'length', 'heads', 'kv'))
     return HeadProjection(c, to_heads=False, name='output')(context)  # [batch, length, hidden]

@@ -1,0 +1,206 @@
+"""The analysis toolkit (analysis/) against transformers, numpy and first principles."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from analysis import attention, forward, health, probing, subject, texts, token_loss
+from encoders import bert, deberta, families, hf_interop
+from encoders.config import EncoderConfig
+from tests import training_util
+from training import trainer
+
+SENTENCES = ['The river flows through the capital of France.', 'Hello!',
+             'He was a famous American singer, songwriter and actor in the 1950s.']
+
+
+@pytest.fixture(scope='module')
+def minilm(minilm_dir):
+  return subject.load(minilm_dir)
+
+
+def tiny_subject(tokenizer, seed: int = 0, **fields) -> subject.Subject:
+  """A random 2-layer BERT (hidden 32) with an MLM head over `tokenizer`'s vocabulary."""
+  config = EncoderConfig(**{**dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2,
+                                   num_heads=2, intermediate_size=64, max_position_embeddings=128),
+                            **fields})
+  model = subject.analysable(bert.EncoderForPreTraining(config))
+  blank = subject.Subject('tiny', 'bert', model, {}, tokenizer)
+  return subject.reinitialized(blank, seed)
+
+
+def test_attention_weights_equal_transformers_output_attentions(minilm, minilm_dir, record_figure):
+  encoded = subject.encode(minilm.tokenizer, SENTENCES, 128)  # Rows of 11, 4 and 16 tokens.
+  outputs = forward.run(minilm, encoded)
+  hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation='eager').eval()
+  with torch.no_grad():
+    theirs = hf(torch.tensor(encoded.input_ids, dtype=torch.long),
+                attention_mask=torch.tensor(encoded.segment_ids > 0, dtype=torch.long),
+                output_attentions=True, output_hidden_states=True)
+  assert outputs.attention.shape == (6, 3, 12, 16, 16)
+  assert list((encoded.segment_ids > 0).sum(1)) == [11, 4, 16]
+  worst, worst_hidden = 0.0, 0.0
+  for row, length in enumerate((encoded.segment_ids > 0).sum(1)):
+    for layer in range(6):
+      ours = outputs.attention[layer, row, :, :length]  # Real query rows, every key.
+      expected = theirs.attentions[layer][row, :, :length].numpy()
+      worst = max(worst, np.abs(ours - expected).max())
+    for layer in range(7):
+      ours = outputs.hidden_states[layer, row, :length]
+      expected = theirs.hidden_states[layer][row, :length].numpy()
+      worst_hidden = max(worst_hidden, np.abs(ours - expected).max())
+  record_figure('attention', worst, '1e-5')
+  record_figure('hidden states', worst_hidden, '1e-4')
+  assert worst <= 1e-5
+  assert worst_hidden <= 1e-4
+
+
+def test_recording_changes_no_output_and_plain_apply_sows_nothing(minilm):
+  encoded = subject.encode(minilm.tokenizer, SENTENCES, 128)
+  model, params = minilm.model, minilm.params
+  plain = model.apply({'params': params}, encoded.input_ids, encoded.segment_ids)
+  recorded, inputs, weights = forward.apply_recording(model, params, encoded.input_ids,
+                                                      encoded.segment_ids)
+  np.testing.assert_allclose(recorded[0], plain[0], atol=2e-5)
+  assert len(inputs) == len(weights) == 6
+  assert isinstance(plain, tuple) and len(plain) == 2  # (hidden, pooled): no collections back.
+  _, state = model.apply({'params': params}, encoded.input_ids, mutable=['intermediates'])
+  assert [w.shape for w in jax.tree.leaves(state)] == [(3, 12, 16, 16)] * 6
+
+
+@pytest.mark.parametrize('family,fields', [
+    ('albert', dict(num_hidden_groups=2, num_layers=3, embedding_size=16)),
+    ('distilbert', dict(num_layers=2)),
+])
+def test_shared_and_distilled_families_equal_transformers(minilm, tmp_path, family, fields):
+  """ALBERT's shared groups are called once per layer (2 groups over 3 layers: group 0 runs
+  layers 0 and 1); DistilBERT has its own embeddings. (transformers' ALBERT cannot return
+  attentions with inner_group_num > 1: its head_mask indexing fails.)"""
+  tokenizer = minilm.tokenizer
+  entry = families.get(family)
+  config = entry.config_class(**{**dict(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                        num_heads=2, intermediate_size=64,
+                                        max_position_embeddings=64), **fields})
+  model = subject.analysable(entry.models.EncoderForPreTraining(config))
+  one = subject.reinitialized(subject.Subject(family, family, model, {}, tokenizer))
+  encoded = subject.encode(tokenizer, SENTENCES, 32)
+  outputs = forward.run(one, encoded)
+  hf_interop.save_checkpoint(str(tmp_path), model, one.params, family=family)
+  hf = transformers.AutoModel.from_pretrained(str(tmp_path), attn_implementation='eager').eval()
+  with torch.no_grad():
+    theirs = hf(torch.tensor(encoded.input_ids, dtype=torch.long),
+                attention_mask=torch.tensor(encoded.segment_ids > 0, dtype=torch.long),
+                output_attentions=True).attentions
+  assert outputs.attention.shape[0] == len(theirs) == config.num_layers
+  for row, length in enumerate((encoded.segment_ids > 0).sum(1)):
+    for layer, expected in enumerate(theirs):
+      np.testing.assert_allclose(outputs.attention[layer, row, :, :length],
+                                 expected[row, :, :length].numpy(), atol=1e-5)
+
+
+def test_deberta_is_refused_with_a_clear_error(minilm):
+  config = deberta.DebertaConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=32,
+                                 num_layers=1, num_heads=2, intermediate_size=64,
+                                 max_position_embeddings=64)
+  model = subject.analysable(deberta.EncoderForPreTraining(config))
+  one = subject.reinitialized(subject.Subject('d', 'deberta', model, {}, minilm.tokenizer))
+  with pytest.raises(ValueError, match='DeBERTa has its own attention'):
+    forward.run(one, subject.encode(minilm.tokenizer, SENTENCES, 32))
+
+
+def test_head_statistics_from_first_principles():
+  # One text [CLS] a b [SEP] pad; head 0 attends uniformly to the 4 real tokens, head 1 to
+  # the previous token (the first token to itself).
+  input_ids = np.array([[101, 7, 8, 102, 0]])
+  segment_ids = np.array([[1, 1, 1, 1, 0]])
+  weights = np.zeros((1, 1, 2, 5, 5))
+  weights[0, 0, 0, :, :4] = 0.25
+  weights[0, 0, 1, 0, 0] = 1.0
+  for q in range(1, 5):
+    weights[0, 0, 1, q, q - 1] = 1.0
+  stats = attention.head_statistics(weights, input_ids, segment_ids, 101, 102)
+  np.testing.assert_allclose(stats['entropy'][0], [np.log(4), 0.0], atol=1e-12)
+  np.testing.assert_allclose(stats['cls'][0], [0.25, 0.5])  # Head 1: queries 0 and 1 -> [CLS].
+  np.testing.assert_allclose(stats['sep'][0], [0.25, 0.0])
+  np.testing.assert_allclose(stats['previous'][0], [0.1875, 0.75])  # (0 + 3 x 0.25) / 4
+  np.testing.assert_allclose(stats['next'][0], [0.1875, 0.0])
+
+
+def test_title_mentions_mark_the_tokens_that_overlap_them(minilm):
+  text = 'Albert Einstein was born in Ulm. Einstein developed relativity.'
+  spans = texts.title_spans('Albert Einstein (physicist)', text)
+  marked = {text[s:e] for s, e in spans}
+  assert marked == {'Albert Einstein', 'Albert', 'Einstein'}
+  encoded = subject.encode(minilm.tokenizer, [text], 32)
+  inside = texts.in_spans(encoded.offsets[0], spans)
+  # Tokens: [CLS] albert einstein was born in ul ##m . einstein developed relativity . [SEP]
+  assert list(np.flatnonzero(inside)) == [1, 2, 9]
+
+
+def test_probes_stay_at_chance_on_random_labels_and_learn_a_planted_one():
+  rng = np.random.default_rng(0)
+  train_x, test_x = rng.normal(size=(600, 24)), rng.normal(size=(600, 24))
+  random_accuracy = probing.probe_accuracy(train_x, rng.integers(0, 4, 600), test_x,
+                                           rng.integers(0, 4, 600), 4)
+  assert abs(random_accuracy - 0.25) < 0.06
+  planted = lambda x: (x[:, 3] - 0.5 * x[:, 7] > 0).astype(np.int32)
+  assert probing.probe_accuracy(train_x, planted(train_x), test_x, planted(test_x), 2) > 0.95
+
+
+def test_per_token_loss_is_the_cross_entropy_of_the_logits_where_masked(minilm):
+  one = tiny_subject(minilm.tokenizer)
+  losses = token_loss.token_losses(one, SENTENCES, max_length=32, passes=3, seed=1, batch_size=2)
+  groups = token_loss.mask_groups(losses.scored, 3, 1)
+  assert (groups[losses.scored] >= 0).all() and (groups[~losses.scored] == -1).all()
+  for group in range(3):
+    inputs = token_loss.masked_inputs(losses.encoded, groups, group, minilm.tokenizer.mask_id)
+    assert (inputs[groups == group] == minilm.tokenizer.mask_id).all()
+    logits = np.asarray(one.model.apply({'params': one.params}, inputs,
+                                        losses.encoded.segment_ids)['mlm_logits'], np.float64)
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    expected = log_z - np.take_along_axis(logits, losses.encoded.input_ids[..., None], -1)[..., 0]
+    chosen = groups == group
+    np.testing.assert_allclose(losses.loss[chosen], expected[chosen], rtol=1e-5, atol=1e-5)
+  assert (losses.loss[~losses.scored] == 0).all()
+
+
+def test_a_checkpoint_against_itself_differs_by_exactly_zero(minilm):
+  one = tiny_subject(minilm.tokenizer)
+  assert all(row['distance'] == 0.0 and row['relative'] == 0.0
+             for row in health.compare(one, one).values())
+  assert set(health.group_norms(health.difference(one.params, one.params)).values()) == {0.0}
+  norms = health.group_norms(one.params)
+  flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(one.params)])
+  assert norms['total'] == pytest.approx(np.linalg.norm(flat.astype(np.float64)), rel=1e-12)
+  assert {'encoder/embeddings', 'encoder/layers/layer_0', 'encoder/layers/layer_1'} <= set(norms)
+  other = tiny_subject(minilm.tokenizer, seed=1)
+  assert health.compare(one, other)['total']['distance'] > 0
+
+
+def test_interpolation_ends_reproduce_each_checkpoints_own_loss(minilm):
+  a, b = tiny_subject(minilm.tokenizer), tiny_subject(minilm.tokenizer, seed=1)
+  kwargs = dict(max_length=32, passes=3)
+  losses = health.interpolation_losses(a, b, SENTENCES, [0.0, 0.5, 1.0], **kwargs)
+  direct = [token_loss.mean_loss(token_loss.token_losses(s, SENTENCES, **kwargs)) for s in (a, b)]
+  assert losses[0] == direct[0] and losses[2] == direct[1]
+  assert losses[1] not in direct
+
+
+def test_a_trained_workdir_loads_at_every_step_and_its_run_norms(tmp_path, minilm_dir, minilm):
+  config = training_util.tiny_config(train__num_steps=4, checkpoint__every_steps=2,
+                                     model__vocab_size=minilm.tokenizer.vocab_size,
+                                     model__num_layers=2)
+  config.data.tokenizer_path = minilm_dir
+  trainer.train_and_evaluate(config, str(tmp_path))
+  rows = health.run_norms(str(tmp_path))
+  assert [row['step'] for row in rows] == [2, 4] and rows[0]['update_norms'] is None
+  first, last = subject.load(str(tmp_path), 2), subject.load(str(tmp_path))
+  assert last.name.endswith('@4') and first.has_mlm_head
+  expected = health.group_norms(health.difference(first.params, last.params))
+  assert rows[1]['update_norms'] == expected and expected['total'] > 0
+  weights, _ = attention.attention_maps(last, SENTENCES[:2])
+  assert weights.shape[:3] == (2, 2, 2)
