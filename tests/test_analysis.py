@@ -9,6 +9,7 @@ import torch
 import transformers
 
 from analysis import attention, forward, health, probing, subject, texts, token_loss
+from data import tokenizer as tokenizer_lib
 from encoders import bert, deberta, families, hf_interop
 from encoders.config import EncoderConfig
 from tests import training_util
@@ -21,6 +22,12 @@ SENTENCES = ['The river flows through the capital of France.', 'Hello!',
 @pytest.fixture(scope='module')
 def minilm(minilm_dir):
   return subject.load(minilm_dir)
+
+
+@pytest.fixture(scope='module')
+def small_tokenizer():
+  """A WordPiece tokenizer of the test sentences (~100 tokens): small MLM heads, fast tests."""
+  return tokenizer_lib.train('wordpiece', SENTENCES * 4, 200, lowercase=True)
 
 
 def tiny_subject(tokenizer, seed: int = 0, **fields) -> subject.Subject:
@@ -76,11 +83,12 @@ def test_recording_changes_no_output_and_plain_apply_sows_nothing(minilm):
     ('albert', dict(num_hidden_groups=2, num_layers=3, embedding_size=16)),
     ('distilbert', dict(num_layers=2)),
 ])
-def test_shared_and_distilled_families_equal_transformers(minilm, tmp_path, family, fields):
+def test_shared_and_distilled_families_equal_transformers(small_tokenizer, tmp_path, family,
+                                                         fields):
   """ALBERT's shared groups are called once per layer (2 groups over 3 layers: group 0 runs
   layers 0 and 1); DistilBERT has its own embeddings. (transformers' ALBERT cannot return
   attentions with inner_group_num > 1: its head_mask indexing fails.)"""
-  tokenizer = minilm.tokenizer
+  tokenizer = small_tokenizer
   entry = families.get(family)
   config = entry.config_class(**{**dict(vocab_size=tokenizer.vocab_size, hidden_size=32,
                                         num_heads=2, intermediate_size=64,
@@ -102,14 +110,14 @@ def test_shared_and_distilled_families_equal_transformers(minilm, tmp_path, fami
                                  expected[row, :, :length].numpy(), atol=1e-5)
 
 
-def test_deberta_is_refused_with_a_clear_error(minilm):
-  config = deberta.DebertaConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=32,
+def test_deberta_is_refused_with_a_clear_error(small_tokenizer):
+  config = deberta.DebertaConfig(vocab_size=small_tokenizer.vocab_size, hidden_size=32,
                                  num_layers=1, num_heads=2, intermediate_size=64,
                                  max_position_embeddings=64)
   model = subject.analysable(deberta.EncoderForPreTraining(config))
-  one = subject.reinitialized(subject.Subject('d', 'deberta', model, {}, minilm.tokenizer))
+  one = subject.reinitialized(subject.Subject('d', 'deberta', model, {}, small_tokenizer))
   with pytest.raises(ValueError, match='DeBERTa has its own attention'):
-    forward.run(one, subject.encode(minilm.tokenizer, SENTENCES, 32))
+    forward.run(one, subject.encode(small_tokenizer, SENTENCES, 32))
 
 
 def test_head_statistics_from_first_principles():
@@ -151,14 +159,14 @@ def test_probes_stay_at_chance_on_random_labels_and_learn_a_planted_one():
   assert probing.probe_accuracy(train_x, planted(train_x), test_x, planted(test_x), 2) > 0.95
 
 
-def test_per_token_loss_is_the_cross_entropy_of_the_logits_where_masked(minilm):
-  one = tiny_subject(minilm.tokenizer)
+def test_per_token_loss_is_the_cross_entropy_of_the_logits_where_masked(small_tokenizer):
+  one = tiny_subject(small_tokenizer)
   losses = token_loss.token_losses(one, SENTENCES, max_length=32, passes=3, seed=1, batch_size=2)
   groups = token_loss.mask_groups(losses.scored, 3, 1)
   assert (groups[losses.scored] >= 0).all() and (groups[~losses.scored] == -1).all()
   for group in range(3):
-    inputs = token_loss.masked_inputs(losses.encoded, groups, group, minilm.tokenizer.mask_id)
-    assert (inputs[groups == group] == minilm.tokenizer.mask_id).all()
+    inputs = token_loss.masked_inputs(losses.encoded, groups, group, small_tokenizer.mask_id)
+    assert (inputs[groups == group] == small_tokenizer.mask_id).all()
     logits = np.asarray(one.model.apply({'params': one.params}, inputs,
                                         losses.encoded.segment_ids)['mlm_logits'], np.float64)
     log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
@@ -168,8 +176,8 @@ def test_per_token_loss_is_the_cross_entropy_of_the_logits_where_masked(minilm):
   assert (losses.loss[~losses.scored] == 0).all()
 
 
-def test_a_checkpoint_against_itself_differs_by_exactly_zero(minilm):
-  one = tiny_subject(minilm.tokenizer)
+def test_a_checkpoint_against_itself_differs_by_exactly_zero(small_tokenizer):
+  one = tiny_subject(small_tokenizer)
   assert all(row['distance'] == 0.0 and row['relative'] == 0.0
              for row in health.compare(one, one).values())
   assert set(health.group_norms(health.difference(one.params, one.params)).values()) == {0.0}
@@ -177,12 +185,12 @@ def test_a_checkpoint_against_itself_differs_by_exactly_zero(minilm):
   flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(one.params)])
   assert norms['total'] == pytest.approx(np.linalg.norm(flat.astype(np.float64)), rel=1e-12)
   assert {'encoder/embeddings', 'encoder/layers/layer_0', 'encoder/layers/layer_1'} <= set(norms)
-  other = tiny_subject(minilm.tokenizer, seed=1)
+  other = tiny_subject(small_tokenizer, seed=1)
   assert health.compare(one, other)['total']['distance'] > 0
 
 
-def test_interpolation_ends_reproduce_each_checkpoints_own_loss(minilm):
-  a, b = tiny_subject(minilm.tokenizer), tiny_subject(minilm.tokenizer, seed=1)
+def test_interpolation_ends_reproduce_each_checkpoints_own_loss(small_tokenizer):
+  a, b = tiny_subject(small_tokenizer), tiny_subject(small_tokenizer, seed=1)
   kwargs = dict(max_length=32, passes=3)
   losses = health.interpolation_losses(a, b, SENTENCES, [0.0, 0.5, 1.0], **kwargs)
   direct = [token_loss.mean_loss(token_loss.token_losses(s, SENTENCES, **kwargs)) for s in (a, b)]
@@ -190,11 +198,12 @@ def test_interpolation_ends_reproduce_each_checkpoints_own_loss(minilm):
   assert losses[1] not in direct
 
 
-def test_a_trained_workdir_loads_at_every_step_and_its_run_norms(tmp_path, minilm_dir, minilm):
+def test_a_trained_workdir_loads_at_every_step_and_its_run_norms(tmp_path, small_tokenizer):
+  small_tokenizer.save(str(tmp_path / 'tokenizer_source'))
   config = training_util.tiny_config(train__num_steps=4, checkpoint__every_steps=2,
-                                     model__vocab_size=minilm.tokenizer.vocab_size,
+                                     model__vocab_size=small_tokenizer.vocab_size,
                                      model__num_layers=2)
-  config.data.tokenizer_path = minilm_dir
+  config.data.tokenizer_path = str(tmp_path / 'tokenizer_source')
   trainer.train_and_evaluate(config, str(tmp_path))
   rows = health.run_norms(str(tmp_path))
   assert [row['step'] for row in rows] == [2, 4] and rows[0]['update_norms'] is None
