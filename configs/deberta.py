@@ -1,10 +1,12 @@
 """DeBERTa-v2/v3 (He et al. 2021, 2023): disentangled attention, pretrained by MLM with the
-Enhanced Mask Decoder (EMD).
+Enhanced Mask Decoder (EMD), or by v3's replaced-token detection (RTD).
 
   python -m experiments.pretrain --config configs/deberta.py:tiny --workdir /tmp/deberta_tiny
   python -m experiments.pretrain --config configs/deberta.py:base --workdir DIR
+  python -m experiments.pretrain --config configs/deberta.py:tiny,objective=rtd --workdir DIR
 
-Argument: `size` (tiny, xsmall, small, base, large). Sizes are the DeBERTa-v3 checkpoints'
+Arguments: `size` (tiny, xsmall, small, base, large), `objective` ('mlm': v2's MLM + EMD;
+'rtd': v3's), `sharing` (RTD's embedding sharing: 'gdes', 'es' or 'nes'). Sizes are the DeBERTa-v3 checkpoints'
 (microsoft/deberta-v3-*: xsmall 12 x 384, small 6 x 768, base 12 x 768, large 24 x 1024,
 head size 64, FFN 4H); the architecture fields are the released
 experiments/language_model/deberta_base.json (microsoft/DeBERTa): 128,100-token vocabulary,
@@ -23,11 +25,31 @@ last layer (apps/models/masked_language_model.py). The release tokenizes with it
 SentencePiece model; ours trains a SentencePiece-style unigram model, cased as v3's.
 The paper's own base runs (v1 Table 8) used batch 2K; this is the released script.
 `tiny` is a 4-layer, width-128 model on BERT tiny's schedule for the embedded corpus.
+
+objective=rtd is DeBERTa-v3 (He et al. 2023): ELECTRA's objective (training/electra_objective.py,
+loss = MLM + 50 x RTD, the paper's lambda = 50 as ELECTRA's) over a generator of the
+discriminator's width at half its depth (the release's rtd_{xsmall,small,base,large}.json:
+generator 6/3/6/12 layers under 12/6/12/24) with the MLM head (+ EMD), and a discriminator
+with the release's RTD head (LMMaskPredictionHead), sharing word embeddings by
+gradient-disentangled embedding sharing (`sharing=gdes`, the release's default: the
+discriminator reads stop_gradient(generator table) + a zero-initialised delta; ES and NES
+for the paper's Table 1 comparison). Learning rates and batches are the release's rtd.sh:
+xsmall 3e-4 at batch 64, base and large 1e-4 at batch 256 (small: base's), 10,000 warm-up
+steps, 512 tokens, the optimizer and masking of the MLM recipe above. tiny RTD runs at 2e-4
+(ELECTRA tiny's rate: at BERT tiny's 1e-3 ELECTRA's discriminator falls back to the
+all-original prior, configs/electra.py).
 """
 import ml_collections
 
 from configs import bert, common
+from configs import electra as electra_configs
 from configs.model import get_model_config as get_bert_model_config
+
+OBJECTIVES = ('mlm', 'rtd')
+# The release's rtd.sh: peak learning rate, batch size (small has no from-scratch entry: base's).
+RTD_PRETRAINING = {'xsmall': (3e-4, 64), 'small': (1e-4, 256), 'base': (1e-4, 256),
+                   'large': (1e-4, 256)}
+TINY_RTD_LEARNING_RATE = 2e-4
 
 SIZES = {
     #           layers, hidden, heads, FFN
@@ -64,12 +86,22 @@ def get_model_config(size: str) -> ml_collections.ConfigDict:
   model.pooler_dropout_rate = 0.0
   model.emd = True  # Enhanced Mask Decoder for the MLM head (pretraining only).
   model.z_steps = 2  # EMD runs of the last layer's weights.
+  model.objective = 'mlm'  # 'mlm' (v2: MLM + EMD) or 'rtd' (v3: generator + discriminator).
+  # RTD only (encoders/deberta.py: RTDConfig; the generator's fields as configs/electra.py's).
+  model.embedding_sharing = 'gdes'  # 'gdes', 'es' or 'nes': how the discriminator gets word vectors.
+  # None derives a generator field as v3 does: the discriminator's width, heads and MLP at half
+  # its depth (encoders/deberta.py: RTDConfig).
+  electra_configs.add_generator_fields(model, 1.0)
   return model
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, size='base')
+  arg = common.parse_arg(arg, size='base', objective='mlm', sharing='gdes')
+  if arg.objective not in OBJECTIVES:
+    raise ValueError(f'Unknown objective {arg.objective!r}; choose one of {OBJECTIVES}.')
   model = get_model_config(arg.size)
+  model.objective = arg.objective
+  model.embedding_sharing = arg.sharing
   config = bert.get_config('tiny' if arg.size == 'tiny' else 'base')
   config.model = model
   config.data.vocab_size = model.get_ref('vocab_size')  # One vocabulary size, as in configs/bert.py.
@@ -78,7 +110,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.input_format = 'full_sentences'  # Contiguous text, no sentence-level task.
   config.data.masking = 'ngram'  # n <= 3 whole-word n-grams, p(n) proportional to 1/n.
   config.data.static_masking = False
+  rtd = arg.objective == 'rtd'
   if arg.size == 'tiny':
+    if rtd:
+      config.optimizer.learning_rate = TINY_RTD_LEARNING_RATE
     return config
 
   config.data.seq_length = 512
@@ -95,4 +130,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opt.eps = 1e-6
   opt.weight_decay = 0.01
   opt.grad_clip_norm = 1.0
+  if rtd:
+    opt.learning_rate, config.train.batch_size = RTD_PRETRAINING[arg.size]
   return config

@@ -45,16 +45,22 @@ def get_model_config(size: str) -> ml_collections.ConfigDict:
   if size == 'tiny':
     model.vocab_size = common.TINY_VOCAB_SIZE  # As BERT tiny: a vocabulary fitted to the embedded corpus.
   model.embedding_size = embedding_size  # Width of the shared embeddings; projected when != hidden.
-  model.generator_size_fraction = fraction  # Generator width / discriminator width.
   # None derives a generator field as the released code does: hidden = round(fraction * hidden_size),
   # heads = max(1, hidden // 64), MLP = 4 * hidden, layers = num_layers.
+  add_generator_fields(model, fraction)
+  return model
+
+
+def add_generator_fields(model: ml_collections.ConfigDict, fraction: float) -> None:
+  """The generator and RTD-loss fields of an RTD `config.model` (ELECTRA's; DeBERTa's with
+  objective=rtd). A generator field left None is derived by the family's pair config."""
+  model.generator_size_fraction = fraction  # Generator width / discriminator width.
   model.generator_hidden_size = config_dict.placeholder(int)
   model.generator_num_heads = config_dict.placeholder(int)
   model.generator_intermediate_size = config_dict.placeholder(int)
   model.generator_num_layers = config_dict.placeholder(int)
   model.rtd_weight = 50.0  # lambda: loss = MLM + rtd_weight * replaced-token detection loss.
   model.sampling_temperature = 1.0  # Temperature of the generator softmax replacements come from.
-  return model
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

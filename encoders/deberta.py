@@ -28,6 +28,11 @@ embeddings, then the previous run's output; the MLM head reads the last run. The
 runs only at the masked positions (an attention row needs only its own query), so EMD
 adds 2 x (predictions / length) of a layer, not 2 layers. transformers has no EMD.
 
+DeBERTa-v3's replaced-token detection (`RTDPair`, config.model.objective='rtd') runs
+ELECTRA's objective (training/electra_objective.py) over a DeBERTa generator with the MLM
+(+ EMD) head and a DeBERTa discriminator with the release's RTD head, sharing word
+embeddings as `embedding_sharing` says (ES, NES or GDES; RTDConfig).
+
 Parameter names follow BERT's layout (`layers/layer_{i}/attention/query`, ...) so
 `encoders/deberta_interop.py` maps them onto `DebertaV2*` like BERT's table.
 """
@@ -41,8 +46,9 @@ import numpy as np
 
 from encoders import bert, layers
 from encoders.config import ConfigError, EncoderConfig
+from encoders.electra import ElectraConfig, PairOutputs
 from encoders.heads import MaskedLMHead, gather_positions
-from encoders.layers import (ACTIVATIONS, MLP, REMAT_POLICIES, Dense, HeadProjection,
+from encoders.layers import (ACTIVATIONS, MLP, REMAT_POLICIES, Dense, HeadProjection, activation,
                              attention_mask, layer_norm, matmul, normal_init, zeros_init)
 
 POSITION_TERMS = ('c2p', 'p2c')
@@ -161,14 +167,22 @@ class Embeddings(layers.Embeddings):
   decoder (`attend`).
 
   The position table exists when the input uses it (position_biased_input) or EMD does.
+  `word_source` says where the word vectors come from (an RTD pair's discriminator reads
+  its generator's table, RTDPair): 'own' (a table of its own), 'given' (the `word_table`
+  passed in: ES) or 'given+delta' (that table plus a zero-initialised table of its own,
+  `word_embeddings_delta`: GDES).
   """
   config: DebertaConfig
+  word_source: str = 'own'
 
   def setup(self):
     c = self.config
     embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=c.compute_dtype,
                               param_dtype=c.storage_dtype)
-    self.word_embeddings = embed(c.vocab_size, embedding_init=normal_init(c, ('vocab', 'embed')))
+    if self.word_source == 'own':
+      self.word_embeddings = embed(c.vocab_size, embedding_init=normal_init(c, ('vocab', 'embed')))
+    elif self.word_source == 'given+delta':
+      self.word_embeddings_delta = embed(c.vocab_size, embedding_init=zeros_init(('vocab', 'embed')))
     if c.has_position_embeddings:
       self.position_embeddings = embed(c.max_position_embeddings,
                                        embedding_init=normal_init(c, (None, 'embed')))
@@ -178,9 +192,16 @@ class Embeddings(layers.Embeddings):
     self.layer_norm = layer_norm(c, 'layer_norm')
     self.dropout = nn.Dropout(c.hidden_dropout_rate)
 
-  def __call__(self, input_ids, position_ids, token_type_ids, deterministic: bool):
+  def __call__(self, input_ids, position_ids, token_type_ids, deterministic: bool,
+               word_table=None):
+    """word_table [vocab, hidden]: the given table ('given', 'given+delta'), else None."""
     c = self.config
-    x = self.word_embeddings(input_ids)  # [batch, length, hidden]
+    if self.word_source == 'own':
+      x = self.word_embeddings(input_ids)  # [batch, length, hidden]
+    else:
+      x = jnp.take(word_table.astype(c.compute_dtype), input_ids, axis=0)
+      if self.word_source == 'given+delta':
+        x = x + self.word_embeddings_delta(input_ids)
     if c.position_biased_input:
       x = x + self.absolute_positions(position_ids)
     if c.type_vocab_size:
@@ -369,12 +390,16 @@ class ContextPooler(nn.Module):
 
 
 class Encoder(bert.Encoder):
-  """Embeddings, the shared relative embeddings, [ConvLayer], the layers [+ ContextPooler]."""
+  """Embeddings, the shared relative embeddings, [ConvLayer], the layers [+ ContextPooler].
+
+  `word_source`: the embeddings' (Embeddings); not 'own', `encode` takes the `word_table`.
+  """
   config: DebertaConfig
+  word_source: str = 'own'
 
   def setup(self):
     c = self.config
-    self.embeddings = Embeddings(c)
+    self.embeddings = Embeddings(c, word_source=self.word_source)
     if c.relative_attention:
       self.relative_embeddings = nn.Embed(
           2 * c.attention_span, c.hidden_size, dtype=c.compute_dtype, param_dtype=c.storage_dtype,
@@ -400,12 +425,13 @@ class Encoder(bert.Encoder):
     return rows.astype(self.config.compute_dtype), jnp.asarray(index - first, jnp.int32)
 
   def encode(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,
-             masked_positions=None, *, deterministic: bool = True, emd: bool = False):
+             masked_positions=None, *, deterministic: bool = True, emd: bool = False,
+             word_table=None):
     """-> (hidden [batch, length, hidden], EMD states at masked_positions [batch, predictions,
     hidden] (every position if None) when `emd`, else None)."""
     segment_ids, position_ids, token_type_ids = bert.default_inputs(
         input_ids, segment_ids, position_ids, token_type_ids)
-    embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic)
+    embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic, word_table)
     rows, index = self.relative(input_ids.shape[1])
     mask = attention_mask(segment_ids)  # [batch, 1, length, length]
     relative = None if rows is None else (rows, index[None])
@@ -483,3 +509,120 @@ def layer_depth(names: list[str], value, config: DebertaConfig):
   if names[:2] in (['encoder', 'relative_embeddings'], ['encoder', 'relative_layer_norm']):
     return config.num_layers
   return bert.layer_depth(names, value, config)
+
+
+# How an RTD pair's discriminator gets its word vectors (Embeddings.word_source), by
+# config.model.embedding_sharing (He et al. 2023, section 3):
+#   es    the generator's table: one table, both losses' gradients flow into it (ELECTRA's);
+#   nes   a table of its own: the two networks share nothing;
+#   gdes  stop_gradient(the generator's table) + a zero-initialised delta of its own: the
+#         generator's table learns only from MLM, the delta only from RTD.
+WORD_SOURCES = {'es': 'given', 'nes': 'own', 'gdes': 'given+delta'}
+
+
+@dataclasses.dataclass(frozen=True)
+class RTDConfig(ElectraConfig):
+  """DeBERTa-v3's generator and discriminator configs (ElectraConfig's fields and generator_*
+  sizes; v3: the same width at half the depth) and their embedding sharing. Neither network
+  projects its embeddings; the discriminator has no EMD."""
+  discriminator: DebertaConfig
+  generator: DebertaConfig
+  sharing: str = 'gdes'
+  encoder_class = DebertaConfig
+
+  @classmethod
+  def from_config(cls, model_config, prefix: str = 'model') -> 'RTDConfig':
+    """A generator field left None is v3's: the discriminator's width, heads and MLP, half its
+    depth (ElectraConfig derives the rest)."""
+    values = dict(model_config.items()) if hasattr(model_config, 'items') else dict(model_config)
+    for field, default in (('generator_size_fraction', 1.0),
+                           ('generator_num_heads', values.get('num_heads')),
+                           ('generator_intermediate_size', values.get('intermediate_size')),
+                           ('generator_num_layers', max(1, values.get('num_layers', 2) // 2))):
+      values[field] = values.get(field) or default
+    pair = super().from_config(values, prefix)
+    sharing = values.get('embedding_sharing', 'gdes')
+    if sharing not in WORD_SOURCES:
+      raise ConfigError(f'{prefix}.embedding_sharing={sharing!r}: choose one of '
+                        f'{tuple(WORD_SOURCES)}.')
+    if pair.generator.hidden_size != pair.discriminator.hidden_size:
+      raise ConfigError(f'{prefix}.generator_hidden_size={pair.generator.hidden_size}: DeBERTa embeds '
+                        f'at hidden_size, so the generator must be as wide as the discriminator '
+                        f'({pair.discriminator.hidden_size}); make it smaller by generator_num_layers.')
+    return dataclasses.replace(pair, sharing=sharing,
+                               discriminator=dataclasses.replace(pair.discriminator, emd=False))
+
+
+class MaskPredictionHead(nn.Module):
+  """DeBERTa-v3's replaced-token head (the release's LMMaskPredictionHead, `mask_predictions`):
+  LayerNorm(each token's state + its example's first token's), dense, activation, one logit.
+
+  The release reads the row's first token; here it is the first token of the token's own
+  segment, so packed examples stay apart (one example per row: the same).
+  """
+  config: DebertaConfig
+
+  @nn.compact
+  def __call__(self, hidden, segment_ids):
+    """hidden [batch, length, hidden], segment_ids [batch, length] -> logits [batch, length]
+    (> 0: replaced)."""
+    c = self.config
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [batch, length, length]
+    first = jnp.argmax(same, axis=-1)  # [batch, length]: where each token's segment starts.
+    context = jnp.take_along_axis(hidden, first[..., None], axis=1)  # [batch, length, hidden]
+    x = layer_norm(c, 'layer_norm')(context + hidden)
+    x = activation(c, Dense(c, c.hidden_size, ('embed', 'embed_out'), name='dense')(x))
+    return Dense(c, 1, ('embed', None), name='classifier')(x)[..., 0].astype(jnp.float32)
+
+
+class RTDPair(PairOutputs):
+  """DeBERTa-v3's generator (EncoderForPreTraining: MLM head, EMD as its config says) and
+  discriminator (an Encoder and MaskPredictionHead), the discriminator's word vectors from
+  the generator's table as config.sharing says (WORD_SOURCES)."""
+  config: RTDConfig
+  config_class = RTDConfig  # What training/electra_objective.py builds `config` with.
+
+  def setup(self):
+    c = self.config
+    self.generator_model = EncoderForPreTraining(c.generator)
+    self.discriminator_encoder = Encoder(c.discriminator, word_source=WORD_SOURCES[c.sharing])
+    self.discriminator_predictions = MaskPredictionHead(c.discriminator)
+
+  def generator(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,
+                masked_positions=None, *, deterministic: bool = True) -> jax.Array:
+    """MLM logits [batch, predictions, vocab] at masked_positions ([batch, length, vocab] if None)."""
+    return self.generator_model(input_ids, segment_ids, position_ids, token_type_ids,
+                                masked_positions, deterministic=deterministic)['mlm_logits']
+
+  def discriminator(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None, *,
+                    deterministic: bool = True) -> jax.Array:
+    """Replaced-token logits [batch, length] (> 0: the token was replaced)."""
+    table = None
+    if self.config.sharing != 'nes':
+      table = self.generator_model.encoder.embeddings.word_embeddings.embedding  # [vocab, hidden]
+      if self.config.sharing == 'gdes':
+        table = jax.lax.stop_gradient(table)
+    segment_ids, position_ids, token_type_ids = bert.default_inputs(
+        input_ids, segment_ids, position_ids, token_type_ids)
+    hidden, _ = self.discriminator_encoder.encode(input_ids, segment_ids, position_ids,
+                                                  token_type_ids, deterministic=deterministic,
+                                                  word_table=table)
+    return self.discriminator_predictions(hidden, segment_ids)
+
+
+def pretrained_encoder(params: dict) -> dict:
+  """Pretraining params -> {'encoder': ...} to fine-tune or export: an MLM run's as they are;
+  an RTD pair's discriminator with its effective word table, the generator's (ES), its own
+  (NES) or the generator's + its delta (GDES), as the released v3 discriminators store it.
+  Its RTD head (`discriminator_predictions`) is left out."""
+  if 'encoder' in params:
+    return params
+  encoder = dict(params['discriminator_encoder'])
+  embeddings = dict(encoder['embeddings'])
+  if 'word_embeddings' not in embeddings:
+    table = params['generator_model']['encoder']['embeddings']['word_embeddings']['embedding']
+    delta = embeddings.pop('word_embeddings_delta', None)
+    embeddings['word_embeddings'] = {
+        'embedding': table if delta is None else table + delta['embedding']}
+  encoder['embeddings'] = embeddings
+  return {'encoder': encoder}

@@ -17,6 +17,7 @@ Parameter names follow HF's `ElectraForMaskedLM` / `ElectraForPreTraining`
 (see `encoders/electra_interop.py`).
 """
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -32,6 +33,7 @@ class ElectraConfig:
   """The two encoders' configs; both carry the width of the embeddings they share."""
   discriminator: EncoderConfig
   generator: EncoderConfig
+  encoder_class: ClassVar[type] = EncoderConfig  # Both networks' config (DeBERTa-v3's pair: its own).
 
   @property
   def embedding_size(self) -> int:
@@ -59,7 +61,7 @@ class ElectraConfig:
     MLP = 4 * hidden, as many layers as the discriminator.
     """
     values = dict(model_config.items()) if hasattr(model_config, 'items') else dict(model_config)
-    discriminator = EncoderConfig.from_config(values, prefix)
+    discriminator = cls.encoder_class.from_config(values, prefix)
     # Explicit in both networks: the generator projects from it whenever it is narrower.
     discriminator = dataclasses.replace(discriminator,
                                         embedding_size=discriminator.embedding.hidden_size)
@@ -113,9 +115,21 @@ class DiscriminatorHead(nn.Module):
     return Dense(c, 1, ('embed', None), name='dense_prediction')(x)[..., 0].astype(jnp.float32)
 
 
-class ElectraPair(nn.Module):
+class PairOutputs(nn.Module):
+  """`__call__` of a generator/discriminator pair: both networks on the same input (what `init`
+  traces); training calls its `generator` and `discriminator` methods one by one."""
+
+  def __call__(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,
+               masked_positions=None, *, deterministic: bool = True) -> dict[str, jax.Array]:
+    inputs = (input_ids, segment_ids, position_ids, token_type_ids)
+    return {'mlm_logits': self.generator(*inputs, masked_positions, deterministic=deterministic),
+            'rtd_logits': self.discriminator(*inputs, deterministic=deterministic)}
+
+
+class ElectraPair(PairOutputs):
   """Generator and discriminator over one shared embedding block."""
   config: ElectraConfig
+  config_class = ElectraConfig  # What training/electra_objective.py builds `config` with.
 
   def setup(self):
     c = self.config
@@ -147,13 +161,6 @@ class ElectraPair(nn.Module):
     hidden = self._encode(self.discriminator_encoder, input_ids, segment_ids, position_ids,
                           token_type_ids, deterministic)  # [batch, length, hidden]
     return self.discriminator_predictions(hidden)
-
-  def __call__(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,
-               masked_positions=None, *, deterministic: bool = True) -> dict[str, jax.Array]:
-    """Both networks on the same input (what `init` traces); training calls them one by one."""
-    inputs = (input_ids, segment_ids, position_ids, token_type_ids)
-    return {'mlm_logits': self.generator(*inputs, masked_positions, deterministic=deterministic),
-            'rtd_logits': self.discriminator(*inputs, deterministic=deterministic)}
 
 
 def discriminator_as_encoder(params: dict) -> dict:

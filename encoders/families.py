@@ -72,8 +72,10 @@ FAMILIES = {
                       finetune_params='encoders.electra:discriminator_as_encoder'),
     'albert': Family('albert', 'configs/albert.py', albert.AlbertConfig, albert, _MLM,
                      'encoders.albert_interop:ALBERT', 'albert'),
-    'deberta': Family('deberta', 'configs/deberta.py', deberta.DebertaConfig, deberta, _MLM,
-                      'encoders.deberta_interop:DEBERTA', 'deberta-v2'),
+    'deberta': Family('deberta', 'configs/deberta.py', deberta.DebertaConfig, deberta,
+                      'training.electra_objective:MaskedOrReplaced',  # model.objective: mlm / rtd.
+                      'encoders.deberta_interop:DEBERTA', 'deberta-v2',
+                      finetune_params='encoders.deberta:pretrained_encoder'),
     'distilbert': Family('distilbert', 'configs/distilbert.py', distilbert.DistilBertConfig,
                          distilbert, _MLM, 'encoders.distilbert_interop:DISTILBERT', 'distilbert'),
 }

@@ -52,6 +52,22 @@ def training_util_mesh():
   return sharding.make_mesh(deberta_config().mesh, jax.devices()[:1])
 
 
+def one_device_and_2x2x2(config, keys, start_params=None) -> dict:
+  """`config` trained 3 steps on one device and on a 2x2x2 mesh (in an 8-device child):
+  {'reference' / 'sharded': [{key: mean} per step], 'param_diff': the largest difference}."""
+  runs = []
+  for mesh_shape, devices in (((1, 1, 1), jax.devices()[:1]), ((2, 2, 2), None)):
+    config.mesh.shape = mesh_shape
+    step_sums, state, _ = training_util.train_on_mesh(config, devices, steps=3,
+                                                      start_params=start_params)
+    runs.append(([{k: float(sums[k][0] / sums[k][1]) for k in keys} for sums in step_sums],
+                 jax.device_get(state.params)))
+  (reference, reference_params), (losses, params) = runs
+  diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                          params, reference_params)))
+  return dict(reference=reference, sharded=losses, param_diff=diff)
+
+
 def _sharded_child():
   """Runs in a subprocess with 8 CPU devices: losses and parameters on 1 device and on 2x2x2."""
   jax.config.update('jax_threefry_partitionable', True)
@@ -59,22 +75,11 @@ def _sharded_child():
   # The unrolled stack's initial parameters, stacked for the scanned one: both runs start alike.
   _, initial, _ = training_util.train_on_mesh(deberta_config(), jax.devices()[:1], steps=0)
   initial = jax.device_get(initial.params)
-
-  def train(mesh_shape, devices, scan_layers):
-    config = deberta_config(optimizer__eps=1e-2, model__scan_layers=scan_layers)  # See test_sharding.COMPARABLE.
-    config.mesh.shape = mesh_shape
-    start = stack_layers(initial) if scan_layers else initial
-    step_sums, state, _ = training_util.train_on_mesh(config, devices, steps=3, start_params=start)
-    losses = [{k: float(sums[k][0] / sums[k][1]) for k in ('loss', 'mlm_loss')} for sums in step_sums]
-    return losses, jax.device_get(state.params)
-
   report = {}
   for scan_layers in (False, True):
-    reference, reference_params = train((1, 1, 1), jax.devices()[:1], scan_layers)
-    losses, params = train((2, 2, 2), None, scan_layers)
-    diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
-                                            params, reference_params)))
-    report[str(scan_layers)] = dict(reference=reference, sharded=losses, param_diff=diff)
+    config = deberta_config(optimizer__eps=1e-2, model__scan_layers=scan_layers)  # See test_sharding.COMPARABLE.
+    report[str(scan_layers)] = one_device_and_2x2x2(
+        config, ('loss', 'mlm_loss'), stack_layers(initial) if scan_layers else initial)
   training_util.print_report(report)
 
 

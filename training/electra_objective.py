@@ -10,15 +10,21 @@ sampled token equal to the original counts as original. The loss is
 
 both terms averaged over the global batch (predictions, resp. real tokens), as the
 released code does. It plugs into `training/objectives.py`'s interface.
+
+The networks are a pair module with `generator` and `discriminator` methods: ELECTRA's
+`ElectraPair`, or another family's `RTDPair` (DeBERTa-v3: encoders/deberta.py, whose
+config chooses how the two share word embeddings). `MaskedOrReplaced` is the objective of
+a family that pretrains either way, chosen by `config.model.objective`.
 """
 import jax
 import jax.numpy as jnp
 import optax
 
+from encoders import families
 from encoders.config import ConfigError
-from encoders.electra import ElectraConfig, ElectraPair
+from encoders.electra import ElectraPair
 from training import flops
-from training.objectives import Metrics, mlm_terms
+from training.objectives import MaskedLanguageModeling, Metrics, mlm_terms
 
 # Validation runs without an rng; it samples replacements with this fixed key, so that
 # validation numbers of different steps see the same draws.
@@ -59,17 +65,22 @@ def rtd_terms(logits, replaced, token_weights, denominator) -> tuple[jax.Array, 
 
 
 class ReplacedTokenDetection:
-  """ELECTRA pretraining: one `ElectraPair`, both losses in one step."""
+  """ELECTRA pretraining: one generator/discriminator pair, both losses in one step.
 
-  def __init__(self, model_config: ElectraConfig, rtd_weight: float = 50.0,
-               temperature: float = 1.0):
-    self.model = ElectraPair(model_config)
+  `model_config` is `pair_class.config_class` (ElectraConfig for ElectraPair).
+  """
+
+  def __init__(self, model_config, rtd_weight: float = 50.0, temperature: float = 1.0,
+               pair_class=ElectraPair):
+    self.model = pair_class(model_config)
     self.rtd_weight = rtd_weight
     self.temperature = temperature
 
   @classmethod
-  def from_config(cls, config, sentence_head: bool = False) -> 'ReplacedTokenDetection':
-    """From a run config (`configs/electra.py`); bad values raise naming the field."""
+  def from_config(cls, config, sentence_head: bool = False,
+                  pair_class=ElectraPair) -> 'ReplacedTokenDetection':
+    """From a run config (`configs/electra.py`, `configs/deberta.py:objective=rtd`); bad values
+    raise naming the field."""
     del sentence_head  # The input format is checked below: ELECTRA has no sentence loss.
     model = config.model
     if model.rtd_weight < 0:
@@ -80,7 +91,8 @@ class ReplacedTokenDetection:
     if config.data.input_format not in ('full_sentences', 'doc_sentences'):
       raise ConfigError(f'config.data.input_format={config.data.input_format!r}: ELECTRA has no '
                         "sentence-level loss; use 'doc_sentences' or 'full_sentences'.")
-    return cls(ElectraConfig.from_config(model), model.rtd_weight, model.sampling_temperature)
+    return cls(pair_class.config_class.from_config(model), model.rtd_weight,
+               model.sampling_temperature, pair_class)
 
   def _inputs(self, batch, input_ids):
     return (input_ids, batch['segment_ids'], batch['position_ids'], batch['token_type_ids'])
@@ -128,3 +140,22 @@ class ReplacedTokenDetection:
     generator_head = c.generator.hidden_size * c.embedding_size + c.embedding_size * vocab
     discriminator_head = c.discriminator.hidden_size * (c.discriminator.hidden_size + 1)
     return total + 6 * (num_predictions * generator_head + seq_length * discriminator_head)
+
+
+OBJECTIVES = ('mlm', 'rtd')
+
+
+class MaskedOrReplaced:
+  """The objective of a family that pretrains by MLM or by RTD (DeBERTa: v2 and v3), chosen by
+  `config.model.objective`: 'mlm' is training/objectives.py's with the family's
+  EncoderForPreTraining, 'rtd' ReplacedTokenDetection over the family's `RTDPair`."""
+
+  @staticmethod
+  def from_config(config, sentence_head: bool):
+    objective = config.model.get('objective', 'mlm')
+    if objective == 'rtd':
+      return ReplacedTokenDetection.from_config(config, sentence_head,
+                                                families.of_config(config).models.RTDPair)
+    if objective == 'mlm':
+      return MaskedLanguageModeling.from_config(config, sentence_head)
+    raise ConfigError(f'config.model.objective={objective!r}: choose one of {OBJECTIVES}.')
