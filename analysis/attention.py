@@ -43,13 +43,14 @@ def plot_grid(weights: np.ndarray, tokens: list[str], title: str):
   """One text's weights [layers, heads, query, key] as a layers x heads grid of heat maps."""
   num_layers, num_heads = weights.shape[:2]
   length = len(tokens)
-  fig, axes = files.figure(num_layers, num_heads, size=(2.6 * num_heads + 1, 2.6 * num_layers + 0.6))
+  panel = 2.6 if num_heads <= 4 else 1.4  # Inches per map: MiniLM's 6 x 12 stays readable.
+  fig, axes = files.figure(num_layers, num_heads, size=(panel * num_heads + 1, panel * num_layers + 0.6))
   for layer in range(num_layers):
     for head in range(num_heads):
       ax = axes[layer, head]
       ax.imshow(weights[layer, head, :length, :length], cmap='viridis', vmin=0.0, vmax=1.0)
-      ax.set_title(f'layer {layer} head {head}', fontsize=8)
-      ticks = range(length) if length <= 24 else []
+      ax.set_title(f'layer {layer} head {head}', fontsize=8 if num_heads <= 4 else 6)
+      ticks = range(length) if length <= 24 and num_heads <= 4 else []
       ax.set_xticks(ticks, [tokens[i] for i in ticks], rotation=90, fontsize=6)
       ax.set_yticks(ticks, [tokens[i] for i in ticks], fontsize=6)
   fig.suptitle(title, fontsize=10)

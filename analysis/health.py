@@ -129,11 +129,14 @@ def write_run(workdir: str, out: str, steps: list[int] | None = None) -> list[di
 
 def write_comparison(subject_a: subject_lib.Subject, subject_b: subject_lib.Subject, out: str,
                      texts: list[str], num_alphas: int = 11, **loss_kwargs) -> dict:
-  """compare.json (norms and distances per group), interpolation.json/.png (validation loss)."""
+  """compare.json (norms and distances per group), and interpolation.json/.png (validation loss)
+  when the two share a tokenizer (two runs with their own tokenizers: the comparison only)."""
   folder = files.folder(out)
   comparison = compare(subject_a, subject_b)
   files.save_json(folder / 'compare.json', dict(a=subject_a.name, b=subject_b.name,
                                                 groups=comparison))
+  if subject_a.tokenizer.fingerprint != subject_b.tokenizer.fingerprint:
+    return dict(groups=comparison)
   alphas = np.linspace(0.0, 1.0, num_alphas).round(4).tolist()
   losses = interpolation_losses(subject_a, subject_b, texts, alphas, **loss_kwargs)
   files.save_json(folder / 'interpolation.json', dict(a=subject_a.name, b=subject_b.name,
