@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analysis import files, forward, subject as subject_lib
+from analysis import files, subject as subject_lib
 
 
 @dataclasses.dataclass

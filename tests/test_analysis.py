@@ -1,14 +1,13 @@
 """The analysis toolkit (analysis/) against transformers, numpy and first principles."""
-import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from analysis import attention, forward, health, probing, subject, texts, token_loss
+from analysis import (attention, forward, health, hidden_states, probing, subject, texts,
+                      token_loss)
 from data import tokenizer as tokenizer_lib
 from encoders import bert, deberta, families, hf_interop
 from encoders.config import EncoderConfig
@@ -213,3 +212,19 @@ def test_a_trained_workdir_loads_at_every_step_and_its_run_norms(tmp_path, small
   assert rows[1]['update_norms'] == expected and expected['total'] > 0
   weights, _ = attention.attention_maps(last, SENTENCES[:2])
   assert weights.shape[:3] == (2, 2, 2)
+
+
+def test_pca_and_pooling_against_sklearn_and_numpy():
+  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 6)) * np.array([5.0, 3.0, 1.0, 1.0, 0.5, 0.1])
+  points, explained = hidden_states.pca_2d(x)
+  reference = PCA(2).fit(x)
+  expected = reference.transform(x)
+  np.testing.assert_allclose(np.abs(points), np.abs(expected), atol=1e-10)  # Axes up to sign.
+  np.testing.assert_allclose(explained, reference.explained_variance_ratio_, rtol=1e-10)
+  hidden = rng.normal(size=(2, 3, 4))  # [batch, length, hidden]
+  segment_ids = np.array([[1, 1, 0], [1, 1, 1]])
+  np.testing.assert_allclose(hidden_states.pool(hidden, segment_ids, 'mean'),
+                             [hidden[0, :2].mean(0), hidden[1].mean(0)])
+  np.testing.assert_array_equal(hidden_states.pool(hidden, segment_ids, 'cls'), hidden[:, 0])
