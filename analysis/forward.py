@@ -23,7 +23,6 @@ from encoders import layers
 class Outputs:
   hidden_states: np.ndarray  # f32 [layers + 1, batch, length, hidden]: 0 = embeddings (projected).
   attention: np.ndarray  # f32 [layers, batch, heads, query, key]
-  mlm_logits: np.ndarray | None  # f32 [batch, length, vocab] (None without an MLM head).
 
 
 def apply_recording(model: nn.Module, params: dict, input_ids, segment_ids):
@@ -49,26 +48,21 @@ def _last_hidden(outputs) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(model: nn.Module, with_logits: bool):
+def _jitted(model: nn.Module):
   def forward(params, input_ids, segment_ids):
     outputs, inputs, weights = apply_recording(model, params, input_ids, segment_ids)
     if not weights:
       raise ValueError(f'{type(model).__module__}: no layers.SelfAttention was called, so there '
                        'are no attention weights to read (DeBERTa has its own attention).')
     hidden = jnp.stack([*inputs, _last_hidden(outputs)]).astype(jnp.float32)
-    logits = outputs['mlm_logits'] if with_logits else None
-    return hidden, jnp.stack(weights), logits
+    return hidden, jnp.stack(weights)
   return jax.jit(forward)
 
 
-def run(subject: Subject, encoded: Encoded, with_logits: bool = False) -> Outputs:
-  """The Outputs of one batch of encoded texts (logits only when asked: they are large)."""
-  if with_logits and not subject.has_mlm_head:
-    raise ValueError(f'{subject.name} has no MLM head: per-token MLM loss needs one.')
-  hidden, weights, logits = _jitted(subject.model, with_logits)(
-      subject.params, encoded.input_ids, encoded.segment_ids)
-  return Outputs(np.asarray(hidden), np.asarray(weights),
-                 None if logits is None else np.asarray(logits))
+def run(subject: Subject, encoded: Encoded) -> Outputs:
+  """Every layer's hidden states and attention weights for one batch of encoded texts."""
+  hidden, weights = _jitted(subject.model)(subject.params, encoded.input_ids, encoded.segment_ids)
+  return Outputs(np.asarray(hidden), np.asarray(weights))
 
 
 def batches(encoded: Encoded, batch_size: int):
