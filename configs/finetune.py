@@ -89,10 +89,20 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   data.dev_fraction = 0.1  # Hashed fraction of 'train' used for model selection.
   data.max_examples = 0  # Use only the first N records of each split (0: all); for quick runs.
   data.max_train_examples = 0  # Train on only the first N training records (0: all): low-data runs.
+  # Classification: a long-tailed subsample of the training records (data/imbalance.py), the
+  # k-th largest of C classes keeping n_max * ratio^(-k / (C - 1)); 0: off.
+  data.long_tail_ratio = 0.0
+  # Order of training rows: 'shuffle' (epochs of permutations) or 'balanced' (each draw a uniform
+  # class, then a uniform row of it, with replacement).
+  data.sampling = 'shuffle'
 
   config.head = head = ml_collections.ConfigDict()
   head.pooling = 'cls'  # Sequence classification: 'cls' (BERT's pooler), 'mean' or 'max'.
   head.class_weights = 'none'  # 'none' or 'balanced' (n / (classes * count) per class).
+  # Classification loss: 'cross_entropy' or 'focal' (Lin et al. 2017: -(1 - p_t)^gamma log p_t,
+  # times the class weight).
+  head.loss = 'cross_entropy'
+  head.focal_gamma = 2.0
 
   # Parameter-efficient fine-tuning: only the method's weights, the task head (and a new pooler)
   # are trained; the rest of the encoder is frozen (training/finetune.py).

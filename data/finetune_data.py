@@ -32,7 +32,7 @@ import hashlib
 
 import numpy as np
 
-from data import corpus
+from data import corpus, imbalance
 from encoders.config import ConfigError
 
 KINDS = ('classification', 'token_classification', 'qa')
@@ -368,16 +368,23 @@ def build_task(config, tokenizer, pair_types: bool) -> Task:
   catalog_task(task)  # An unknown task raises ConfigError naming it.
   common = dict(tokenizer=tokenizer, max_length=data.max_length, doc_stride=data.doc_stride)
 
-  def limit(records, split):
+  def limit(records, split, label_key=None):
     records = records[:data.max_examples or None]
-    return records[:data.max_train_examples or None] if split == 'train' else records
+    if split != 'train':
+      return records
+    records = records[:data.max_train_examples or None]
+    if data.get('long_tail_ratio', 0) and label_key is not None:
+      keep = imbalance.long_tailed([r[label_key] for r in records], data.long_tail_ratio, config.seed)
+      records = [records[i] for i in keep]
+    return records
 
   if task == 'topic':
     splits, names = topic_records(data, data.dev_fraction)
-    made = {s: classification_split([r['text'] for r in limit(recs, s)],
-                                    [r['topic'] for r in limit(recs, s)],
-                                    max_windows=data.max_windows, **common)
-            for s, recs in splits.items()}
+    made = {}
+    for s, recs in splits.items():
+      recs = limit(recs, s, 'topic')
+      made[s] = classification_split([r['text'] for r in recs], [r['topic'] for r in recs],
+                                     max_windows=data.max_windows, **common)
     return Task('classification', names, made)
   if task.startswith('glue/'):
     splits, builder = catalog_records(task, data.data_dir, data.dev_fraction)
@@ -385,7 +392,7 @@ def build_task(config, tokenizer, pair_types: bool) -> Task:
     names = list(builder.info.features['label'].names)
     made = {}
     for s, recs in splits.items():
-      recs = limit(recs, s)
+      recs = limit(recs, s, 'label')
       made[s] = classification_split(
           [r[fields[0]] for r in recs], [r['label'] for r in recs], max_windows=1,
           texts_b=[r[fields[1]] for r in recs] if len(fields) > 1 else None,

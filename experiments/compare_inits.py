@@ -37,10 +37,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('min_rows', 5000, 'Training rows (epochs x records) a run sees at least.')
   flags.DEFINE_string('out', None, 'Output directory (results, tables, plots, runs).')
   flags.DEFINE_integer('seeds', 2, 'Seeds per cell (0, 1, ...).')
-  flags.DEFINE_enum('mode', 'inprocess', ('inprocess', 'subprocess', 'print'),
-                    'Run cells here, one subprocess each, or print one command per run.')
-  flags.DEFINE_string('cell', None, 'Run only this cell (a job of a launched sweep).')
-  flags.DEFINE_integer('seed', None, 'With --cell: run only this seed.')
+  sweep.define_job_flags()
+  flags.adopt_module_key_flags(sweep)  # --help lists them.
   flags.DEFINE_multi_string('set', [], 'Fine-tuning override of every cell, e.g. train.num_epochs=4.')
   flags.mark_flags_as_required(['pretrained', 'out'])
 
@@ -103,12 +101,7 @@ def main(argv):
   base = sweep.apply_overrides(base, finetune_ablation.parse_overrides(f.set))
   cells = make_cells(pretrained, hf, sizes, f.hf_learning_rate, base.train.num_epochs, f.min_rows)
   seeds = list(range(f.seeds))
-  selected = cells
-  if f.cell is not None:
-    selected = [c for c in cells if c.name == f.cell]
-    if not selected:
-      raise app.UsageError(f'--cell={f.cell!r}: known cells are {[c.name for c in cells]}.')
-    seeds = seeds if f.seed is None else [f.seed]
+  selected, seeds = sweep.select(cells, seeds, f.cell, f.seed)
 
   def run_fn(cell: sweep.Cell, seed: int) -> dict:
     config = sweep.apply_overrides(base, cell.overrides)

@@ -178,9 +178,7 @@ def main(argv):
   student = families.of_config(base)
   rows = cells(base, teacher.has_mlm_head)
   seeds = [0] if scale == 'smoke' else list(range(f.seeds))
-  if f.cell is not None:
-    rows = [c for c in rows if c.name == f.cell] or finetune_ablation.unknown_cell(f.cell, rows)
-    seeds = seeds if f.seed is None else [f.seed]
+  rows, seeds = sweep.select(rows, seeds, f.cell, f.seed)
   if f.mode != 'print' and f.cell is None:  # Measured for the report, not per job.
     teacher_info = architecture_info(families.get(teacher.family).models.Encoder(teacher.config))
     student_info = architecture_info(student.models.Encoder(student.model_config(base.model)))

@@ -32,7 +32,7 @@ import optax
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
-from data import finetune_data
+from data import finetune_data, imbalance
 from encoders import adapters, bert, families, lora, module_hooks, peft_interop
 from encoders.config import ConfigError, EncoderConfig
 from encoders.layers import unroll_layers
@@ -138,14 +138,25 @@ def for_inference(method, params):
   return params
 
 
-def task_loss(outputs, batch, kind: str, weights_per_class):
-  """Weighted mean cross-entropy of the task; rows with row_weight 0 are padding."""
+def focal_loss(logits: jax.Array, labels: jax.Array, gamma: float) -> jax.Array:
+  """-(1 - p_t)^gamma log p_t per example (Lin et al. 2017, softmax form); gamma 0 is the
+  cross-entropy. logits [..., classes], labels [...] -> [...]."""
+  log_pt = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[..., None],
+                               axis=-1)[..., 0]
+  return -(-jnp.expm1(log_pt)) ** gamma * log_pt
+
+
+def task_loss(outputs, batch, kind: str, weights_per_class, focal_gamma: float | None = None):
+  """Weighted mean cross-entropy of the task (the focal loss with `focal_gamma`, classification
+  kinds); rows with row_weight 0 are padding."""
   row_weight = batch['row_weight']
+  per_label = (optax.softmax_cross_entropy_with_integer_labels if focal_gamma is None
+               else functools.partial(focal_loss, gamma=focal_gamma))
   if kind == 'classification':
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs, batch['label'])
+    cross_entropy = per_label(outputs, batch['label'])
     weight = row_weight * weights_per_class[batch['label']]
   elif kind == 'token_classification':
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs, batch['labels'])
+    cross_entropy = per_label(outputs, batch['labels'])
     weight = batch['label_weights'] * row_weight[:, None]  # [batch, length]
   else:
     start_logits, end_logits = outputs
@@ -156,11 +167,13 @@ def task_loss(outputs, batch, kind: str, weights_per_class):
   return jnp.sum(cross_entropy * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
 
 
-def train_step(state, frozen, batch, *, model, method, tx, schedule, kind, weights_per_class):
+def train_step(state, frozen, batch, *, model, method, tx, schedule, kind, weights_per_class,
+               focal_gamma=None):
   """One update of the trained variables (state.params); `frozen` parameters get no gradient."""
   rng = jax.random.fold_in(state.rng, state.step)
   loss_fn = lambda p: task_loss(apply_model(model, method, module_hooks.union(frozen, p), batch,
-                                            rng, False), batch, kind, weights_per_class)
+                                            rng, False), batch, kind, weights_per_class,
+                                focal_gamma)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -210,6 +223,13 @@ def _validate(config, mesh) -> None:
     raise ConfigError(f'config.train.num_epochs={config.train.num_epochs}: must be positive.')
   if config.head.pooling not in ('cls', 'mean', 'max'):
     raise ConfigError(f"config.head.pooling={config.head.pooling!r}: choose 'cls', 'mean' or 'max'.")
+  if config.head.get('loss', 'cross_entropy') not in ('cross_entropy', 'focal'):
+    raise ConfigError(f"config.head.loss={config.head.loss!r}: choose 'cross_entropy' or 'focal'.")
+  if config.head.get('loss') == 'focal' and config.head.focal_gamma < 0:
+    raise ConfigError(f'config.head.focal_gamma={config.head.focal_gamma}: must be >= 0.')
+  if config.data.get('sampling', 'shuffle') not in ('shuffle', 'balanced'):
+    raise ConfigError(f"config.data.sampling={config.data.sampling!r}: choose 'shuffle' or "
+                      "'balanced'.")
 
 
 @dataclasses.dataclass
@@ -304,6 +324,15 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   num_labels = len(task.label_names) if task.label_names else None
   model = family.task_model(task.kind, model_config, num_labels, config.head.pooling)
   train_rows = task.splits['train'].rows
+  if task.kind != 'classification' and (config.data.get('sampling', 'shuffle') == 'balanced'
+                                        or config.data.get('long_tail_ratio', 0)):
+    raise ConfigError(f'config.data.sampling / long_tail_ratio: for classification tasks only, '
+                      f'not {task.kind} ({config.task}).')
+  focal = config.head.get('loss') == 'focal'
+  if focal and task.kind == 'qa':
+    raise ConfigError("config.head.loss='focal': for classification and token classification, "
+                      f'not {config.task} (span selection).')
+  focal_gamma = float(config.head.focal_gamma) if focal else None
   weights_per_class = jnp.asarray(class_weights(train_rows['label'], num_labels, config.head.class_weights)
                                   if task.kind == 'classification' else np.ones(1, np.float32))
 
@@ -331,7 +360,8 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
   step_fn = jax.jit(functools.partial(train_step, model=model, method=method, tx=tx,
                                       schedule=schedule, kind=task.kind,
-                                      weights_per_class=weights_per_class),
+                                      weights_per_class=weights_per_class,
+                                      focal_gamma=focal_gamma),
                     in_shardings=(state_shardings, frozen_shardings, batch_sharding),
                     out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   # Evaluation and the saved model use the inference form (LoRA merged into the kernels).
@@ -350,8 +380,11 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   writer = metrics.MetricWriter(workdir, is_main)
   selection = SELECTION_METRIC[task.kind]
   order = np.random.default_rng(config.seed)
-  stream = np.concatenate([order.permutation(num_train)
-                           for _ in range(int(np.ceil(num_steps * batch_size / num_train)))])
+  if config.data.get('sampling', 'shuffle') == 'balanced':
+    stream = imbalance.balanced_stream(train_rows['label'], num_steps * batch_size, order)
+  else:
+    stream = np.concatenate([order.permutation(num_train)
+                             for _ in range(int(np.ceil(num_steps * batch_size / num_train)))])
   best = dict(score=-np.inf, step=0, params=None, dev={})
   evaluations_without_gain = 0
   progress = tqdm.tqdm(total=num_steps, unit='step', dynamic_ncols=True,

@@ -159,10 +159,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('smoke', False, 'Same as --scale=smoke: a minutes-scale check.')
   flags.DEFINE_string('out', None, 'Output directory (results, tables, plots, runs).')
   flags.DEFINE_integer('seeds', 2, 'Seeds per cell (0, 1, ...).')
-  flags.DEFINE_enum('mode', 'inprocess', ('inprocess', 'subprocess', 'print'),
-                    'Run cells here, one subprocess each, or print one command per run.')
-  flags.DEFINE_string('cell', None, 'Run only this cell (a job of a launched sweep).')
-  flags.DEFINE_integer('seed', None, 'With --cell: run only this seed.')
+  sweep.define_job_flags()
+  flags.adopt_module_key_flags(sweep)  # --help lists them.
   flags.DEFINE_multi_string('set', [], 'Base pretraining override, e.g. train.num_steps=1000.')
   flags.DEFINE_multi_string('finetune_set', [], 'Fine-tuning override, e.g. train.num_epochs=2.')
   flags.mark_flag_as_required('out')
@@ -206,9 +204,7 @@ def main(ablation: Ablation) -> str:
   seeds = list(range(f.seeds))
   if scale == 'smoke':
     cells, seeds = cells[:ablation.smoke_cells], [0]
-  if f.cell is not None:
-    cells = [c for c in cells if c.name == f.cell] or unknown_cell(f.cell, all_cells)
-    seeds = seeds if f.seed is None else [f.seed]
+  cells, seeds = sweep.select(cells, seeds, f.cell, f.seed)
 
   def run_fn(cell: sweep.Cell, seed: int) -> dict:
     config = sweep.apply_overrides(base, cell.overrides)
@@ -233,9 +229,6 @@ def main(ablation: Ablation) -> str:
     print('Wrote', ablation.extra_plot(scale, base, out, report_seeds))
   return markdown
 
-
-def unknown_cell(name: str, cells: list[sweep.Cell]):
-  raise ValueError(f'--cell={name!r}: known cells are {[c.name for c in cells]}.')
 
 
 def run_script(ablation: Ablation) -> None:

@@ -22,6 +22,7 @@ import subprocess
 import time
 from typing import Callable
 
+from absl import flags
 import matplotlib
 import ml_collections
 import numpy as np
@@ -37,6 +38,25 @@ class Cell:
   paper: dict = dataclasses.field(default_factory=dict)  # {column: the paper's reported value}.
   # {column: value} known before any run (e.g. the parameter count), shown after the name.
   info: dict = dataclasses.field(default_factory=dict)
+
+
+def define_job_flags() -> None:
+  """--mode, --cell and --seed: how a sweep script runs its (cell, seed) jobs (`run`, `select`)."""
+  flags.DEFINE_enum('mode', 'inprocess', ('inprocess', 'subprocess', 'print'),
+                    'Run cells here, one subprocess each, or print one command per run.')
+  flags.DEFINE_string('cell', None, 'Run only this cell (a job of a launched sweep).')
+  flags.DEFINE_integer('seed', None, 'With --cell: run only this seed.')
+
+
+def select(cells: list[Cell], seeds: list[int], cell_name: str | None,
+           seed: int | None) -> tuple[list[Cell], list[int]]:
+  """The (cells, seeds) a `--cell` / `--seed` job runs: all of them without `cell_name`."""
+  if cell_name is None:
+    return cells, seeds
+  chosen = [c for c in cells if c.name == cell_name]
+  if not chosen:
+    raise ValueError(f'--cell={cell_name!r}: known cells are {[c.name for c in cells]}.')
+  return chosen, seeds if seed is None else [seed]
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
