@@ -146,4 +146,7 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.shape = (-1, 1, 1)  # ('data', 'fsdp', 'tensor') sizes; one -1 takes the rest.
   mesh.rules = DEFAULT_RULES  # Logical axis -> mesh axes (configs/training.py).
+  # Devices the run must find: 'any', 'cpu', 'gpu' or 'tpu' (configs/training.py; a 'gpu'/'tpu'
+  # run stops at start when JAX falls back to CPU).
+  mesh.platform = 'any'
   return config

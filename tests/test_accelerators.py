@@ -60,7 +60,8 @@ def test_pretraining_that_asks_for_gpus_on_this_cpu_stops_at_start(tmp_path, mon
 def test_finetuning_that_asks_for_a_tpu_on_this_cpu_stops_at_start(tmp_path, monkeypatch):
   _no_work(monkeypatch)
   config = finetune_configs.get_config('topic_tiny')
-  config.mesh.platform = 'tpu'  # configs/finetune.py has no such field yet: set it here.
+  assert config.mesh.platform == 'any'  # --config.mesh.platform=tpu sets it.
+  config.mesh.platform = 'tpu'
   with pytest.raises(ConfigError, match=r"asks for TPU devices.*requirements-tpu\.txt"):
     finetune.finetune(config, str(tmp_path / 'run'))
 

@@ -105,6 +105,17 @@ def test_finetuning_data_errors_name_the_field(tmp_path, no_work, fields, messag
   assert time.perf_counter() - start < 0.5
 
 
+@pytest.mark.parametrize('fields, message', FINETUNING[:3])
+def test_the_finetune_library_call_checks_too(tmp_path, no_work, fields, message):
+  """Sweeps (compare_inits, the ablations, class_imbalance) call training.finetune directly."""
+  from training import finetune  # pylint: disable=g-import-not-at-top
+  fields = dict(fields)
+  config = _finetuning_config(fields.pop('task', 'topic_tiny'), **fields)
+  with pytest.raises(ConfigError) as error:
+    finetune.finetune(config, str(tmp_path / 'run'))
+  assert message in str(error.value)
+
+
 def test_a_catalog_task_that_is_not_prepared_names_the_data_dir(tmp_path, no_work):
   config = _finetuning_config('task=glue/sst2', data__data_dir=str(tmp_path))
   with pytest.raises(ConfigError, match=r"'glue/sst2' is not prepared in config.data.data_dir="):

@@ -32,7 +32,7 @@ import optax
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
-from data import finetune_data, imbalance
+from data import finetune_data, imbalance, validate
 from encoders import adapters, bert, families, lora, module_hooks, peft_interop
 from encoders.config import ConfigError, EncoderConfig
 from encoders.layers import unroll_layers
@@ -307,6 +307,8 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.mesh)
   _validate(config, mesh)
+  if task is None:  # A given task was built by the caller; config.data only describes a built one.
+    validate.check_data_config(config)
   source = finetune_init.resolve(config, workdir)
   method = peft_method(config.peft)
   family = families.finetuning(families.get(source.model_config.get('family', 'bert')))
