@@ -6,8 +6,11 @@ checkpoint directory (default: the installed all-MiniLM-L6-v2). Outputs go to --
   python -m experiments.analyze attention --model workdirs/bert_tiny --out OUT/attention
   python -m experiments.analyze hidden --model workdirs/bert_tiny --split validation --layer -1
   python -m experiments.analyze probe --model workdirs/bert_tiny --num_train 800
-  python -m experiments.analyze token_loss --model workdirs/bert_tiny --baseline_step 1000
-  python -m experiments.analyze health --model workdirs/bert_tiny --baseline_step 1000
+  python -m experiments.analyze token_loss --model workdirs/bert_tiny --baseline_step 3200
+  python -m experiments.analyze health --model workdirs/bert_tiny --baseline_step 3200
+
+health writes the norms per layer over every saved step of --model (a workdir, without --step)
+and, with a baseline, the comparison of the two checkpoints and the loss between them.
 """
 import json
 
@@ -73,7 +76,7 @@ def main(argv):
     other = baseline(model_path)
     if other is None and subject.is_hf_dir(model_path):
       raise app.UsageError('health of an HF directory needs --baseline to compare it with.')
-    if not subject.is_hf_dir(model_path):
+    if not subject.is_hf_dir(model_path) and _STEP.value is None:  # Norms over every saved step.
       health.write_run(model_path, out)
     if other is not None:
       articles = texts.articles(_SPLIT.value, count(64))
