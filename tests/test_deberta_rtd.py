@@ -24,7 +24,7 @@ from training.electra_objective import MaskedOrReplaced, ReplacedTokenDetection
 
 VOCAB = 40
 FORCED = 7  # The token the rigged generator always samples.
-MODEL = dict(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+MODEL = dict(vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
              max_position_embeddings=16, position_buckets=8, hidden_dropout_rate=0.0,
              attention_dropout_rate=0.0)
 
@@ -160,7 +160,7 @@ def test_rtd_loss_equals_torch_bce_over_real_tokens():
 
 def torch_mask_prediction_head(head: dict, hidden: torch.Tensor, eps: float) -> torch.Tensor:
   """The release's LMMaskPredictionHead in torch: LayerNorm(h + h[:, :1]), dense, gelu, one logit."""
-  t = lambda a: torch.from_numpy(np.asarray(a, np.float32))
+  t = lambda a: torch.tensor(np.asarray(a, np.float32))
   x = torch.nn.functional.layer_norm(hidden + hidden[:, :1], (hidden.shape[-1],),
                                      t(head['layer_norm']['scale']), t(head['layer_norm']['bias']),
                                      eps)
@@ -225,7 +225,7 @@ def test_configs_choose_the_objective_and_validate():
   assert (c.sharing, c.generator.num_layers, c.discriminator.num_layers) == ('gdes', 2, 4)
   assert c.generator.hidden_size == c.discriminator.hidden_size and objective.rtd_weight == 50.0
   assert c.generator.emd and not c.discriminator.emd
-  assert tiny.optimizer.learning_rate == deberta_configs.TINY_RTD_LEARNING_RATE
+  assert tiny.optimizer.learning_rate == deberta_configs.get_config('tiny').optimizer.learning_rate
   assert type(objectives.make_objective(deberta_configs.get_config('tiny'), False)).__name__ \
       == 'MaskedLanguageModeling'
   # The release's rtd_*.json generators: half the depth at the same width.
