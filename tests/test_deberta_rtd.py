@@ -13,13 +13,16 @@ import torch
 import transformers
 
 from configs import deberta as deberta_configs
+from configs import finetune as finetune_configs
+from data import tokenizer as tokenizer_lib
 from encoders import deberta, hf_interop
 from encoders.config import ConfigError
 from tests import training_util
 from tests.test_checkpointing import kill_and_resume
 from tests.test_deberta_training import DEBERTA_TINY, one_device_and_2x2x2
+from tests.test_electra_training import _params, _topic_like_task
 from tests.test_hf_interop import max_diff
-from training import objectives, synthetic
+from training import finetune, objectives, synthetic, trainer
 from training.electra_objective import MaskedOrReplaced, ReplacedTokenDetection
 
 VOCAB = 40
@@ -280,3 +283,25 @@ def test_tiny_gdes_pretrains_and_resumes_after_sigkill(tmp_path):
   assert resumed == expected
   rtd_losses = training_util.train_metric(str(tmp_path / 'straight'), 'rtd_loss')
   assert sorted(rtd_losses) == sorted(expected) and all(np.isfinite(list(rtd_losses.values())))
+
+
+@pytest.mark.slow
+def test_rtd_workdir_fine_tunes_from_the_discriminator_with_its_effective_table(minilm_dir, tmp_path):
+  pretrain_dir, tune_dir = str(tmp_path / 'pretrain'), str(tmp_path / 'tune')
+  # MiniLM's tokenizer (30522 tokens) stands in for a trained one; batches are synthetic.
+  trainer.train_and_evaluate(rtd_config(model__vocab_size=30522, data__tokenizer_path=minilm_dir,
+                                        train__num_steps=2), pretrain_dir)
+  config = finetune_configs.get_config('topic')
+  config.init_from = pretrain_dir
+  config.train.update(batch_size=8, eval_batch_size=8, num_epochs=1.0, log_every=1)
+  config.optimizer.learning_rate = 0.0  # Saved weights = initial weights.
+  result = finetune.finetune(config, tune_dir, task=_topic_like_task(tokenizer_lib.load(minilm_dir)))
+  assert result['new_parameters'] == ['classifier', 'encoder/pooler']
+  pretrained, tuned = _params(pretrain_dir), _params(tune_dir)['encoder']
+  discriminator = pretrained['discriminator_encoder']
+  generator_table = pretrained['generator_model']['encoder']['embeddings']['word_embeddings']
+  np.testing.assert_allclose(  # E_G + delta, the delta having moved in 2 steps.
+      tuned['embeddings']['word_embeddings']['embedding'],
+      generator_table['embedding'] + discriminator['embeddings']['word_embeddings_delta']['embedding'])
+  assert np.abs(discriminator['embeddings']['word_embeddings_delta']['embedding']).max() > 0
+  jax.tree.map(np.testing.assert_array_equal, tuned['layers'], discriminator['layers'])
