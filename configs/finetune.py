@@ -149,4 +149,9 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   # Devices the run must find: 'any', 'cpu', 'gpu' or 'tpu' (configs/training.py; a 'gpu'/'tpu'
   # run stops at start when JAX falls back to CPU).
   mesh.platform = 'any'
+  # jax.distributed (training/sharding.py: initialize_distributed): host:port of process 0, or ''
+  # to auto-detect (TPU VM, SLURM); the process count and this process's index (auto: 0 / -1).
+  mesh.coordinator_address = ''
+  mesh.num_processes = 0
+  mesh.process_id = -1
   return config

@@ -3,7 +3,10 @@
 Each process feeds only its own rows (jax.make_array_from_process_local_data); the
 processes meet through jax.distributed on loopback.
 """
+import json
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -42,3 +45,41 @@ def test_two_processes_match_one_process(tmp_path):
   assert manager.all_steps() == [3, 6]
   assert sorted(p.name for p in (tmp_path / 'multi' / 'checkpoints' / '6' / 'data').glob('*.json')) == [
       'process_0-of-2.json', 'process_1-of-2.json']
+
+
+def _finetune(workdir: str, minilm_dir: str, *extra: str, num_devices: int):
+  """experiments.finetune on the topic task: a 1-layer model at random init with MiniLM's
+  tokenizer, 100 training records (13 steps of 8 rows: the last batch of every evaluation split
+  is padded), dev evaluated twice."""
+  command = [sys.executable, '-m', 'experiments.finetune', '--config',
+             'configs/finetune.py:topic_tiny', '--workdir', workdir,
+             f'--config.data.tokenizer_path={minilm_dir}', '--config.data.max_examples=150',
+             '--config.data.max_train_examples=100', '--config.train.batch_size=8',
+             '--config.train.eval_batch_size=8', '--config.train.num_epochs=1',
+             '--config.train.eval_every=7', '--config.train.log_every=1',
+             '--config.model.num_layers=1', '--config.model.hidden_size=32',
+             '--config.model.num_heads=2', '--config.model.intermediate_size=64', *extra]
+  return subprocess.Popen(command, cwd=training_util.ROOT, env=training_util.env(num_devices),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_finetuning_on_two_processes_matches_one_process(tmp_path, minilm_dir):
+  """Each process feeds its own half of every global batch (training and evaluation), and
+  the run gives one process's losses and metrics."""
+  single, multi = str(tmp_path / 'single'), str(tmp_path / 'multi')
+  port = _free_port()
+  runs = [_finetune(single, minilm_dir, num_devices=8)]
+  runs += [_finetune(multi, minilm_dir, f'--config.mesh.coordinator_address=127.0.0.1:{port}',
+                     '--config.mesh.num_processes=2', f'--config.mesh.process_id={i}',
+                     num_devices=4) for i in range(2)]
+  for run in runs:
+    output, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, output[-5000:]
+  expected = training_util.train_losses(single)
+  assert sorted(expected) == list(range(1, 14))
+  assert training_util.train_losses(multi) == pytest.approx(expected, rel=1e-5)
+  results = [json.loads((tmp_path / run / 'results.json').read_text()) for run in ('single', 'multi')]
+  for split in ('dev', 'test'):
+    assert results[1][split] == pytest.approx(results[0][split], rel=1e-6), split
+  assert results[0]['best_step'] == results[1]['best_step']

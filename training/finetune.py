@@ -195,7 +195,7 @@ def predict(predict_fn, params, split: finetune_data.Split, batch_size: int, mes
   for start in range(0, len(split), batch_size):
     indices = np.arange(start, min(start + batch_size, len(split)))
     padded = np.concatenate([indices, np.zeros(batch_size - len(indices), np.int64)])
-    batch = {k: split.rows[k][padded] for k in INPUTS}
+    batch = sharding.process_rows({k: split.rows[k][padded] for k in INPUTS})
     out = jax.device_get(predict_fn(params, sharding.global_batch(batch, mesh)))
     outputs.append(jax.tree.map(lambda x: x[:len(indices)], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
@@ -304,6 +304,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   started = time.perf_counter()
   jax.config.update('jax_threefry_partitionable', True)
   os.makedirs(workdir, exist_ok=True)
+  sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.mesh)
   _validate(config, mesh)
@@ -394,7 +395,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
                        disable=not (is_main and config.train.get('progress_bar', True)))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # Activation constraints on.
     for step in range(num_steps):
-      batch = take(train_rows, stream[step * batch_size:(step + 1) * batch_size])
+      batch = sharding.process_rows(take(train_rows, stream[step * batch_size:(step + 1) * batch_size]))
       state, step_metrics = step_fn(state, frozen, sharding.global_batch(batch, mesh))
       done = step + 1
       progress.update(1)

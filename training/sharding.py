@@ -199,6 +199,19 @@ def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape['data'] * mesh.shape['fsdp']
 
 
+def process_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous share of a global batch every process holds whole (fine-tuning
+  builds each batch from the same index stream everywhere): what `global_batch` expects."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return rows
+  size = len(next(iter(rows.values())))
+  if size % count:
+    raise ValueError(f'A global batch of {size} rows does not split over {count} processes.')
+  share = size // count
+  return {name: value[index * share:(index + 1) * share] for name, value in rows.items()}
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This host's rows of the global batch -> global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
