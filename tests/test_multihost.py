@@ -83,3 +83,28 @@ def test_finetuning_on_two_processes_matches_one_process(tmp_path, minilm_dir):
   for split in ('dev', 'test'):
     assert results[1][split] == pytest.approx(results[0][split], rel=1e-6), split
   assert results[0]['best_step'] == results[1]['best_step']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('processes', [2, 4])
+def test_evaluation_with_uneven_shards_finishes_with_the_real_rows_metrics(tmp_path, processes):
+  """Process i's validation shard ends after max(4 - i, 2) batches: every host still runs 4
+  (padding rows of weight 0), and MLM and NSP metrics equal those of exactly the real rows
+  evaluated in one process. Before, the hosts with fewer batches left the loop and the others
+  waited in the collective for ever (the timeout fails the test)."""
+  port = _free_port()
+  multi, single = tmp_path / 'multi.json', tmp_path / 'single.json'
+  command = [sys.executable, '-m', 'tests.multihost_eval']
+  runs = [subprocess.Popen([*command, str(multi), str(processes), str(i), f'127.0.0.1:{port}'],
+                           cwd=training_util.ROOT, env=training_util.env(8 // processes),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for i in range(processes)]
+  runs.append(subprocess.Popen([*command, str(single), '0', '0', str(processes)],
+                               cwd=training_util.ROOT, env=training_util.env(1),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  for run in runs:
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output[-5000:]
+  expected = json.loads(single.read_text())
+  assert {'mlm_loss', 'mlm_accuracy', 'sentence_loss', 'sentence_accuracy'} <= set(expected)
+  assert json.loads(multi.read_text()) == pytest.approx(expected, rel=1e-5)

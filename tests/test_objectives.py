@@ -32,10 +32,20 @@ def test_mlm_terms_match_numpy_weighted_cross_entropy():
 def test_sentence_terms_match_numpy():
   logits = np.array([[2.0, -1.0], [0.5, 0.5], [-3.0, 1.0]], np.float32)
   labels = np.array([0, 1, 0])
-  loss, sums = objectives.sentence_terms(jnp.asarray(logits), jnp.asarray(labels), 3.0)
+  loss, sums = objectives.sentence_terms(jnp.asarray(logits), jnp.asarray(labels), jnp.ones(3), 3.0)
   nll = -_log_softmax(logits.astype(np.float64))[np.arange(3), labels]
   assert float(loss) == pytest.approx(nll.mean(), rel=1e-6)
   assert float(sums['sentence_accuracy'][0]) == 1.0  # Only row 0 (row 1 ties -> argmax 0).
+  # A padding row (weight 0) adds nothing: evaluation pads a host's missing batches with them.
+  loss, sums = objectives.sentence_terms(jnp.asarray(logits), jnp.asarray(labels),
+                                         jnp.array([1.0, 1.0, 0.0]), 2.0)
+  assert float(loss) == pytest.approx(nll[:2].mean(), rel=1e-6)
+  assert float(sums['sentence_loss'][1]) == 2.0 and float(sums['sentence_accuracy'][0]) == 1.0
+
+
+def test_real_rows_are_those_with_a_cls_segment():
+  segment_ids = jnp.array([[1, 1, 2, 0], [0, 0, 0, 0], [1, 2, 3, 3]])
+  np.testing.assert_array_equal(objectives.real_rows(segment_ids), [1.0, 0.0, 1.0])
 
 
 @pytest.mark.parametrize('pairs', [False, True])
@@ -53,7 +63,8 @@ def test_objective_loss_is_mlm_plus_sentence(pairs):
                                 batch['masked_weights'], jnp.sum(batch['masked_weights']))
   expected = float(mlm)
   if pairs:
-    sentence, _ = objectives.sentence_terms(outputs['sentence_logits'], batch['nsp_labels'], 8.0)
+    sentence, _ = objectives.sentence_terms(outputs['sentence_logits'], batch['nsp_labels'],
+                                            jnp.ones(8), 8.0)
     expected += float(sentence)
   assert float(loss) == pytest.approx(expected, rel=1e-6)
   assert ('sentence_accuracy' in sums) == pairs

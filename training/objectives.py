@@ -43,12 +43,18 @@ def mlm_terms(logits, masked_ids, masked_weights, denominator) -> tuple[jax.Arra
   return loss_sum / denominator, {'mlm_loss': (loss_sum, count), 'mlm_accuracy': (correct, count)}
 
 
-def sentence_terms(logits, labels, denominator) -> tuple[jax.Array, Metrics]:
-  """NSP/SOP cross-entropy: logits [batch, 2], labels [batch]."""
+def real_rows(segment_ids) -> jax.Array:
+  """1.0 for rows that hold an example ([CLS] in segment >= 1), 0.0 for padding rows (all 0):
+  [batch, length] -> [batch]. Evaluation pads a host's missing batches with such rows."""
+  return (segment_ids[:, 0] > 0).astype(jnp.float32)
+
+
+def sentence_terms(logits, labels, row_weights, denominator) -> tuple[jax.Array, Metrics]:
+  """NSP/SOP cross-entropy over the real rows: logits [batch, 2], labels and row_weights [batch]."""
   cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  count = jnp.asarray(labels.shape[0], jnp.float32)
-  correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  loss_sum = jnp.sum(cross_entropy)
+  count = jnp.sum(row_weights)
+  correct = jnp.sum((jnp.argmax(logits, -1) == labels) * row_weights)
+  loss_sum = jnp.sum(cross_entropy * row_weights)
   return loss_sum / denominator, {'sentence_loss': (loss_sum, count),
                                   'sentence_accuracy': (correct, count)}
 
@@ -86,7 +92,7 @@ class MaskedLanguageModeling:
   def denominators(self, batch) -> dict[str, jax.Array]:
     result = {'mlm': jnp.maximum(jnp.sum(batch['masked_weights']), 1.0)}
     if self.sentence_head:
-      result['sentence'] = jnp.asarray(batch['input_ids'].shape[0], jnp.float32)
+      result['sentence'] = jnp.maximum(jnp.sum(real_rows(batch['segment_ids'])), 1.0)
     return result
 
   def loss(self, params, batch, rng, denominators, deterministic: bool = False, frozen=None):
@@ -96,7 +102,8 @@ class MaskedLanguageModeling:
                               batch['masked_weights'], denominators['mlm'])
     if self.sentence_head:
       sentence_loss, sentence_metrics = sentence_terms(
-          outputs['sentence_logits'], batch['nsp_labels'], denominators['sentence'])
+          outputs['sentence_logits'], batch['nsp_labels'], real_rows(batch['segment_ids']),
+          denominators['sentence'])
       loss = loss + self.sentence_loss_weight * sentence_loss
       metrics.update(sentence_metrics)
     return loss, metrics

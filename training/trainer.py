@@ -313,9 +313,22 @@ def _check_batch(batch: dict, expected: dict) -> None:
 
 
 def evaluate(eval_fn, state, make_eval_iterator, num_batches: int, mesh) -> dict[str, float]:
-  """MLM loss, accuracy and perplexity (and NSP/SOP) of `state` over `num_batches` held-out batches."""
+  """MLM loss, accuracy and perplexity (and NSP/SOP) of `state` over `num_batches` held-out batches.
+
+  With several processes, each host's shard of the split may end after a different number of
+  batches; every host then runs the largest count, a host that ran out feeding padding rows
+  (all zeros: no example, no prediction, weight 0 in every metric), so no host waits forever in
+  a collective and the metrics are those of the real rows.
+  """
+  batches = list(itertools.islice(make_eval_iterator(), num_batches))
+  count = len(batches)
+  if jax.process_count() > 1:
+    count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
+  if batches and len(batches) < count:  # check_eval_split gives every host one batch at least.
+    padding = {name: np.zeros_like(value) for name, value in batches[0].items()}
+    batches += [padding] * (count - len(batches))
   total = None
-  for _, batch in zip(range(num_batches), make_eval_iterator()):
+  for batch in batches:
     sums = eval_fn(state.params, state.frozen, sharding.global_batch(batch, mesh))
     total = metrics.add_sums(total, jax.device_get(sums))
   if total is None:  # check_eval_split stops such runs at start.
