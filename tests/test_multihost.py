@@ -64,15 +64,16 @@ def _finetune(workdir: str, minilm_dir: str, *extra: str, num_devices: int):
 
 
 @pytest.mark.slow
-def test_finetuning_on_two_processes_matches_one_process(tmp_path, minilm_dir):
-  """Each process feeds its own half of every global batch (training and evaluation), and
+@pytest.mark.parametrize('processes', [2, 4])
+def test_finetuning_on_several_processes_matches_one_process(tmp_path, minilm_dir, processes):
+  """Each process feeds its own share of every global batch (training and evaluation), and
   the run gives one process's losses and metrics."""
   single, multi = str(tmp_path / 'single'), str(tmp_path / 'multi')
   port = _free_port()
   runs = [_finetune(single, minilm_dir, num_devices=8)]
   runs += [_finetune(multi, minilm_dir, f'--config.mesh.coordinator_address=127.0.0.1:{port}',
-                     '--config.mesh.num_processes=2', f'--config.mesh.process_id={i}',
-                     num_devices=4) for i in range(2)]
+                     f'--config.mesh.num_processes={processes}', f'--config.mesh.process_id={i}',
+                     num_devices=8 // processes) for i in range(processes)]
   for run in runs:
     output, _ = run.communicate(timeout=900)
     assert run.returncode == 0, output[-5000:]
