@@ -64,7 +64,7 @@ ABLATION = finetune_ablation.Ablation(
           'He et al. 2023, DeBERTaV3 (arXiv 2111.09543), ES/NES/GDES; papers\' numbers not '
           'entered yet. Ours: validation MLM loss/accuracy (RTD rows: the generator\'s), '
           'test_accuracy/test_macro_f1 from the topic task',
-    metrics=('mlm_loss', 'mlm_accuracy', 'test_accuracy', 'test_macro_f1'),
+    metrics=('mlm_loss', 'mlm_accuracy', 'rtd_recall', 'test_accuracy', 'test_macro_f1'),
     cells=cells, base_config=base_config,
     smoke_cells=len(RTD_SHARING) + 5)  # Every cell: --cell picks one.
 

@@ -65,5 +65,6 @@ def test_smoke_gdes_cell_pretrains_and_fine_tunes(tmp_path):
   with open(os.path.join(tmp_path, 'results', f'{name}.json')) as f:
     metrics = json.load(f)['metrics']
   assert 0.0 <= metrics['test_accuracy'] <= 1.0
+  assert 0.0 <= metrics['rtd_recall'] <= 1.0 and 0.0 <= metrics['rtd_precision'] <= 1.0
   rtd = training_util.train_metric(os.path.join(tmp_path, 'runs', name, 'pretrain'), 'rtd_loss')
   assert rtd  # The run trained the RTD pair.

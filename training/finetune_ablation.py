@@ -139,6 +139,9 @@ def pretrain_and_finetune(pretrain: ml_collections.ConfigDict, tune: ml_collecti
             'mlm_accuracy': validation['mlm_accuracy']}
   if 'sentence_accuracy' in validation:
     result['nsp_accuracy'] = validation['sentence_accuracy']
+  for name in ('rtd_recall', 'rtd_precision'):  # An RTD pair's discriminator (ELECTRA, DeBERTa-v3).
+    if name in validation:
+      result[name] = validation[name]
   if eval_mask_rate is not None:
     tag = f'{round(100 * eval_mask_rate)}'
     result.update({f'mlm_loss_at_{tag}': validation['mlm_loss'],
