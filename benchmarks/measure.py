@@ -17,12 +17,15 @@ from configs import common
 VOCAB_SIZE = 30522
 SPECIAL_IDS = {'pad': 0, 'cls': 101, 'sep': 102, 'mask': 103}
 FIRST_WORD_ID = 1000  # Ids below this are special / unused in BERT's vocabulary.
+# 'deberta': DeBERTa-v3's architecture (configs/deberta.py) at the same widths and depths.
+FAMILIES = ('bert', 'deberta')
 
 
 @dataclasses.dataclass
 class Spec:
   """One benchmark run: a system at a shape, batch and sequence length."""
-  system: str  # 'ours', 'hf_flax', 'torch', 'torch_compile' or 'matmul_peak'.
+  system: str  # 'ours', 'ours_emd', 'hf_flax', 'torch', 'torch_compile' or 'matmul_peak'.
+  family: str = 'bert'  # Of FAMILIES: the architecture every system builds.
   precision: str = 'f32'  # 'f32' or 'bf16'.
   shape: str = 'mini'  # A size of configs/common.py: SIZES.
   seq: int = 128
@@ -40,7 +43,8 @@ class Spec:
 
 
 def model_fields(spec: Spec, vocab_size: int = VOCAB_SIZE) -> dict:
-  """The architecture at `spec.shape` (hidden/64 heads, 4x MLP), as configs/common.py sizes it."""
+  """The widths at `spec.shape` (hidden/64 heads, 4x MLP), as configs/common.py sizes them, for
+  either family (DeBERTa has no mini; its base is BERT's 12 x 768)."""
   return dict(common.size_fields(spec.shape), vocab_size=vocab_size)
 
 

@@ -3,6 +3,9 @@
 Built from `configs/bert.py:<shape>` with the spec's batch, length, masking rate and
 precision (plus `spec.overrides` on `config.model`), on a one-device mesh, and fed the
 batch contract's sparse masked positions: exactly what `experiments.pretrain` runs.
+The deberta family builds `configs/deberta.py:base` (v3's disentangled attention) at the
+shape's widths and the benchmark's vocabulary, without EMD (transformers has none) for
+system 'ours' and with it for 'ours_emd'.
 """
 import time
 
@@ -10,8 +13,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from benchmarks.measure import Spec
+from benchmarks.measure import Spec, model_fields
 from configs import bert as bert_config
+from configs import deberta as deberta_config
 from training import sharding, trainer
 
 DTYPES = {'f32': 'float32', 'bf16': 'bfloat16'}
@@ -19,8 +23,17 @@ CONTRACT = ('input_ids', 'segment_ids', 'position_ids', 'token_type_ids', 'maske
             'masked_ids', 'masked_weights')
 
 
+def family_config(spec: Spec):
+  if spec.family == 'bert':
+    return bert_config.get_config(spec.shape)
+  config = deberta_config.get_config('base')
+  config.model.update(model_fields(spec))
+  config.model.emd = spec.system == 'ours_emd'
+  return config
+
+
 def make_config(spec: Spec):
-  config = bert_config.get_config(spec.shape)
+  config = family_config(spec)
   config.model.dtype = DTYPES[spec.precision]
   config.model.update({k.removeprefix('model.'): v for k, v in spec.overrides.items()})
   config.data.input_format = 'full_sentences'  # Packed rows, MLM only (no NSP head).
@@ -32,7 +45,7 @@ def make_config(spec: Spec):
 
 
 def build(spec: Spec, batch: dict[str, np.ndarray]):
-  """-> (step: () -> None that runs and blocks on one step, compile_s, info)."""
+  """-> (step: () -> the step's mean loss, run and blocked on; compile_s, info)."""
   jax.config.update('jax_threefry_partitionable', True)  # As train_and_evaluate sets it.
   config = make_config(spec)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
@@ -47,9 +60,9 @@ def build(spec: Spec, batch: dict[str, np.ndarray]):
 
   def step():
     holder[0], sums = compiled(holder[0], inputs)
-    jax.block_until_ready(sums)
+    return jax.block_until_ready(sums)['loss'][0]
 
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  info = dict(num_params=int(num_params), trainer='training.trainer.setup(...).step_fn',
-              head_positions=int(batch['masked_positions'].shape[1]))
+  sizes = sorted(int(x.size) for x in jax.tree.leaves(state.params))
+  info = dict(num_params=sum(sizes), trainer='training.trainer.setup(...).step_fn',
+              head_positions=int(batch['masked_positions'].shape[1]), parameter_sizes=sizes)
   return step, compile_s, info

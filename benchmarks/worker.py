@@ -13,7 +13,8 @@ import traceback
 
 from benchmarks import measure
 
-BUILDERS = {'ours': 'benchmarks.ours_step', 'hf_flax': 'benchmarks.hf_flax_step',
+BUILDERS = {'ours': 'benchmarks.ours_step', 'ours_emd': 'benchmarks.ours_step',
+            'hf_flax': 'benchmarks.hf_flax_step',
             'torch': 'benchmarks.torch_step', 'torch_compile': 'benchmarks.torch_step'}
 REFERENCE_LIBRARIES = {'hf_flax': ('transformers',), 'torch': ('torch', 'transformers'),
                        'torch_compile': ('torch', 'transformers')}
@@ -41,14 +42,18 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> dict:
 
 def flops(spec: measure.Spec, batch, head_positions: int) -> dict:
   """Training FLOPs per token (training/flops.py's count) as executed (MLM head where the
-  system runs it) and useful (MLM head at masked positions only)."""
+  system runs it) and useful (MLM head at masked positions only). DeBERTa adds its c2p and
+  p2c scores (each one more [length, length] product over the head dims per layer, as the
+  c2c scores; the relative table's projections and EMD are not counted)."""
   from encoders.config import EncoderConfig  # pylint: disable=g-import-not-at-top
   from training import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
   model = EncoderConfig(**measure.model_fields(spec))
   masked_per_row = float(batch['masked_weights'].sum()) / spec.batch
+  position_terms = 2 if spec.family == 'deberta' else 0  # configs/deberta.py: c2p and p2c.
   per_token = lambda predictions: flops_lib.flops_per_sequence(
-      model, spec.seq, predictions, sentence_head=False) / spec.seq
+      model, spec.seq, predictions, sentence_head=False) / spec.seq + (
+          6 * position_terms * model.num_layers * spec.seq * model.hidden_size)
   return dict(flops_per_token_executed=per_token(head_positions),
               flops_per_token_useful=per_token(masked_per_row))
 
