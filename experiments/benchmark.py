@@ -138,7 +138,9 @@ def run_in_subprocess(spec: measure.Spec, timeout: float, hugepages: bool = True
   """Runs one spec in a fresh Python process; its own peak RSS comes back in the result."""
   load_before = os.getloadavg()[0]
   start = time.perf_counter()
-  env = dict(os.environ)
+  # Each worker chooses its own frameworks: torch_step sets USE_FLAX/USE_JAX=0 when imported,
+  # and an import of it in this process (tests) must not take Flax from the hf_flax worker.
+  env = {k: v for k, v in os.environ.items() if k not in ('USE_FLAX', 'USE_JAX')}
   tunables = [t for t in env.get('GLIBC_TUNABLES', '').split(':') if t]
   if hugepages and HUGEPAGES_TUNABLE not in tunables:  # Added to the caller's tunables.
     env['GLIBC_TUNABLES'] = ':'.join(tunables + [HUGEPAGES_TUNABLE])
