@@ -56,11 +56,7 @@ def base_config(scale: str):
   """configs/albert.py (tiny; base at paper scale) on the ablations' schedule of the scale."""
   if scale == 'paper':
     return albert_configs.get_config('base')
-  schedule = finetune_ablation.pretrain_config(scale)
-  config = albert_configs.get_config('tiny')
-  config.train, config.checkpoint = schedule.train, schedule.checkpoint
-  config.optimizer.warmup_steps = schedule.optimizer.warmup_steps
-  config.data.seq_length = schedule.data.seq_length
+  config = finetune_ablation.on_schedule(albert_configs.get_config('tiny'), scale)
   if scale == 'smoke':
     # Two layers (one would make every sharing mode the same model), ALBERT's FFN of 4H.
     config.model.update(finetune_ablation.SMOKE_MODEL, num_layers=2, embedding_size=16,

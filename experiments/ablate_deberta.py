@@ -32,11 +32,7 @@ def base_config(scale: str):
   """configs/deberta.py (tiny; base at paper scale) on the ablations' schedule of the scale."""
   if scale == 'paper':
     return deberta_configs.get_config('base')
-  schedule = finetune_ablation.pretrain_config(scale)
-  config = deberta_configs.get_config('tiny')
-  config.train, config.checkpoint = schedule.train, schedule.checkpoint
-  config.optimizer.warmup_steps = schedule.optimizer.warmup_steps
-  config.data.seq_length = schedule.data.seq_length
+  config = finetune_ablation.on_schedule(deberta_configs.get_config('tiny'), scale)
   if scale == 'smoke':
     config.model.update(finetune_ablation.SMOKE_MODEL, num_layers=2, position_buckets=16)
   return config

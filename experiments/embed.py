@@ -23,11 +23,12 @@ import time
 import numpy as np
 import tokenizers
 from absl import app, flags, logging
+from etils import epath
 
 from data import corpus
 from data import pairs as pairs_lib
 from encoders import hf_interop, st_export
-from training import retrieval
+from training import checkpointing, retrieval
 
 DEFAULT_QUERIES = (
     'a famous physicist who developed relativity',
@@ -81,8 +82,8 @@ class Embedder(retrieval.Embedder):
 
 def index_meta(checkpoint: str, max_length: int, articles: list[dict]) -> dict:
   """What a saved index was built from: a different value means rebuilding it."""
-  weights = os.path.join(checkpoint, 'model.safetensors')
-  return dict(checkpoint=os.path.abspath(checkpoint), weights_mtime=os.path.getmtime(weights),
+  weights = epath.Path(checkpoint) / 'model.safetensors'
+  return dict(checkpoint=checkpointing.absolute(checkpoint), weights_mtime=weights.stat().mtime,
               max_length=max_length, titles=[a['title'] for a in articles])
 
 

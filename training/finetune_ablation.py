@@ -75,6 +75,16 @@ def pretrain_config(scale: str) -> ml_collections.ConfigDict:
   return config
 
 
+def on_schedule(config: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
+  """A family's pretraining `config` on the ablations' schedule of `scale` (steps, checkpoints,
+  warm-up, sequence length), so that its cells compare with BERT's at equal tokens."""
+  schedule = pretrain_config(scale)
+  config.train, config.checkpoint = schedule.train, schedule.checkpoint
+  config.optimizer.warmup_steps = schedule.optimizer.warmup_steps
+  config.data.seq_length = schedule.data.seq_length
+  return config
+
+
 def finetune_config(scale: str) -> ml_collections.ConfigDict:
   """Topic-task fine-tuning of each pretrained variant."""
   config = finetune_configs.get_config('topic')
