@@ -105,6 +105,11 @@ class ReplacedTokenDetection:
     return {'mlm': jnp.maximum(jnp.sum(batch['masked_weights']), 1.0),
             'rtd': jnp.maximum(jnp.sum(batch['segment_ids'] > 0).astype(jnp.float32), 1.0)}
 
+  def sample(self, mlm_logits, rng) -> jax.Array:
+    """Replacement ids [batch, predictions] from the generator's softmax at `temperature`, without
+    gradient (a test's subclass injects given replacements here)."""
+    return jax.random.categorical(rng, jax.lax.stop_gradient(mlm_logits) / self.temperature)
+
   def loss(self, params, batch, rng, denominators, deterministic: bool = False, frozen=None):
     del frozen  # No frozen variables.
     if rng is None:
@@ -119,8 +124,7 @@ class ReplacedTokenDetection:
     mlm_loss, metrics = mlm_terms(mlm_logits, batch['masked_ids'], batch['masked_weights'],
                                   denominators['mlm'])
 
-    sampled_ids = jax.random.categorical(
-        sampling_rng, jax.lax.stop_gradient(mlm_logits) / self.temperature)  # [batch, predictions]
+    sampled_ids = self.sample(mlm_logits, sampling_rng)  # [batch, predictions]
     original, corrupted = corrupt(batch['input_ids'], batch['masked_positions'],
                                   batch['masked_ids'], batch['masked_weights'], sampled_ids)
     rtd_logits = apply('discriminator', corrupted, dropout_rng=discriminator_rng)  # [batch, length]
