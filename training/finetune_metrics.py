@@ -18,15 +18,18 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
   """Unweighted mean over classes of F1 (a class absent from both gold and predictions is skipped)."""
+  scores = [class_f1(predictions, labels, c) for c in range(num_labels)]
+  return float(np.mean([s for s in scores if s is not None]))
+
+
+def class_f1(predictions: np.ndarray, labels: np.ndarray, c: int) -> float | None:
+  """F1 of class `c` (2 TP / (predicted + actual)); None when it is absent from both."""
   predictions, labels = np.asarray(predictions), np.asarray(labels)
-  scores = []
-  for c in range(num_labels):
-    true_positive = np.sum((predictions == c) & (labels == c))
-    predicted, actual = np.sum(predictions == c), np.sum(labels == c)
-    if predicted + actual == 0:
-      continue
-    scores.append(2 * true_positive / (predicted + actual))
-  return float(np.mean(scores))
+  true_positive = np.sum((predictions == c) & (labels == c))
+  predicted, actual = np.sum(predictions == c), np.sum(labels == c)
+  if predicted + actual == 0:
+    return None
+  return float(2 * true_positive / (predicted + actual))
 
 
 def aggregate_windows(logits: np.ndarray, example_index: np.ndarray, num_examples: int) -> np.ndarray:
@@ -39,8 +42,11 @@ def aggregate_windows(logits: np.ndarray, example_index: np.ndarray, num_example
 
 def classification_metrics(logits, example_index, labels, num_labels: int) -> dict[str, float]:
   predictions = aggregate_windows(logits, example_index, len(labels)).argmax(-1)
-  return {'accuracy': accuracy(predictions, labels),
-          'macro_f1': macro_f1(predictions, labels, num_labels)}
+  result = {'accuracy': accuracy(predictions, labels),
+            'macro_f1': macro_f1(predictions, labels, num_labels)}
+  if num_labels == 2:  # MRPC / QQP style: F1 of the positive class (label 1).
+    result['f1'] = class_f1(predictions, labels, 1) or 0.0
+  return result
 
 
 # --------------------------------------------------------------------------- tagging
