@@ -190,3 +190,16 @@ def test_the_command_runs_the_suite_and_compares_runs(tiny_hf_dir, tmp_path):
                   f'--compare={out}', f'--out={compared}'], check=True, capture_output=True,
                  cwd=os.path.dirname(os.path.dirname(__file__)))
   assert (compared / 'results.md').read_text().count('| probe |') == 2
+
+
+def test_finetune_mode_trains_through_the_fine_tuning_loop(tiny_hf_dir, tmp_path):
+  config = suite.finetune_config('none', tiny_hf_dir, 'topic_longtail', 1, 1e-3, 64, 1000)
+  assert (config.init_from, config.reinit, config.seed) == (tiny_hf_dir, True, 1)
+  assert config.head.pooling == 'mean' and config.head.class_weights == 'balanced'
+  assert config.train.num_epochs == 5.0  # FINETUNE_MIN_ROWS rows from 1,000.
+  splits = suite_data.article_splits(max_train=24, max_eval=12)
+  result = suite.run('none', 'finetune', 1, ['pair'], splits, tiny_hf_dir, max_length=64,
+                     workdir=str(tmp_path))
+  accuracy = result['runs'][0]['tasks']['pair']['accuracy']
+  assert 0.0 <= accuracy <= 1.0 and result['summary']['macro']['mean'] == pytest.approx(100 * accuracy)
+  assert os.path.exists(tmp_path / 'pair_seed0' / 'results.json')
