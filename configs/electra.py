@@ -48,6 +48,9 @@ def get_model_config(size: str) -> ml_collections.ConfigDict:
   # None derives a generator field as the released code does: hidden = round(fraction * hidden_size),
   # heads = max(1, hidden // 64), MLP = 4 * hidden, layers = num_layers.
   add_generator_fields(model, fraction)
+  # Which losses train the shared embeddings (encoders/electra.py EMBEDDING_GRADIENTS): both, as
+  # the paper; 'mlm' lets the discriminator read them through stop_gradient.
+  model.embedding_gradients = 'mlm+rtd'
   return model
 
 

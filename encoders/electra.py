@@ -28,11 +28,19 @@ from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import MaskedLMHead, gather_positions
 from encoders.layers import Dense, Embeddings, TransformerStack, activation, attention_mask
 
+# config.model.embedding_gradients: which losses train the shared embeddings.
+#   mlm+rtd  both (ELECTRA: the released code's one `electra/embeddings` scope);
+#   mlm      only the generator's MLM loss: the discriminator reads them through stop_gradient
+#            (as DeBERTa-v3's GDES reads the generator's table, without GDES's delta).
+EMBEDDING_GRADIENTS = ('mlm+rtd', 'mlm')
+
+
 @dataclasses.dataclass(frozen=True)
 class ElectraConfig:
   """The two encoders' configs; both carry the width of the embeddings they share."""
   discriminator: EncoderConfig
   generator: EncoderConfig
+  embedding_gradients: str = 'mlm+rtd'  # EMBEDDING_GRADIENTS.
   encoder_class: ClassVar[type] = EncoderConfig  # Both networks' config (DeBERTa-v3's pair: its own).
 
   @property
@@ -88,7 +96,10 @@ class ElectraConfig:
         discriminator, hidden_size=hidden, num_heads=sizes['generator_num_heads'],
         intermediate_size=sizes['generator_intermediate_size'],
         num_layers=sizes['generator_num_layers'])
-    return cls(discriminator=discriminator, generator=generator)
+    gradients = values.get('embedding_gradients') or 'mlm+rtd'
+    if gradients not in EMBEDDING_GRADIENTS:
+      fail('embedding_gradients', f'choose one of {EMBEDDING_GRADIENTS}.')
+    return cls(discriminator=discriminator, generator=generator, embedding_gradients=gradients)
 
 
 class ProjectedStack(nn.Module):
@@ -144,6 +155,8 @@ class ElectraPair(PairOutputs):
     segment_ids, position_ids, token_type_ids = default_inputs(
         input_ids, segment_ids, position_ids, token_type_ids)
     embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic)
+    if stack is self.discriminator_encoder and self.config.embedding_gradients == 'mlm':
+      embedded = jax.lax.stop_gradient(embedded)
     return stack(embedded, attention_mask(segment_ids), deterministic)
 
   def generator(self, input_ids, segment_ids=None, position_ids=None, token_type_ids=None,

@@ -1,4 +1,6 @@
 """ELECTRA objective: corruption, replaced-token labels, loss weighting and stop-gradient."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ from configs import electra as electra_configs
 from encoders.config import ConfigError
 from encoders.electra import ElectraConfig
 from training import synthetic
-from training.electra_objective import ReplacedTokenDetection, corrupt, rtd_terms
+from training.electra_objective import ReplacedTokenDetection, corrupt, roc_auc, rtd_terms
 
 VOCAB = 40
 FORCED = 7  # The token the rigged generator always samples.
@@ -50,9 +52,25 @@ def test_rtd_terms_match_numpy():
   np.testing.assert_allclose(loss, np.sum(bce * weights) / 7.0, rtol=1e-6)
   # Real tokens: predicted replaced at (0,0), (0,2), (1,1), (1,2); replaced (0,0), (0,3), (1,1), (1,2).
   expected = {'rtd_accuracy': (5, 7), 'rtd_precision': (3, 4), 'rtd_recall': (3, 4),
-              'replaced_fraction': (4, 7)}
+              'replaced_fraction': (4, 7),
+              'rtd_logit_replaced': (2.0 - 3.0 + 1.5 + 3.0, 4),
+              'rtd_logit_original': (-1.0 + 0.5 - 0.5, 3)}
   for name, value in expected.items():
     np.testing.assert_allclose([float(x) for x in metrics[name]], value)
+
+
+def test_roc_auc_counts_ordered_pairs():
+  rng = np.random.default_rng(0)
+  scores = rng.integers(0, 6, 300).astype(np.float32)  # Many ties.
+  positive = rng.random(300) < scores / 8  # Higher scores more often positive.
+  # First principles: over all (positive, negative) pairs, 1 if the positive scores higher, 1/2 if equal.
+  difference = scores[positive][:, None] - scores[~positive][None, :]
+  expected = np.mean((difference > 0) + 0.5 * (difference == 0))
+  assert roc_auc(scores, positive) == pytest.approx(expected, abs=1e-12)
+  assert 0.6 < expected < 0.9
+  assert roc_auc([3.0, 1.0, 2.0], [True, False, False]) == 1.0
+  assert roc_auc([1.0, 1.0], [True, False]) == 0.5
+  assert np.isnan(roc_auc([1.0, 2.0], [True, True]))
 
 
 def rigged_params(batch):
@@ -110,6 +128,25 @@ def test_labels_loss_and_stop_gradient():
   assert float(optax.tree.norm(embedding_change)) > 0
 
 
+def test_embeddings_learn_only_from_mlm_when_asked():
+  """embedding_gradients='mlm': the shared embeddings get exactly the MLM loss's gradient (that of
+  lambda = 0), the discriminator still its RTD gradient."""
+  batch = batch_with_forced_token()
+  params = rigged_params(batch)
+  config = dataclasses.replace(CONFIG, embedding_gradients='mlm')
+
+  def grads(rtd_weight):
+    objective = ReplacedTokenDetection(config, rtd_weight=rtd_weight)
+    return jax.grad(lambda p: objective.loss(p, batch, jax.random.key(1),
+                                             objective.denominators(batch), deterministic=True)[0])(params)
+
+  with_rtd, mlm_only = grads(50.0), grads(0.0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7),
+               with_rtd['embeddings'], mlm_only['embeddings'])
+  assert float(optax.tree.norm(mlm_only['embeddings'])) > 0
+  assert float(optax.tree.norm(with_rtd['discriminator_encoder'])) > 0
+
+
 def test_from_config_validates():
   config = electra_configs.get_config('tiny')
   objective = ReplacedTokenDetection.from_config(config)
@@ -118,6 +155,11 @@ def test_from_config_validates():
   with pytest.raises(ConfigError, match='config.model.sampling_temperature'):
     ReplacedTokenDetection.from_config(config)
   config.model.sampling_temperature = 1.0
+  config.model.embedding_gradients = 'rtd'
+  with pytest.raises(ConfigError, match='embedding_gradients'):
+    ReplacedTokenDetection.from_config(config)
+  config.model.embedding_gradients = 'mlm'
+  assert ReplacedTokenDetection.from_config(config).model.config.embedding_gradients == 'mlm'
   config.data.input_format = 'segment_pair_nsp'
   with pytest.raises(ConfigError, match='config.data.input_format'):
     ReplacedTokenDetection.from_config(config)

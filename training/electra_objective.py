@@ -18,6 +18,7 @@ a family that pretrains either way, chosen by `config.model.objective`.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from encoders import families
@@ -55,12 +56,16 @@ def rtd_terms(logits, replaced, token_weights, denominator) -> tuple[jax.Array, 
   actual = replaced * token_weights
   hits = jnp.sum(predicted * actual)
   count = jnp.sum(token_weights)
+  kept = (1.0 - replaced) * token_weights
   return loss_sum / denominator, {
       'rtd_loss': (loss_sum, count),
       'rtd_accuracy': (jnp.sum((predicted == actual) * token_weights), count),
       'rtd_precision': (hits, jnp.sum(predicted)),  # Of the tokens called replaced.
       'rtd_recall': (hits, jnp.sum(actual)),  # Of the replaced tokens.
       'replaced_fraction': (jnp.sum(actual), count),  # Of all real tokens.
+      # Mean logit of each class: their gap separates the classes even while no logit is > 0.
+      'rtd_logit_replaced': (jnp.sum(logits * actual), jnp.sum(actual)),
+      'rtd_logit_original': (jnp.sum(logits * kept), jnp.sum(kept)),
   }
 
 
@@ -110,8 +115,9 @@ class ReplacedTokenDetection:
     gradient (a test's subclass injects given replacements here)."""
     return jax.random.categorical(rng, jax.lax.stop_gradient(mlm_logits) / self.temperature)
 
-  def loss(self, params, batch, rng, denominators, deterministic: bool = False, frozen=None):
-    del frozen  # No frozen variables.
+  def forward(self, params, batch, rng, deterministic: bool = False) -> dict[str, jax.Array]:
+    """Both networks on `batch`: mlm_logits [batch, predictions, vocab], the original and
+    corrupted ids and rtd_logits [batch, length] (the discriminator's, on the corrupted ids)."""
     if rng is None:
       rng = jax.random.key(EVAL_SAMPLING_SEED)
     generator_rng, sampling_rng, discriminator_rng = jax.random.split(rng, 3)
@@ -121,14 +127,20 @@ class ReplacedTokenDetection:
 
     mlm_logits = apply('generator', batch['input_ids'], batch['masked_positions'],
                        dropout_rng=generator_rng)  # [batch, predictions, vocab]
-    mlm_loss, metrics = mlm_terms(mlm_logits, batch['masked_ids'], batch['masked_weights'],
-                                  denominators['mlm'])
-
     sampled_ids = self.sample(mlm_logits, sampling_rng)  # [batch, predictions]
     original, corrupted = corrupt(batch['input_ids'], batch['masked_positions'],
                                   batch['masked_ids'], batch['masked_weights'], sampled_ids)
     rtd_logits = apply('discriminator', corrupted, dropout_rng=discriminator_rng)  # [batch, length]
-    rtd_loss, rtd_metrics = rtd_terms(rtd_logits, corrupted != original,
+    return dict(mlm_logits=mlm_logits, original=original, corrupted=corrupted,
+                rtd_logits=rtd_logits)
+
+  def loss(self, params, batch, rng, denominators, deterministic: bool = False, frozen=None):
+    del frozen  # No frozen variables.
+    outputs = self.forward(params, batch, rng, deterministic)
+    mlm_loss, metrics = mlm_terms(outputs['mlm_logits'], batch['masked_ids'],
+                                  batch['masked_weights'], denominators['mlm'])
+    rtd_loss, rtd_metrics = rtd_terms(outputs['rtd_logits'],
+                                      outputs['corrupted'] != outputs['original'],
                                       (batch['segment_ids'] > 0).astype(jnp.float32),
                                       denominators['rtd'])
     metrics.update(rtd_metrics)
@@ -163,3 +175,21 @@ class MaskedOrReplaced:
     if objective == 'mlm':
       return MaskedLanguageModeling.from_config(config, sentence_head)
     raise ConfigError(f'config.model.objective={objective!r}: choose one of {OBJECTIVES}.')
+
+
+def roc_auc(scores, positive) -> float:
+  """ROC AUC of `scores` for the boolean labels `positive` (any shape, flattened): the chance
+  that a random positive scores above a random negative, ties counting half (the Mann-Whitney
+  U statistic from average ranks). NaN when either class is empty."""
+  scores = np.asarray(scores, np.float64).ravel()
+  positive = np.asarray(positive, bool).ravel()
+  num_positive = int(positive.sum())
+  num_negative = positive.size - num_positive
+  if not num_positive or not num_negative:
+    return float('nan')
+  order = np.argsort(scores, kind='stable')
+  _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+  ranks = np.empty_like(scores)
+  ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based; a tie's average rank.
+  u = ranks[positive].sum() - num_positive * (num_positive + 1) / 2
+  return float(u / (num_positive * num_negative))
