@@ -265,20 +265,29 @@ class HeadProjection(nn.Module):
 # bias (our boolean mask becomes one), even query and key lengths in training.
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 CUDNN_MAX_HEAD_DIM = 128
+SPELLED_OUT = 'spelled_out'
 
 
 def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
                              length: int) -> str:
-  """`jax.nn.dot_product_attention`'s implementation for these attention settings.
+  """How SelfAttention computes attention for these settings.
 
-  'cudnn' (the fused flash-attention kernel) on GPU when it supports them: compute dtype
-  bf16/fp16, no attention dropout (the kernel has none here), head_dim % 8 == 0 and
-  <= CUDNN_MAX_HEAD_DIM, an even sequence length. Else 'xla', which is also what the
-  default (None) runs, so CPU and TPU compute exactly what they did.
+  'cudnn' (the fused flash-attention kernel of `jax.nn.dot_product_attention`) on GPU when it
+  supports them: compute dtype bf16/fp16, no attention dropout (the kernel has none here),
+  head_dim % 8 == 0 and <= CUDNN_MAX_HEAD_DIM, an even sequence length. SPELLED_OUT (our
+  softmax between two `matmul`s accumulating in f32) on CPU in bf16/fp16: XLA:CPU runs
+  dot_product_attention's half-precision products at f32 speed, and the spelled-out form took
+  12-13% less CPU time for a bf16 MiniLM forward at batch 32 x 128 and 1 x 512
+  (benchmarks/cpu_attention.py, docs/sentence/inference/cpu_attention.txt; the product-level
+  cause in benchmarks/cpu_matmul.py). Else 'xla', which is also what the default (None)
+  runs, so f32 on CPU, and TPU, compute exactly what they did.
   """
-  if (backend == 'gpu' and jnp.dtype(dtype) in CUDNN_DTYPES and not dropout
+  half = jnp.dtype(dtype) in CUDNN_DTYPES
+  if (backend == 'gpu' and half and not dropout
       and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM and length % 2 == 0):
     return 'cudnn'
+  if backend == 'cpu' and half:
+    return SPELLED_OUT
   return 'xla'
 
 
@@ -287,10 +296,10 @@ class SelfAttention(nn.Module):
 
   Without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`, as
   cuDNN's fused flash attention on GPU where that supports the settings
-  (`attention_implementation`), else as XLA's (which fuses it); with dropout it spells
-  the softmax out, since neither fused form has dropout. Applied with the 'intermediates'
-  collection mutable (analysis/), it also spells it out and sows the weights as
-  'attention_weights' ([batch, heads, query, key], f32); otherwise nothing changes.
+  (`attention_implementation`), else as XLA's (which fuses it); with dropout (neither
+  fused form has it), and in half precision on CPU, it spells the softmax out. Applied with
+  the 'intermediates' collection mutable (analysis/), it also spells it out and sows the
+  weights as 'attention_weights' ([batch, heads, query, key], f32); otherwise nothing changes.
   """
   config: EncoderConfig
 
@@ -302,9 +311,10 @@ class SelfAttention(nn.Module):
     value = HeadProjection(c, to_heads=True, name='value')(x)
 
     dropout = not deterministic and c.attention_dropout_rate > 0.0
-    if not dropout and not self.is_mutable_collection('intermediates'):
-      implementation = attention_implementation(jax.default_backend(), query.dtype, dropout,
-                                                c.head_dim, x.shape[1])
+    implementation = attention_implementation(jax.default_backend(), query.dtype, dropout,
+                                              c.head_dim, x.shape[1])
+    if (not dropout and implementation != SPELLED_OUT
+        and not self.is_mutable_collection('intermediates')):
       context = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                              implementation=implementation)
     else:

@@ -96,7 +96,8 @@ def test_launchers_jax_platforms_refuses_the_cpu(tmp_path, module, config, jax_p
     ('gpu', jnp.bfloat16, False, 60, 128, 'xla'),  # Head dim not a multiple of 8.
     ('gpu', jnp.bfloat16, False, 256, 128, 'xla'),  # Over 128.
     ('gpu', jnp.bfloat16, False, 64, 127, 'xla'),  # Odd length with a mask (a bias) in training.
-    ('cpu', jnp.bfloat16, False, 64, 128, 'xla'),
+    ('cpu', jnp.bfloat16, False, 64, 128, layers.SPELLED_OUT),  # XLA:CPU's bf16 products.
+    ('cpu', jnp.float32, False, 64, 128, 'xla'),
     ('tpu', jnp.bfloat16, False, 64, 128, 'xla'),
 ])
 def test_attention_implementation(backend, dtype, dropout, head_dim, length, expected):
@@ -133,8 +134,10 @@ def test_gpu_bf16_attention_without_dropout_asks_for_cudnn(monkeypatch):
   assert _asked_implementations(monkeypatch, 'gpu', dtype='bfloat16') == ['cudnn']
   assert set(_asked_implementations(monkeypatch, 'gpu', dtype='float32',
                                     attention_dropout_rate=0.0)) == {'xla'}
-  assert set(_asked_implementations(monkeypatch, 'cpu', dtype='bfloat16',
+  assert set(_asked_implementations(monkeypatch, 'cpu', dtype='float32',
                                     attention_dropout_rate=0.0)) == {'xla'}
+  # bf16 on CPU spells the softmax out: no fused call.
+  assert not _asked_implementations(monkeypatch, 'cpu', dtype='bfloat16', attention_dropout_rate=0.0)
 
 
 def test_xla_is_what_the_default_ran():
