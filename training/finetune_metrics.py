@@ -42,11 +42,8 @@ def aggregate_windows(logits: np.ndarray, example_index: np.ndarray, num_example
 
 def classification_metrics(logits, example_index, labels, num_labels: int) -> dict[str, float]:
   predictions = aggregate_windows(logits, example_index, len(labels)).argmax(-1)
-  result = {'accuracy': accuracy(predictions, labels),
-            'macro_f1': macro_f1(predictions, labels, num_labels)}
-  if num_labels == 2:  # MRPC / QQP style: F1 of the positive class (label 1).
-    result['f1'] = class_f1(predictions, labels, 1) or 0.0
-  return result
+  return {'accuracy': accuracy(predictions, labels),
+          'macro_f1': macro_f1(predictions, labels, num_labels)}
 
 
 # --------------------------------------------------------------------------- tagging

@@ -178,8 +178,14 @@ def probe_task(features: FrozenFeatures, task: finetune_data.Task, seed: int) ->
     params = fit_head(classification_loss, [scale(features(train, True)), labels, weights],
                       len(task.label_names), seed, PROBE_BATCH[task.kind])
     logits = np.asarray(scale(features(test, True)) @ params[0] + params[1])
-    return finetune_metrics.classification_metrics(logits, test.example_index,
-                                                   np.asarray(test.references), len(task.label_names))
+    labels = np.asarray(test.references)
+    result = finetune_metrics.classification_metrics(logits, test.example_index, labels,
+                                                     len(task.label_names))
+    if len(task.label_names) == 2:  # MRPC / QQP style: F1 of the positive class (label 1).
+      predictions = finetune_metrics.aggregate_windows(logits, test.example_index,
+                                                       len(labels)).argmax(-1)
+      result['f1'] = finetune_metrics.class_f1(predictions, labels, 1) or 0.0
+    return result
   hidden = features(train, False)
   real = train.rows['segment_ids'] > 0
   scale = standardizer(hidden[real])
