@@ -83,6 +83,12 @@ class EncoderConfig:
     """Transformer layers a forward pass runs (ALBERT: num_layers x inner_group_num)."""
     return self.num_layers
 
+  def extra_flops_per_sequence(self, seq_length: int, num_predictions: int) -> float:
+    """Training FLOPs per sequence that the family adds to training/flops.py's count of
+    BERT's layers and head (none; DeBERTa's position terms and EMD)."""
+    del seq_length, num_predictions
+    return 0.0
+
   @property
   def projects_embeddings(self) -> bool:
     return self.embedding_size not in (None, self.hidden_size)

@@ -93,6 +93,32 @@ class DebertaConfig(EncoderConfig):
     """Half the rows of the relative embedding table (transformers' att_span / pos_ebd_size)."""
     return self.position_buckets if self.position_buckets > 0 else self.relative_span
 
+  def extra_flops_per_sequence(self, seq_length: int, num_predictions: int) -> float:
+    """Training FLOPs (3x the forward's) that DeBERTa adds per sequence to BERT's count.
+
+    Matmuls only, forward, with L tokens, P predictions, R relative rows a distance within
+    L reaches (2L - 1 up to the buckets):
+    - per layer and position term (c2p, p2c): queries or keys [L, h] x [h, R]: 2 L R h;
+    - v2's ConvLayer, once: 2 L k h^2 / groups;
+    - EMD, per z step: the last layer at the P masked queries only, its keys, values and p2c
+      products being the last layer's own (XLA computes them once): Q, output and MLP
+      projections 2 P (2 h^2 + 2 h I), scores and context 4 P L h, c2p 2 P R h.
+    Projecting the relative rows (2 R h^2 per term and layer) happens once per batch, under 1%
+    of a step at batch 32; not counted. tests/test_flops.py checks both against XLA's count.
+    """
+    h, length, predictions = self.hidden_size, seq_length, num_predictions
+    index = relative_index(length, self)
+    rows = int(index.max() - index.min()) + 1
+    terms = len(self.pos_att_type) if self.relative_attention else 0
+    forward = self.layers_run * terms * 2 * length * rows * h
+    if self.conv_kernel_size:  # v2's ConvLayer: a [kernel x h / groups, h] product per token.
+      forward += 2 * length * self.conv_kernel_size * h * h // self.conv_groups
+    if self.emd:
+      c2p = 2 * predictions * rows * h if 'c2p' in self.pos_att_type and terms else 0
+      forward += self.z_steps * (2 * predictions * (2 * h * h + 2 * h * self.intermediate_size)
+                                 + 4 * predictions * length * h + c2p)
+    return 3.0 * forward
+
   @property
   def has_position_embeddings(self) -> bool:
     return self.position_biased_input or self.emd

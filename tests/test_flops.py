@@ -48,3 +48,60 @@ def test_albert_flops_count_every_layer_run_and_the_factorized_embeddings():
   per_token = 6 * runs * (4 * H * H + 2 * H * I) + 12 * runs * L * H + 6 * E * H
   expected = L * per_token + 6 * P * (H * E + E * V)
   assert flops.flops_per_sequence(config, L, P, sentence_head=False) == pytest.approx(expected)
+
+
+SMALL_DEBERTA = dict(vocab_size=500, hidden_size=256, num_layers=2, num_heads=2,
+                     intermediate_size=1024, max_position_embeddings=256, position_buckets=64)
+
+
+def _xla_forward_flops(model, length: int, predictions: int | None = None) -> float:
+  """XLA's own count of the FLOPs of one compiled forward of `model` on one sequence."""
+  ids = jnp.ones((1, length), jnp.int32)
+  kwargs = {} if predictions is None else {
+      'masked_positions': jnp.arange(predictions, dtype=jnp.int32)[None]}
+  params = model.init(jax.random.key(0), ids, **kwargs)
+  analysis = jax.jit(lambda p: model.apply(p, ids, **kwargs)).lower(params).compile().cost_analysis()
+  return (analysis[0] if isinstance(analysis, list) else analysis)['flops']
+
+
+@pytest.mark.parametrize('fields', [
+    {},  # v3: c2p + p2c over log buckets.
+    {'pos_att_type': ('c2p',), 'position_buckets': -1, 'share_att_key': False},
+    {'conv_kernel_size': 3, 'conv_groups': 2},  # v2's ConvLayer.
+])
+def test_deberta_position_terms_agree_with_xla_s_count(fields):
+  """What DeBERTa adds to BERT's count, against XLA's count of the forward's difference to the
+  same model without relative attention (and without the ConvLayer), x3 for training. The
+  relative rows' projection (once per batch, here batch 1) is added to our side."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from encoders import deberta  # pylint: disable=g-import-not-at-top
+  # Wide heads: the elementwise work (not model FLOPs, but in XLA's count) stays under 1%.
+  config = deberta.DebertaConfig(**{**SMALL_DEBERTA, **fields})
+  plain = dataclasses.replace(config, relative_attention=False, conv_kernel_size=0)
+  L, h = 96, config.hidden_size
+  xla_extra = (_xla_forward_flops(deberta.Encoder(config), L)
+               - _xla_forward_flops(deberta.Encoder(plain), L))
+  index = deberta.relative_index(L, config)
+  rows = int(index.max() - index.min()) + 1
+  projections = config.num_layers * len(config.pos_att_type) * 2 * rows * h * h
+  ours = config.extra_flops_per_sequence(L, 0) / 3 + projections
+  assert plain.extra_flops_per_sequence(L, 0) == 0
+  assert ours == pytest.approx(xla_extra, rel=0.02)
+  assert flops.flops_per_sequence(config, L, 0, False) - flops.flops_per_sequence(
+      plain, L, 0, False) == pytest.approx(config.extra_flops_per_sequence(L, 0))
+
+
+def test_deberta_emd_counts_only_the_masked_queries():
+  """EMD against XLA's count (which computes the re-run layer's keys, values and p2c once)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from encoders import deberta  # pylint: disable=g-import-not-at-top
+  config = deberta.DebertaConfig(**SMALL_DEBERTA, emd=True)
+  without = dataclasses.replace(config, emd=False)
+  L, P = 96, 16
+  xla_emd = (_xla_forward_flops(deberta.EncoderForPreTraining(config), L, P)
+             - _xla_forward_flops(deberta.EncoderForPreTraining(without), L, P))
+  ours = (config.extra_flops_per_sequence(L, P) - without.extra_flops_per_sequence(L, P)) / 3
+  assert ours == pytest.approx(xla_emd, rel=0.06)
+  # A full re-run of the last layer per z step would cost several times more.
+  h, i = config.hidden_size, config.intermediate_size
+  assert ours < 0.5 * config.z_steps * (8 * L * h * h + 4 * L * h * i)
