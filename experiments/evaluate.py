@@ -44,9 +44,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('max_eval', 0, 'Dev and test articles each (0: all).')
   flags.DEFINE_integer('max_length', 128, 'Tokens per row, specials included.')
   flags.DEFINE_float('learning_rate', 1e-3, 'Fine-tuning peak learning rate (1e-4 for MiniLM).')
-  flags.DEFINE_multi_string('compare', [], 'Output directories of earlier runs to put in one table.')
+  flags.DEFINE_multi_string('compare', [], 'Output directories of earlier runs, for one table.')
   flags.DEFINE_string('out', None, 'Output directory.')
-  flags.DEFINE_string('workdir', None, 'Fine-tuning runs (checkpoints); default: <out>/finetune_runs.')
+  flags.DEFINE_string('workdir', None, 'Fine-tuning runs; default: <out>/finetune_runs.')
   flags.mark_flags_as_required(['out'])
 
 
@@ -133,11 +133,13 @@ def main(argv):
     raise app.UsageError('--init_from (or --compare) is required.')
   unknown = set(f.tasks) - set(suite_data.TASKS)
   if unknown:
-    raise app.UsageError(f'--tasks: unknown {sorted(unknown)}; choose from {list(suite_data.TASKS)}.')
+    raise app.UsageError(f'--tasks: unknown {sorted(unknown)}; choose from '
+                         f'{list(suite_data.TASKS)}.')
   splits = suite_data.article_splits(f.max_train, f.max_eval)
   modes = suite.MODES if f.mode == 'both' else (f.mode,)
+  workdir = f.workdir or f'{f.out}/finetune_runs'
   results = [suite.run(f.init_from, mode, f.seeds, f.tasks, splits, f.shape_from, f.max_length,
-                       f.learning_rate, workdir=f.workdir or f'{f.out}/finetune_runs') for mode in modes]
+                       f.learning_rate, workdir) for mode in modes]
   print(write(results, f.out))
 
 

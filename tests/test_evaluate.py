@@ -76,7 +76,8 @@ def test_qa_answer_is_the_first_title_mention_at_its_character_position(tokenize
     # The article's own summary holds it at its first mention, the other one is the distractor.
     own = context.index(article['extract'])
     assert start - own == article['extract'].lower().index(text.lower())
-    assert sorted(context.split(' ')) == sorted((ALBERT['extract'] + ' ' + BIZET['extract']).split(' '))
+    both = ALBERT['extract'] + ' ' + BIZET['extract']
+    assert sorted(context.split(' ')) == sorted(both.split(' '))
   assert [a[0][0] for a in answers] == ['Albert Einstein', 'Carmen']
   # In the rows, the answer tokens' character offsets cover exactly the answer.
   split = finetune_data.qa_split(questions, contexts, answers, tokenizer, 24, 8, 8)
@@ -119,8 +120,8 @@ def test_summary_is_the_mean_and_sample_std_over_seeds_and_tasks():
 
 
 def _planted_split(labels: np.ndarray) -> finetune_data.Split:
-  rows = dict(label=labels)
-  return finetune_data.Split(rows, np.arange(len(labels), dtype=np.int32), len(labels), list(labels))
+  example_index = np.arange(len(labels), dtype=np.int32)
+  return finetune_data.Split(dict(label=labels), example_index, len(labels), list(labels))
 
 
 @pytest.mark.parametrize('shuffled', [False, True])
@@ -201,5 +202,6 @@ def test_finetune_mode_trains_through_the_fine_tuning_loop(tiny_hf_dir, tmp_path
   result = suite.run('none', 'finetune', 1, ['pair'], splits, tiny_hf_dir, max_length=64,
                      workdir=str(tmp_path))
   accuracy = result['runs'][0]['tasks']['pair']['accuracy']
-  assert 0.0 <= accuracy <= 1.0 and result['summary']['macro']['mean'] == pytest.approx(100 * accuracy)
+  assert 0.0 <= accuracy <= 1.0
+  assert result['summary']['macro']['mean'] == pytest.approx(100 * accuracy)
   assert os.path.exists(tmp_path / 'pair_seed0' / 'results.json')

@@ -3,11 +3,12 @@
 - 'probe': the encoder frozen, its last layer's states computed once; per task a linear head,
   trained with Adam on minibatches (standardized features, L2): the mean-pooled row for
   classification (for a text pair, each text's mean and their product: `row_features`), each
-  word's first sub-token for tagging, each context token's start / end logit for QA. A seed draws the head's initialisation and the minibatch order.
+  word's first sub-token for tagging, each context token's start / end logit for QA. A seed
+  draws the head's initialisation and the minibatch order.
 - 'finetune': every weight trained by training/finetune.py on the same built Task, with the
-  topic_tiny recipe (configs/finetune.py: mean pooling, 2 epochs, dev selection) at
-  `learning_rate`; 'none' is the shape source's architecture re-initialised (config.reinit).
-  A seed draws the head, dropout and the row order.
+  topic_tiny recipe (configs/finetune.py: mean pooling, 2 epochs or FINETUNE_MIN_ROWS rows,
+  dev selection) at `learning_rate`; 'none' is the shape source's architecture re-initialised
+  (config.reinit). A seed draws the head, dropout and the row order.
 Search needs no training: in both modes it ranks with the frozen encoder's mean-pooled
 embeddings (one number, no spread). Scores are reported in percent; `summarize` gives each
 task's mean and sample standard deviation over seeds and the macro average (the mean over tasks
@@ -102,11 +103,13 @@ def classification_loss(params, x, labels, weights):
   """Weighted cross-entropy of a linear head: x [n, d], labels / weights [n]."""
   kernel, bias = params
   losses = optax.softmax_cross_entropy_with_integer_labels(x @ kernel + bias, labels)
-  return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-9) + PROBE_L2 * jnp.sum(kernel ** 2)
+  mean_loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
+  return mean_loss + PROBE_L2 * jnp.sum(kernel ** 2)
 
 
 def span_logits(params, x, segment_ids):
-  """(start, end) logits [rows, L] of a linear head on token states x [rows, L, d]; -1e9 at padding."""
+  """(start, end) logits [rows, L] of a linear head on token states x [rows, L, d]; -1e9 at
+  padding."""
   kernel, bias = params
   logits = x @ kernel + bias  # [rows, L, 2]
   logits = jnp.where(segment_ids[..., None] > 0, logits, -1e9)
@@ -164,7 +167,8 @@ class FrozenFeatures:
     key = (id(split), pooled)
     if key not in self._cache:
       rows = split.rows
-      self._cache[key] = row_features(self.subject, rows) if pooled else last_hidden(self.subject, rows)
+      compute = row_features if pooled else last_hidden
+      self._cache[key] = compute(self.subject, rows)
     return self._cache[key]
 
 
