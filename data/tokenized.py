@@ -3,11 +3,10 @@
 Each document is tokenized whole (so byte-level BPE sees the spaces between sentences as
 RoBERTa did), then cut into sentences by a regex splitter through the tokens' character
 offsets. The arrays are cached as .npy files keyed by (dataset, split, tokenizer
-fingerprint, splitter version) and memory-mapped on later loads.
+fingerprint, splitter version) and memory-mapped on later loads (read whole from a URL cache_dir).
 """
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import re
@@ -16,9 +15,11 @@ import tempfile
 import time
 
 import numpy as np
+from etils import epath
 
 from data import corpus
 from data import tokenizer as tokenizer_lib
+from encoders import paths
 
 SPLITTER_VERSION = 1
 _ARRAYS = ('token_ids', 'word_starts', 'sentence_offsets', 'document_offsets')
@@ -156,7 +157,7 @@ def load_tokenized_corpus(data_config, tokenizer: tokenizer_lib.Tokenizer,
     split_name += '-' + hashlib.md5(split.encode()).hexdigest()[:8]
   folder = os.path.join(cache_dir_of(data_config), corpus.dataset_key(data_config, builder),
                         f'{split_name}-{tokenizer.fingerprint}-splitter{SPLITTER_VERSION}')
-  if not os.path.exists(os.path.join(folder, 'stats.json')):
+  if not epath.Path(folder, 'stats.json').exists():
     start = time.perf_counter()
     # Streams chunks of documents: only the token arrays are held in memory.
     result, stats = _concatenate([_tokenize_chunk(tokenizer, texts, labels) for texts, labels
@@ -168,26 +169,35 @@ def load_tokenized_corpus(data_config, tokenizer: tokenizer_lib.Tokenizer,
 
 
 def _save(result: TokenizedCorpus, stats: dict, folder: str) -> None:
-  """Writes into a temporary folder, then renames it: readers never see a partial cache."""
+  """Readers never see a partial cache: a local one is written into a temporary folder, then
+  renamed; at a URL (object stores rename no folders) stats.json, which readers look for, is
+  written last."""
+  if paths.is_url(folder):
+    _write(result, stats, folder)
+    return
   os.makedirs(os.path.dirname(folder), exist_ok=True)
   tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix='.tmp-')
-  for name in _ARRAYS + ('document_labels',):
-    if getattr(result, name) is not None:
-      np.save(os.path.join(tmp, f'{name}.npy'), getattr(result, name))
-  with open(os.path.join(tmp, 'stats.json'), 'w') as f:
-    json.dump(stats, f)
+  _write(result, stats, tmp)
   try:
     os.rename(tmp, folder)
   except OSError:  # Another process cached it first.
     shutil.rmtree(tmp)
 
 
+def _write(result: TokenizedCorpus, stats: dict, folder: str) -> None:
+  for name in _ARRAYS + ('document_labels',):
+    if getattr(result, name) is not None:
+      paths.save_npy(os.path.join(folder, f'{name}.npy'), getattr(result, name))
+  paths.write_json(os.path.join(folder, 'stats.json'), stats)
+
+
 def _load(folder: str) -> TokenizedCorpus:
-  arrays = {name: np.load(os.path.join(folder, f'{name}.npy'), mmap_mode='r') for name in _ARRAYS}
-  labels = os.path.join(folder, 'document_labels.npy')
-  with open(os.path.join(folder, 'stats.json')) as f:
-    logging.info('Tokenized corpus %s: %s.', folder, json.load(f))
-  return TokenizedCorpus(**arrays, document_labels=np.load(labels) if os.path.exists(labels) else None)
+  arrays = {name: paths.load_npy(os.path.join(folder, f'{name}.npy')) for name in _ARRAYS}
+  labels_path = os.path.join(folder, 'document_labels.npy')
+  labels = paths.load_npy(labels_path) if epath.Path(labels_path).exists() else None
+  stats = paths.read_json(os.path.join(folder, 'stats.json'))
+  logging.info('Tokenized corpus %s: %s.', folder, stats)
+  return TokenizedCorpus(**arrays, document_labels=labels)
 
 
 def cold_build(data_config, workdir: str) -> dict:

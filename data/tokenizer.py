@@ -23,7 +23,10 @@ from typing import Iterable
 import jax
 import numpy as np
 import tokenizers
+from etils import epath
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from encoders import paths
 
 KINDS = ('wordpiece', 'bpe', 'unigram')
 # Special tokens in vocabulary order (ids 0, 1, ...), keyed by role.
@@ -126,35 +129,40 @@ def _wordpiece_initial_vocab(texts, specials: list[str], lowercase: bool,
   return specials + alphabet + continuations
 
 
+def _lines(path: epath.Path) -> list[str]:
+  """A vocabulary file's lines as HF's Rust readers split them (on '\n' only)."""
+  return path.read_text().removesuffix('\n').split('\n')
+
+
 def load(path: str, lowercase: bool = True) -> 'Tokenizer':
-  """Loads a `tokenizer.json` file, or an HF checkpoint directory."""
-  path = os.path.expanduser(path)
-  if os.path.isfile(path):
-    return Tokenizer(tokenizers.Tokenizer.from_file(path))
-  files = set(os.listdir(path)) if os.path.isdir(path) else set()
+  """Loads a `tokenizer.json` file, or an HF checkpoint directory (local or a URL)."""
+  path = epath.Path(paths.absolute(path))
+  if path.is_file():
+    return Tokenizer(tokenizers.Tokenizer.from_str(path.read_text()))
+  files = {p.name for p in path.iterdir()} if path.is_dir() else set()
   if FILENAME in files:
-    return Tokenizer(tokenizers.Tokenizer.from_file(os.path.join(path, FILENAME)))
+    return Tokenizer(tokenizers.Tokenizer.from_str((path / FILENAME).read_text()))
   if 'vocab.txt' in files:
     lowercase = _hf_lowercase(path, lowercase)
-    tok = tokenizers.Tokenizer(models.WordPiece.from_file(
-        os.path.join(path, 'vocab.txt'), unk_token='[UNK]'))
+    vocab = {token.rstrip(): i for i, token in enumerate(_lines(path / 'vocab.txt'))}
+    tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token='[UNK]'))
     _set_pipeline(tok, 'wordpiece', lowercase)
     return Tokenizer(tok)
   if {'vocab.json', 'merges.txt'} <= files:
-    tok = tokenizers.Tokenizer(models.BPE.from_file(
-        os.path.join(path, 'vocab.json'), os.path.join(path, 'merges.txt')))
+    merges = [tuple(line.split(' ')) for line in _lines(path / 'merges.txt')
+              if line and not line.startswith('#version')]
+    tok = tokenizers.Tokenizer(models.BPE(paths.read_json(path / 'vocab.json'), merges))
     _set_pipeline(tok, 'bpe', lowercase=False)
     return Tokenizer(tok)
-  raise ValueError(f'config.data.tokenizer_path={path!r} holds no tokenizer: expected a '
+  raise ValueError(f'config.data.tokenizer_path={os.fspath(path)!r} holds no tokenizer: expected a '
                    'tokenizer.json file, or a directory with tokenizer.json, vocab.txt '
                    '(WordPiece) or vocab.json + merges.txt (byte-level BPE).')
 
 
-def _hf_lowercase(path: str, default: bool) -> bool:
-  config = os.path.join(path, 'tokenizer_config.json')
-  if os.path.exists(config):
-    with open(config) as f:
-      return json.load(f).get('do_lower_case', default)
+def _hf_lowercase(path: epath.Path, default: bool) -> bool:
+  config = path / 'tokenizer_config.json'
+  if config.exists():
+    return paths.read_json(config).get('do_lower_case', default)
   return default
 
 
@@ -166,7 +174,7 @@ def get_tokenizer(data_config, workdir: str | None) -> 'Tokenizer':
     raise ValueError('No tokenizer: set config.data.tokenizer_path, or give a workdir to '
                      'train one into.')
   folder = os.path.join(workdir, 'tokenizer')
-  if os.path.exists(os.path.join(folder, FILENAME)):
+  if epath.Path(folder, FILENAME).exists():
     tok = load(folder)
     if tok.kind != data_config.tokenizer:
       raise ValueError(f'{folder}/{FILENAME} is a {tok.kind} tokenizer but config.data.tokenizer'
@@ -240,7 +248,4 @@ class Tokenizer:
 
   def save(self, folder: str) -> None:
     """Writes <folder>/tokenizer.json atomically (readers never see a partial file)."""
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{FILENAME}.{os.getpid()}.tmp')
-    self.backend.save(tmp)
-    os.replace(tmp, os.path.join(folder, FILENAME))
+    paths.write_atomic(os.path.join(folder, FILENAME), self.backend.to_str(pretty=True))

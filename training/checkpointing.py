@@ -18,6 +18,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from encoders import paths
+
 
 class DataStateHandler(ocp.CheckpointHandler):
   """Per-process JSON files holding an input iterator's `get_state()` dict."""
@@ -54,9 +56,7 @@ class DataStateRestore(ocp.args.CheckpointArgs):
   pass
 
 
-def absolute(path: str) -> str:
-  """A local path made absolute (orbax needs that); a URL such as gs://bucket/run as given."""
-  return path if '://' in path else os.path.abspath(path)
+absolute = paths.absolute  # A local path made absolute (orbax needs that); a URL as given.
 
 
 def checkpoint_dir(workdir: str) -> str:

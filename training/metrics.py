@@ -2,12 +2,18 @@
 
 Only process 0 writes. Metrics from the step are (numerator, denominator) sums;
 `summarize` divides them once they have been added over micro-batches and batches.
+The workdir may be a URL (gs://bucket/run): object stores have no append, so there
+metrics.jsonl is rewritten whole at each write and each event file at each TensorBoard flush
+(every 120 s and at close; a killed run loses at most that much of the events, none of the lines).
 """
+import io
 import json
 import logging
-import os
 
 import numpy as np
+from etils import epath
+
+from encoders import paths
 
 
 def summarize(sums: dict) -> dict[str, float]:
@@ -39,19 +45,22 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = epath.Path(workdir) / 'metrics.jsonl'
     if not enabled:
       return
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path, 'w') as f:
-        f.writelines(kept)
-    self.jsonl = open(self.path, 'a')
+    self.lines = []  # Those of a URL's file, rewritten whole at each write.
+    if self.path.exists():
+      self.lines = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)['step'] <= resume_step]
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.path.write_text(''.join(self.lines))
+    self.jsonl = None if paths.is_url(workdir) else self.path.open('a')
     # Imported here, not at the top: tensorboardX imports torch whenever torch is installed
     # (~180 MB of RSS), which nothing that only builds or steps a model should pay.
     import tensorboardX  # pylint: disable=g-import-not-at-top
-    self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    if paths.is_url(workdir):  # Not tensorboardX's own gs:// writer: one path layer for all files.
+      tensorboardX.record_writer.register_writer_factory(workdir.split('://')[0], _UrlEventFiles())
+    self.tensorboard = tensorboardX.SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
 
   def write(self, step: int, scalars: dict[str, float], prefix: str) -> None:
     if not self.enabled:
@@ -59,17 +68,51 @@ class MetricWriter:
     named = {f'{prefix}/{k}': v for k, v in scalars.items()}
     for name, value in named.items():
       self.tensorboard.add_scalar(name, value, step)
-    self.jsonl.write(json.dumps({'step': step, **named}) + '\n')
-    self.jsonl.flush()
+    line = json.dumps({'step': step, **named}) + '\n'
+    if self.jsonl is None:
+      self.lines.append(line)
+      self.path.write_text(''.join(self.lines))
+    else:
+      self.jsonl.write(line)
+      self.jsonl.flush()
     logging.info('step %d %s', step, ', '.join(f'{k}={v:.4g}' for k, v in named.items()))
 
   def close(self) -> None:
     if self.enabled:
-      self.jsonl.close()
+      if self.jsonl is not None:
+        self.jsonl.close()
       self.tensorboard.close()
+
+
+class _UrlEventFile:
+  """An event file at a URL, as tensorboardX's record writers are: the bytes so far, uploaded
+  whole through epath at each flush."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    self.path.write_bytes(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _UrlEventFiles:
+  """tensorboardX's writer factory for one URL scheme (register_writer_factory)."""
+
+  def open(self, path: str) -> _UrlEventFile:
+    return _UrlEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # An object store has no folders to create.
 
 
 def read_jsonl(workdir: str) -> list[dict]:
   """All records of <workdir>/metrics.jsonl."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / 'metrics.jsonl').read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
