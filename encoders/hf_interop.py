@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from etils import epath
 
 from configs.model import get_model_config
-from encoders import bert, families
+from encoders import bert, families, paths
 from encoders.config import ConfigError, EncoderConfig
 from encoders.layers import stack_layers, unroll_layers
 
@@ -74,11 +74,10 @@ Rules = tuple[tuple[str, str], ...]
 
 
 def read_json(path: str) -> dict:
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f'{path} not found: an HF checkpoint directory needs config.json '
                             'and model.safetensors.')
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(path)
 
 
 def encoder_fields(hf: dict, path: str) -> dict:
@@ -292,9 +291,9 @@ def read_tensors(checkpoint_dir: str, prefix: str) -> dict[str, np.ndarray]:
   """All tensors of the checkpoint, names stripped of the `prefix.` ('bert.', 'albert.', ...)."""
   single = os.path.join(checkpoint_dir, 'model.safetensors')
   index = os.path.join(checkpoint_dir, 'model.safetensors.index.json')
-  if os.path.exists(single):
+  if epath.Path(single).exists():
     files = [single]
-  elif os.path.exists(index):
+  elif epath.Path(index).exists():
     shards = sorted(set(read_json(index)['weight_map'].values()))
     files = [os.path.join(checkpoint_dir, shard) for shard in shards]
   else:
@@ -303,7 +302,7 @@ def read_tensors(checkpoint_dir: str, prefix: str) -> dict[str, np.ndarray]:
         'e.g. by loading it in transformers and calling save_pretrained(safe_serialization=True)).')
   tensors = {}
   for file in files:
-    for name, tensor in load_file(file).items():
+    for name, tensor in paths.load_safetensors(file).items():
       name = name.removeprefix(f'{prefix}.')
       name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', name)  # Old TF-converted names.
       name = re.sub(r'LayerNorm\.beta$', 'LayerNorm.bias', name)
@@ -467,8 +466,7 @@ def save_checkpoint(out_dir: str, model: nn.Module, params: dict, *, family: str
   names = _hf_names(params, table, f'{prefix}.' if prefix else '')
   tensors = {names[path]: to_hf(jax.device_get(param), path)
              for path, param in flax.traverse_util.flatten_dict(params).items()}
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
-  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  paths.save_safetensors(os.path.join(out_dir, 'model.safetensors'), tensors, metadata={'format': 'pt'})
+  paths.write_json(os.path.join(out_dir, 'config.json'), config, indent=2, sort_keys=True)
   return arch

@@ -14,15 +14,15 @@ sentence-transformers module and is refused.
 `load` reads such a directory, or an HF checkpoint directory without modules.json (mean
 pooling, as all-MiniLM-L6-v2 and most sentence encoders use), into a SentenceEncoder.
 """
-import json
 import os
 
 import flax
 import jax
 import numpy as np
+from etils import epath
 
 from data import tokenizer as tokenizer_lib
-from encoders import families, hf_interop
+from encoders import families, hf_interop, paths
 from encoders.config import ConfigError
 from encoders.sentence import POOLINGS, ST_POOLING_KEYS, SentenceEncoder
 
@@ -34,8 +34,7 @@ _ST_MODES = {'cls': 'cls', 'mean': 'mean', 'max': 'max', 'mean_sqrt_len_tokens':
 
 
 def _write_json(path: str, value) -> None:
-  with open(path, 'w') as f:
-    json.dump(value, f, indent=2)
+  paths.write_json(path, value, indent=2)
 
 
 def save(out_dir: str, model: SentenceEncoder, params, tokenizer: tokenizer_lib.Tokenizer,
@@ -51,7 +50,7 @@ def save(out_dir: str, model: SentenceEncoder, params, tokenizer: tokenizer_lib.
   encoder_params = dict(jax.device_get(flax.core.unfreeze(params['encoder'])), pooler=pooler)
   hf_interop.save_checkpoint(out_dir, encoder, encoder_params, family=family)
 
-  tokenizer.backend.save(os.path.join(out_dir, tokenizer_lib.FILENAME))
+  tokenizer.save(out_dir)
   special = {f'{role}_token': tokenizer.id_to_token(getattr(tokenizer, f'{role}_id'))
              for role in ('cls', 'sep', 'pad', 'unk', 'mask')}
   _write_json(os.path.join(out_dir, 'special_tokens_map.json'), special)
@@ -65,7 +64,7 @@ def save(out_dir: str, model: SentenceEncoder, params, tokenizer: tokenizer_lib.
   _write_json(os.path.join(out_dir, 'config_sentence_transformers.json'),
               {'similarity_fn_name': 'cosine'})
   for _, path in MODULES[1:]:
-    os.makedirs(os.path.join(out_dir, path), exist_ok=True)
+    epath.Path(out_dir, path).mkdir(parents=True, exist_ok=True)
   _write_json(os.path.join(out_dir, MODULES[1][1], 'config.json'),
               {'word_embedding_dimension': hidden,
                **{key: pooling == model.pooling for pooling, key in ST_POOLING_KEYS.items()}})
@@ -77,17 +76,15 @@ def pooling_of(directory: str) -> str:
   Modules are known by class name (sentence-transformers 5 saves them under new module paths).
   """
   modules_path = os.path.join(directory, 'modules.json')
-  if not os.path.exists(modules_path):
+  if not epath.Path(modules_path).exists():
     return 'mean'
-  with open(modules_path) as f:
-    modules = {m['type'].rsplit('.', 1)[-1]: m['path'] for m in json.load(f)}
+  modules = {m['type'].rsplit('.', 1)[-1]: m['path'] for m in paths.read_json(modules_path)}
   if set(modules) - {'Transformer', 'Pooling', 'Normalize'} or modules.get('Transformer') != '':
     raise ConfigError(f'{modules_path}: modules {modules} are not supported (a Transformer at the '
                       'top, then Pooling and Normalize).')
   if 'Pooling' not in modules:
     raise ConfigError(f'{modules_path} has no Pooling module.')
-  with open(os.path.join(directory, modules['Pooling'], 'config.json')) as f:
-    config = json.load(f)
+  config = paths.read_json(os.path.join(directory, modules['Pooling'], 'config.json'))
   modes = [ours for ours, key in ST_POOLING_KEYS.items() if config.get(key)]
   if 'pooling_mode' in config:  # sentence-transformers >= 5 writes one key.
     mode = config['pooling_mode']

@@ -16,7 +16,6 @@ index) with nDCG@10, MRR@10 and recall@k:
   python -m experiments.embed --index workdirs/index_minilm_test --split test --num_articles 0 \
       --eval_pairs description --query "a river in South America"
 """
-import json
 import os
 import time
 
@@ -27,8 +26,8 @@ from etils import epath
 
 from data import corpus
 from data import pairs as pairs_lib
-from encoders import hf_interop, st_export
-from training import checkpointing, retrieval
+from encoders import hf_interop, paths, st_export
+from training import retrieval
 
 DEFAULT_QUERIES = (
     'a famous physicist who developed relativity',
@@ -67,8 +66,8 @@ def read_articles(num_articles: int, split: str = 'all') -> list[dict]:
 
 def load_tokenizer(checkpoint_dir: str, max_length: int) -> tokenizers.Tokenizer:
   """The checkpoint's tokenizer.json, truncating to max_length and padding nothing."""
-  return pairs_lib.truncating(
-      tokenizers.Tokenizer.from_file(os.path.join(checkpoint_dir, 'tokenizer.json')), max_length)
+  text = (epath.Path(checkpoint_dir) / 'tokenizer.json').read_text()
+  return pairs_lib.truncating(tokenizers.Tokenizer.from_str(text), max_length)
 
 
 class Embedder(retrieval.Embedder):
@@ -83,28 +82,26 @@ class Embedder(retrieval.Embedder):
 def index_meta(checkpoint: str, max_length: int, articles: list[dict]) -> dict:
   """What a saved index was built from: a different value means rebuilding it."""
   weights = epath.Path(checkpoint) / 'model.safetensors'
-  return dict(checkpoint=checkpointing.absolute(checkpoint), weights_mtime=weights.stat().mtime,
+  return dict(checkpoint=paths.absolute(checkpoint), weights_mtime=weights.stat().mtime,
               max_length=max_length, titles=[a['title'] for a in articles])
 
 
 def load_index(directory: str, meta: dict) -> np.ndarray | None:
   """The saved [articles, hidden] embeddings in `directory` if they were built from `meta`, else None."""
   meta_path = os.path.join(directory, INDEX_META)
-  if not os.path.exists(meta_path):
+  if not epath.Path(meta_path).exists():
     return None
-  with open(meta_path) as f:
-    if json.load(f) != meta:
-      print(f'The index in {directory} was built from another checkpoint or other articles: '
-            'rebuilding it.')
-      return None
-  return np.load(os.path.join(directory, INDEX_VECTORS))
+  if paths.read_json(meta_path) != meta:
+    print(f'The index in {directory} was built from another checkpoint or other articles: '
+          'rebuilding it.')
+    return None
+  return np.array(paths.load_npy(os.path.join(directory, INDEX_VECTORS)))
 
 
 def save_index(directory: str, meta: dict, vectors: np.ndarray) -> None:
-  os.makedirs(directory, exist_ok=True)
-  np.save(os.path.join(directory, INDEX_VECTORS), vectors)
-  with open(os.path.join(directory, INDEX_META), 'w') as f:
-    json.dump(meta, f)
+  epath.Path(directory).mkdir(parents=True, exist_ok=True)
+  paths.save_npy(os.path.join(directory, INDEX_VECTORS), vectors)
+  paths.write_json(os.path.join(directory, INDEX_META), meta)
 
 
 def main(argv):
@@ -143,9 +140,9 @@ def main(argv):
           f'queries over {result["documents"]} articles: ' + ', '.join(
               f'{k}={v:.4f}' for k, v in result.items() if k not in ('queries', 'documents')))
     if _METRICS_OUT.value:
-      with open(_METRICS_OUT.value, 'w') as f:
-        json.dump(dict(result, checkpoint=checkpoint, pairs=_EVAL_PAIRS.value,
-                       eval_split=_EVAL_SPLIT.value, index_split=_SPLIT.value), f, indent=2)
+      paths.write_json(_METRICS_OUT.value, dict(
+          result, checkpoint=checkpoint, pairs=_EVAL_PAIRS.value, eval_split=_EVAL_SPLIT.value,
+          index_split=_SPLIT.value), indent=2)
 
   queries = _QUERY.value or ([] if _EVAL_PAIRS.value else list(DEFAULT_QUERIES))
   scores = embedder(queries) @ article_embeddings.T if queries else []  # [queries, articles]

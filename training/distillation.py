@@ -23,7 +23,6 @@ only: alpha_ce must be 0.
 """
 import dataclasses
 import logging
-import os
 
 import flax
 import flax.linen as nn
@@ -33,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from data import tokenizer as tokenizer_lib
-from encoders import families, hf_interop
+from encoders import families, hf_interop, paths
 from encoders.config import ConfigError
 from encoders.heads import gather_positions
 from training import checkpointing, finetune_init, flops
@@ -82,10 +81,10 @@ def _has_hf_mlm_head(path: str, model: nn.Module, family) -> bool:
 
 def load_teacher(path: str, run_model: ml_collections.ConfigDict) -> Teacher:
   """The teacher at `path`, built to compute in the run's dtype and layer layout."""
-  path = checkpointing.absolute(os.path.expanduser(path))
+  path = paths.absolute(path)
   if finetune_init.is_hf_dir(path):
     kind, model_config, tokenizer = 'hf', hf_interop.read_model_config(path), tokenizer_lib.load(path)
-  elif os.path.isdir(checkpointing.checkpoint_dir(path)):
+  elif finetune_init.is_pretraining_workdir(path):
     manager, step = finetune_init.pretraining_checkpoint(path)
     teacher_run = checkpointing.restore_config(manager, step)
     manager.close()

@@ -29,6 +29,7 @@ from configs import bert
 from configs import finetune as finetune_configs
 from data import pipeline
 from data import tokenizer as tokenizer_lib
+from encoders import paths
 from training import checkpointing, finetune, metrics, sweep, trainer
 
 SCALES = ('smoke', 'tiny', 'paper')
@@ -196,7 +197,7 @@ def main(ablation: Ablation) -> str:
   """Runs the ablation's sweep per the flags and writes its report; returns the markdown."""
   f = flags.FLAGS
   scale = 'smoke' if f.smoke else f.scale
-  out = checkpointing.absolute(f.out)  # A gs:// bucket stays a URL.
+  out = paths.absolute(f.out)  # A gs:// bucket stays a URL.
   base = (ablation.base_config or pretrain_config)(scale)
   if scale == 'paper':
     ablation.paper_config(base)

@@ -6,7 +6,6 @@ the task model's parameters: every encoder weight comes from the source (only BE
 may be new, when pretraining had no NSP head), the task head is always new.
 """
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -15,9 +14,10 @@ import flax
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from data import tokenizer as tokenizer_lib
-from encoders import families, hf_interop
+from encoders import families, hf_interop, paths
 from training import checkpointing
 
 POOLER = ('encoder', 'pooler')
@@ -33,7 +33,11 @@ class Source:
 
 
 def is_hf_dir(path: str) -> bool:
-  return os.path.exists(os.path.join(path, 'config.json'))
+  return epath.Path(path, 'config.json').exists()
+
+
+def is_pretraining_workdir(path: str) -> bool:
+  return epath.Path(checkpointing.checkpoint_dir(path)).is_dir()
 
 
 def pretraining_checkpoint(path: str):
@@ -57,10 +61,10 @@ def resolve(config, workdir: str) -> Source:
                        f'{tokenizer.vocab_size} tokens: set --config.model.vocab_size.')
     model.pad_token_id = tokenizer.pad_id
     return Source('none', None, model, tokenizer)
-  path = checkpointing.absolute(os.path.expanduser(init_from))
+  path = paths.absolute(init_from)
   if is_hf_dir(path):
     return Source('hf', path, hf_interop.read_model_config(path), tokenizer_lib.load(path))
-  if os.path.isdir(checkpointing.checkpoint_dir(path)):
+  if is_pretraining_workdir(path):
     manager, step = pretraining_checkpoint(path)
     pretrain_config = checkpointing.restore_config(manager, step)
     family = families.of_config(pretrain_config)
@@ -79,12 +83,9 @@ def resolve(config, workdir: str) -> Source:
 
 def hf_tensor_names(path: str) -> set[str]:
   index = os.path.join(path, 'model.safetensors.index.json')
-  if os.path.exists(index):
-    with open(index) as f:
-      return set(json.load(f)['weight_map'])
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  with safe_open(os.path.join(path, 'model.safetensors'), 'numpy') as f:
-    return set(f.keys())
+  if epath.Path(index).exists():
+    return set(paths.read_json(index)['weight_map'])
+  return paths.safetensors_names(os.path.join(path, 'model.safetensors'))
 
 
 def initial_params(source: Source, model, fresh_params: dict, rng: jax.Array,

@@ -8,11 +8,12 @@ Each (cell, seed) writes `<out>/results/<cell>__seed<seed>.json` when it finishe
 skips finished runs (resumable). Runs execute one after another in this process
 (mode='inprocess'), each in its own subprocess (mode='subprocess', `command_fn` gives the
 command, which must write that result file), or are only printed as commands for a job
-launcher (mode='print'). `report` writes results.csv (one row per run), results.md
+launcher (mode='print'). `out` may be a URL (gs://bucket/sweep). `report` writes results.csv (one row per run), results.md
 (mean ± sample std over seeds per cell, the paper's numbers beside ours) and results.png.
 """
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -26,6 +27,9 @@ from absl import flags
 import matplotlib
 import ml_collections
 import numpy as np
+from etils import epath
+
+from encoders import paths
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -91,13 +95,9 @@ def result_path(out_dir: str, cell: Cell, seed: int) -> str:
 def write_result(out_dir: str, cell: Cell, seed: int, metrics: dict, wall_seconds: float) -> str:
   """Writes one run's result file atomically (a killed run leaves no partial result)."""
   path = result_path(out_dir, cell, seed)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   record = dict(cell=cell.name, seed=seed, overrides=cell.overrides, metrics=metrics,
                 wall_seconds=wall_seconds)
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=2, default=str)
-  os.replace(tmp, path)
+  paths.write_atomic(path, json.dumps(record, indent=2, default=str))
   return path
 
 
@@ -116,7 +116,7 @@ def run(cells: list[Cell], seeds, out_dir: str, run_fn: Callable[[Cell, int], di
   for cell in cells:
     for seed in seeds:
       path = result_path(out_dir, cell, seed)
-      if os.path.exists(path):
+      if epath.Path(path).exists():
         logging.info('sweep: %s seed %d already done (%s), skipped.', cell.name, seed, path)
         continue
       if mode == 'print':
@@ -129,7 +129,7 @@ def run(cells: list[Cell], seeds, out_dir: str, run_fn: Callable[[Cell, int], di
         write_result(out_dir, cell, seed, run_fn(cell, seed), time.perf_counter() - started)
       else:
         subprocess.run(command_fn(cell, seed), check=True)
-        if not os.path.exists(path):
+        if not epath.Path(path).exists():
           raise RuntimeError(f'{shlex.join(command_fn(cell, seed))} finished without writing {path}.')
   return printed
 
@@ -140,9 +140,8 @@ def collect(cells: list[Cell], seeds, out_dir: str) -> list[dict]:
   for cell in cells:
     for seed in seeds:
       path = result_path(out_dir, cell, seed)
-      if os.path.exists(path):
-        with open(path) as f:
-          records.append(json.load(f))
+      if epath.Path(path).exists():
+        records.append(paths.read_json(path))
   return records
 
 
@@ -161,12 +160,13 @@ def summarize(records: list[dict], metrics) -> dict[str, dict[str, tuple[float, 
 
 def write_csv(records: list[dict], path: str) -> None:
   metric_names = sorted({m for r in records for m in r['metrics']})
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['cell', 'seed', *metric_names, 'wall_seconds', 'overrides'])
-    for r in records:
-      writer.writerow([r['cell'], r['seed'], *(r['metrics'].get(m, '') for m in metric_names),
-                       f'{r["wall_seconds"]:.1f}', json.dumps(r['overrides'], default=str)])
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(['cell', 'seed', *metric_names, 'wall_seconds', 'overrides'])
+  for r in records:
+    writer.writerow([r['cell'], r['seed'], *(r['metrics'].get(m, '') for m in metric_names),
+                     f'{r["wall_seconds"]:.1f}', json.dumps(r['overrides'], default=str)])
+  epath.Path(path).write_text(text.getvalue())
 
 
 def markdown_table(cells: list[Cell], summary: dict, metrics, title: str, paper: str) -> str:
@@ -204,7 +204,7 @@ def plot(cells: list[Cell], summary: dict, metrics, path: str, title: str) -> No
       ax.set_ylim(low - pad, high + pad)
   figure.suptitle(title)
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  paths.save_figure(figure, path, dpi=100)
   plt.close(figure)
 
 
@@ -212,10 +212,9 @@ def report(cells: list[Cell], seeds, out_dir: str, metrics, title: str, paper: s
   """Writes results.csv, results.md and results.png in out_dir; returns the markdown."""
   records = collect(cells, seeds, out_dir)
   summary = summarize(records, metrics)
-  os.makedirs(out_dir, exist_ok=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   write_csv(records, os.path.join(out_dir, 'results.csv'))
   markdown = markdown_table(cells, summary, metrics, title, paper)
-  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-    f.write(markdown)
+  epath.Path(out_dir, 'results.md').write_text(markdown)
   plot(cells, summary, metrics, os.path.join(out_dir, 'results.png'), title)
   return markdown
