@@ -209,3 +209,35 @@ def test_helpers_reach_the_bucket(gcs_bucket):
   assert paths.read_json(f'{gcs_bucket}/x/r.json') == {'a': 1}
   assert _objects(f'{gcs_bucket}/x') == ['a.npy', 'm.safetensors', 'r.json']
   assert epath.Path(gcs_bucket, 'x', 'r.json').read_text() == '{"a": 1}'
+
+
+def test_an_hf_directory_on_the_bucket_loads_and_exports_as_a_local_one(gcs_bucket, minilm_dir):
+  """MiniLM copied to the bucket (vocab.txt, no tokenizer.json) reads as the local copy does; a
+  sentence-transformers export to the bucket reads back the same parameters."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from encoders import st_export  # pylint: disable=g-import-not-at-top
+  from training import finetune_init  # pylint: disable=g-import-not-at-top
+  remote = f'{gcs_bucket}/minilm'
+  for name in ('config.json', 'model.safetensors', 'vocab.txt', 'tokenizer_config.json',
+               'modules.json', '1_Pooling/config.json'):
+    epath.Path(remote, name).write_bytes(epath.Path(minilm_dir, name).read_bytes())
+  assert finetune_init.is_hf_dir(remote) and not finetune_init.is_pretraining_workdir(remote)
+  assert finetune_init.hf_tensor_names(remote) == finetune_init.hf_tensor_names(minilm_dir)
+  texts = ['The Eiffel Tower is in Paris.', 'Unaffable naïve café owners!']
+  tokenizer = tokenizer_lib.load(remote)
+  assert ([ids.tolist() for ids, _ in tokenizer.encode_batch(texts)] ==
+          [ids.tolist() for ids, _ in tokenizer_lib.load(minilm_dir).encode_batch(texts)])
+  model, params = st_export.load(remote)
+  local_model, local_params = st_export.load(minilm_dir)
+  assert model == local_model
+  jax.tree.map(np.testing.assert_array_equal, params, local_params)
+
+  export = f'{gcs_bucket}/export'
+  st_export.save(export, model, params, tokenizer, family='bert', max_seq_length=64)
+  assert {'modules.json', 'config.json', 'model.safetensors', 'tokenizer.json',
+          '1_Pooling/config.json'} <= set(_objects(export))
+  exported_model, exported_params = st_export.load(export)
+  assert exported_model.pooling == 'mean'
+  jax.tree.map(np.testing.assert_array_equal, exported_params['encoder'],
+               {k: v for k, v in params['encoder'].items() if k != 'pooler'})
