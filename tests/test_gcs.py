@@ -78,9 +78,10 @@ def _assert_nothing_local(scratch: str, repository_before: set[str]) -> None:
 
 
 @pytest.mark.slow
-def test_pretraining_killed_and_resumed_fill_mask_and_export_use_only_the_bucket(scratch, gcs_bucket):
+def test_pretraining_kill_resume_fill_mask_and_export_use_only_the_bucket(scratch, gcs_bucket):
   from training import metrics  # pylint: disable=g-import-not-at-top
-  workdir, straight, cache = f'{gcs_bucket}/bert_tiny', f'{gcs_bucket}/straight', f'{gcs_bucket}/cache'
+  workdir, straight = f'{gcs_bucket}/bert_tiny', f'{gcs_bucket}/straight'
+  cache = f'{gcs_bucket}/cache'
   repository_before = set(os.listdir(training_util.ROOT))
 
   # Pretraining, killed after a committed checkpoint and resumed, against an uninterrupted run
@@ -120,8 +121,9 @@ def test_pretraining_killed_and_resumed_fill_mask_and_export_use_only_the_bucket
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason='training/finetune.py (not this change\'s file) makes the '
                    'workdir with os.makedirs and writes results.json with open(): a gs:// workdir '
-                   'becomes ./gs:/... on local disk. The fix: epath.Path(workdir).mkdir(parents=True, '
-                   'exist_ok=True) and paths.write_json(.../results.json, result, indent=2).')
+                   'becomes ./gs:/... on local disk. The fix: epath.Path(workdir).mkdir('
+                   'parents=True, exist_ok=True) and paths.write_json(.../results.json, result, '
+                   'indent=2).')
 def test_finetuning_and_an_ablation_sweep_use_only_the_bucket(scratch, gcs_bucket):
   workdir, sweep = f'{gcs_bucket}/bert_tiny', f'{gcs_bucket}/ablate_nsp'
   repository_before = set(os.listdir(training_util.ROOT))
@@ -241,3 +243,31 @@ def test_an_hf_directory_on_the_bucket_loads_and_exports_as_a_local_one(gcs_buck
   assert exported_model.pooling == 'mean'
   jax.tree.map(np.testing.assert_array_equal, exported_params['encoder'],
                {k: v for k, v in params['encoder'].items() if k != 'pooler'})
+
+
+def test_text_files_in_the_bucket_give_the_documents_of_their_local_copy(tmp_path, gcs_bucket):
+  """A folder (read recursively) and a glob of gs:// text files build the corpus that the same
+  files on local disk build: each document's title (its path under the folder) and text."""
+  from configs.data import get_data_config  # pylint: disable=g-import-not-at-top
+  from data import corpus  # pylint: disable=g-import-not-at-top
+  files = {'a.txt': 'First file. It has two sentences.\n', 'sub/b.txt': 'Caf\xe9 in a folder.',
+           'sub/c.md': 'Para one.\n\nPara two.', 'sub/empty.txt': ' \n'}
+  for name, text in files.items():
+    (tmp_path / 'local' / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / 'local' / name).write_text(text)
+    epath.Path(gcs_bucket, 'texts', name).write_text(text)
+
+  def documents(pattern: str, data_dir: str, split_by: str = 'file') -> dict[str, str]:
+    config = get_data_config(dataset='text_files', text_files=pattern, data_dir=data_dir,
+                             text_files_split_by=split_by)
+    builder = corpus.get_builder(config)
+    return {r['title'].decode(): r['text'].decode() for split in builder.info.splits
+            for r in builder.as_data_source(split=split)}
+
+  local = documents(str(tmp_path / 'local'), str(tmp_path / 'tfds_local'))
+  assert set(local) == {'a.txt', 'sub/b.txt', 'sub/c.md'}
+  assert documents(f'{gcs_bucket}/texts', str(tmp_path / 'tfds_bucket')) == local
+  by_paragraph = documents(f'{gcs_bucket}/texts/sub/*.md', str(tmp_path / 'tfds_bucket'),
+                           'paragraph')
+  assert by_paragraph == documents(str(tmp_path / 'local/sub/*.md'), str(tmp_path / 'tfds_local'),
+                                   'paragraph') == {'c.md#0': 'Para one.', 'c.md#1': 'Para two.'}
