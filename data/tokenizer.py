@@ -154,8 +154,8 @@ def load(path: str, lowercase: bool = True) -> 'Tokenizer':
     tok = tokenizers.Tokenizer(models.BPE(paths.read_json(path / 'vocab.json'), merges))
     _set_pipeline(tok, 'bpe', lowercase=False)
     return Tokenizer(tok)
-  raise ValueError(f'config.data.tokenizer_path={os.fspath(path)!r} holds no tokenizer: expected a '
-                   'tokenizer.json file, or a directory with tokenizer.json, vocab.txt '
+  raise ValueError(f'config.data.tokenizer_path={os.fspath(path)!r} holds no tokenizer: expected '
+                   'a tokenizer.json file, or a directory with tokenizer.json, vocab.txt '
                    '(WordPiece) or vocab.json + merges.txt (byte-level BPE).')
 
 

@@ -467,6 +467,7 @@ def save_checkpoint(out_dir: str, model: nn.Module, params: dict, *, family: str
   tensors = {names[path]: to_hf(jax.device_get(param), path)
              for path, param in flax.traverse_util.flatten_dict(params).items()}
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-  paths.save_safetensors(os.path.join(out_dir, 'model.safetensors'), tensors, metadata={'format': 'pt'})
+  paths.save_safetensors(os.path.join(out_dir, 'model.safetensors'), tensors,
+                         metadata={'format': 'pt'})
   paths.write_json(os.path.join(out_dir, 'config.json'), config, indent=2, sort_keys=True)
   return arch

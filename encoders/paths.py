@@ -1,4 +1,4 @@
-"""Paths that are local or a URL (gs://bucket/run): how every file the project reads or writes is reached.
+"""Local paths and URLs (gs://bucket/run): how every file the project reads or writes is reached.
 
 A local path goes through the os module as before; a URL goes through etils.epath (fsspec, and
 gcsfs for gs://). A URL is never turned into a local path: os.path.abspath('gs://b/run') is

@@ -8,8 +8,9 @@ Each (cell, seed) writes `<out>/results/<cell>__seed<seed>.json` when it finishe
 skips finished runs (resumable). Runs execute one after another in this process
 (mode='inprocess'), each in its own subprocess (mode='subprocess', `command_fn` gives the
 command, which must write that result file), or are only printed as commands for a job
-launcher (mode='print'). `out` may be a URL (gs://bucket/sweep). `report` writes results.csv (one row per run), results.md
+launcher (mode='print'). `report` writes results.csv (one row per run), results.md
 (mean ± sample std over seeds per cell, the paper's numbers beside ours) and results.png.
+`out_dir` may be a URL (gs://bucket/sweep).
 """
 import csv
 import dataclasses
