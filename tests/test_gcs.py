@@ -78,7 +78,7 @@ def _assert_nothing_local(scratch: str, repository_before: set[str]) -> None:
 
 
 @pytest.mark.slow
-def test_pretraining_kill_resume_fill_mask_and_export_use_only_the_bucket(scratch, gcs_bucket):
+def test_pretrain_kill_resume_fill_mask_export_use_only_the_bucket(tmp_path, scratch, gcs_bucket):
   from training import metrics  # pylint: disable=g-import-not-at-top
   workdir, straight = f'{gcs_bucket}/bert_tiny', f'{gcs_bucket}/straight'
   cache = f'{gcs_bucket}/cache'
@@ -113,6 +113,15 @@ def test_pretraining_kill_resume_fill_mask_and_export_use_only_the_bucket(scratc
                'checkpoints/10/data/process_0-of-1.json', 'checkpoints/10/config/metadata'):
     assert name in pretraining, pretraining
   assert any(name.startswith('tensorboard/events.out.tfevents.') for name in pretraining)
+  # The uninterrupted run's event file, uploaded whole at its close, holds every logged loss.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  for name in _objects(f'{straight}/tensorboard'):
+    (tmp_path / 'events' / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / 'events' / name).write_bytes(epath.Path(straight, 'tensorboard', name).read_bytes())
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'events'))
+  events.Reload()
+  assert {e.step: e.value for e in events.Scalars('train/loss')} == {
+      step: float(np.float32(loss)) for step, loss in expected.items()}
   assert 'tokenizer/tokenizer.json' in _objects(straight)
   assert any(name.endswith('/stats.json') for name in _objects(cache))
   assert {'config.json', 'model.safetensors'} <= set(_objects(f'{gcs_bucket}/hf'))
