@@ -80,7 +80,14 @@ def test_subprocess_and_print_modes(tmp_path):
   sweep.run(CELLS[:1], (0, 1), str(tmp_path), mode='subprocess', command_fn=command_fn)
   records = sweep.collect(CELLS[:1], (0, 1), str(tmp_path))
   assert [r['metrics']['accuracy'] for r in records] == [0, 1]
-  assert sweep.run(CELLS[:1], (0, 1), str(tmp_path), mode='print', command_fn=command_fn) == []
+  # Print mode plans every job without reading the results (a bucket may be unreachable
+  # from where jobs are planned); a finished job skips itself when run again.
+  assert sweep.run(CELLS[:1], (0, 1), str(tmp_path), mode='print', command_fn=command_fn) == printed
+  written = [os.path.getmtime(sweep.result_path(str(tmp_path), CELLS[0], seed)) for seed in (0, 1)]
+  sweep.run(CELLS[:1], (0, 1), str(tmp_path), mode='subprocess',
+            command_fn=lambda cell, seed: [sys.executable, '-c', 'raise SystemExit(1)'])
+  assert [os.path.getmtime(sweep.result_path(str(tmp_path), CELLS[0], seed))
+          for seed in (0, 1)] == written
 
 
 def test_overrides_are_checked():

@@ -105,7 +105,12 @@ def write_result(out_dir: str, cell: Cell, seed: int, metrics: dict, wall_second
 def run(cells: list[Cell], seeds, out_dir: str, run_fn: Callable[[Cell, int], dict] | None = None,
         mode: str = 'inprocess', command_fn: Callable[[Cell, int], list[str]] | None = None
         ) -> list[str]:
-  """Runs every unfinished (cell, seed); returns the printed commands (mode='print')."""
+  """Runs every unfinished (cell, seed); returns the printed commands (mode='print').
+
+  mode='print' prints every (cell, seed)'s command without reading `out_dir` (a bucket
+  need not be reachable from where jobs are planned); each job skips itself when run if its
+  result exists.
+  """
   if mode not in ('inprocess', 'subprocess', 'print'):
     raise ValueError(f"mode={mode!r}: choose 'inprocess', 'subprocess' or 'print'.")
   if mode != 'inprocess' and command_fn is None:
@@ -116,13 +121,13 @@ def run(cells: list[Cell], seeds, out_dir: str, run_fn: Callable[[Cell, int], di
   printed = []
   for cell in cells:
     for seed in seeds:
-      path = result_path(out_dir, cell, seed)
-      if epath.Path(path).exists():
-        logging.info('sweep: %s seed %d already done (%s), skipped.', cell.name, seed, path)
-        continue
       if mode == 'print':
         printed.append(shlex.join(command_fn(cell, seed)))
         print(printed[-1])
+        continue
+      path = result_path(out_dir, cell, seed)
+      if epath.Path(path).exists():
+        logging.info('sweep: %s seed %d already done (%s), skipped.', cell.name, seed, path)
         continue
       logging.info('sweep: running %s seed %d.', cell.name, seed)
       started = time.perf_counter()
