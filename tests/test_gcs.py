@@ -128,11 +128,6 @@ def test_pretrain_kill_resume_fill_mask_export_use_only_the_bucket(tmp_path, scr
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason='training/finetune.py (not this change\'s file) makes the '
-                   'workdir with os.makedirs and writes results.json with open(): a gs:// workdir '
-                   'becomes ./gs:/... on local disk. The fix: epath.Path(workdir).mkdir('
-                   'parents=True, exist_ok=True) and paths.write_json(.../results.json, result, '
-                   'indent=2).')
 def test_finetuning_and_an_ablation_sweep_use_only_the_bucket(scratch, gcs_bucket):
   workdir, sweep = f'{gcs_bucket}/bert_tiny', f'{gcs_bucket}/ablate_nsp'
   repository_before = set(os.listdir(training_util.ROOT))

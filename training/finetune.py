@@ -17,7 +17,6 @@ directory (<workdir>/peft_adapter) when the task model has a transformers class.
 """
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -30,10 +29,11 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data import finetune_data, imbalance, validate
-from encoders import adapters, bert, families, lora, module_hooks, peft_interop
+from encoders import adapters, bert, families, lora, module_hooks, paths, peft_interop
 from encoders.config import ConfigError, EncoderConfig
 from encoders.layers import unroll_layers
 from training import checkpointing, finetune_init, finetune_metrics, metrics, optimizer, sharding
@@ -303,7 +303,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   """
   started = time.perf_counter()
   jax.config.update('jax_threefry_partitionable', True)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # A gs:// workdir stays a URL.
   sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.mesh)
@@ -446,8 +446,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
                 peft_adapter=adapter_dir, dev=best['dev'], test=test,
                 wall_seconds=time.perf_counter() - started)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    paths.write_json(os.path.join(workdir, 'results.json'), result, indent=2)
   logging.info('Fine-tuning results: %s', result)
   return result
 
