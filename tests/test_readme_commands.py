@@ -73,6 +73,8 @@ RULES = (
          reason='timed benchmarks; tests/test_benchmark*.py run their smoke form'),
     Rule(r'^(SETUP=1 |DRY_RUN=1 )?launch/tpu_vm\.sh ', 'dry'),
     Rule(r'^SETUP=1 sbatch ', 'skip', reason='a SLURM cluster'),
+    Rule(r'gs://BUCKET/(bert_tiny|ft|ablate_nsp)\b', 'check',
+         reason='a real bucket: tests/test_gcs.py runs this chain against a GCS emulator'),
 )
 
 
