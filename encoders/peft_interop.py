@@ -13,14 +13,13 @@ PEFT's other variants (DoRA, LoRA biases, per-module ranks, ...) are refused by 
   peft_interop.save(out_dir, model, 'bert', lora, extra, head_params)
   lora, extra, params = peft_interop.load(adapter_dir, model, 'bert', params)
 """
-import json
 import os
 
 import flax
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from etils import epath
 
-from encoders import hf_interop, module_hooks
+from encoders import hf_interop, module_hooks, paths
 from encoders.config import ConfigError
 from encoders.lora import LoRA
 
@@ -81,10 +80,9 @@ def save(out_dir: str, model, family: str, lora: LoRA, extra, trained, *,
                 task_type=next((t for s, t in TASK_TYPES.items() if arch.endswith(s)), None),
                 base_model_name_or_path=base_model_name_or_path, init_lora_weights=True,
                 inference_mode=True)
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(tensors, os.path.join(out_dir, WEIGHTS), metadata={'format': 'pt'})
-  with open(os.path.join(out_dir, CONFIG), 'w') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)  # Local or gs://.
+  paths.save_safetensors(os.path.join(out_dir, WEIGHTS), tensors, metadata={'format': 'pt'})
+  paths.write_json(os.path.join(out_dir, CONFIG), config, indent=2, sort_keys=True)
   return arch
 
 
@@ -103,7 +101,7 @@ def load(adapter_dir: str, model, family: str, params) -> tuple[LoRA, dict, dict
   flat_params = flax.traverse_util.flatten_dict(params)
   lora_flat, read = {}, {}
   tensors = {name.removeprefix(PREFIX): value
-             for name, value in load_file(os.path.join(adapter_dir, WEIGHTS)).items()}
+             for name, value in paths.load_safetensors(os.path.join(adapter_dir, WEIGHTS)).items()}
   for name, tensor in tensors.items():
     module, _, kind = name.rpartition('.lora_')
     if kind in ('A.weight', 'B.weight'):

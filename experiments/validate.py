@@ -8,13 +8,13 @@ to tell a sentence-head accuracy of 0.54 from chance; this reads every full vali
 once, on this machine's devices whatever mesh wrote the checkpoint (as training/reload.py).
 Prints the metrics and the rows read, and writes them to <workdir>/validation_<step>.json.
 """
-import json
 import os
 
 from absl import app, flags, logging
 import jax
 import numpy as np
 
+from encoders import paths
 from training import checkpointing, sharding, trainer
 
 flags.DEFINE_string('workdir', None, 'A pretraining workdir.')
@@ -57,8 +57,8 @@ def main(argv):
   print(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in result.items() if k != 'rows')
         + f', rows={result["rows"]}')
   if jax.process_index() == 0:
-    with open(os.path.join(f.workdir, f'validation_{step}.json'), 'w') as out:
-      json.dump({'step': step, **result}, out, indent=1)
+    paths.write_json(os.path.join(f.workdir, f'validation_{step}.json'), {'step': step, **result},
+                     indent=1)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ sentence-transformers export (encoders/st_export.py) of the selected model to
 ('before') and of the selected one ('after') on the 'validation' and 'test' articles.
 """
 import functools
-import json
 import logging
 import os
 import time
@@ -22,10 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data import pairs as pairs_lib
-from encoders import families, hf_interop, st_export
+from encoders import families, hf_interop, paths, st_export
 from encoders.config import ConfigError
 from encoders.sentence import POOLINGS, SentenceEncoder
 from training import (checkpointing, finetune_init, metrics, optimizer, retrieval,
@@ -140,7 +140,7 @@ def train_sentence(config, workdir: str) -> dict:
   """Trains per `config` in `workdir`; returns (and writes to results.json) retrieval before/after."""
   started = time.perf_counter()
   jax.config.update('jax_threefry_partitionable', True)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or gs://.
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.mesh)
   _validate(config, mesh)
@@ -217,6 +217,5 @@ def train_sentence(config, workdir: str) -> dict:
                 export=save(workdir, config, best, model, source, family),
                 wall_seconds=time.perf_counter() - started)
   if is_main:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    paths.write_json(os.path.join(workdir, 'results.json'), result, indent=2)
   return result
