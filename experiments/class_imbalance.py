@@ -23,7 +23,8 @@ import sys
 from absl import app, flags
 
 from configs import finetune as finetune_configs
-from training import checkpointing, finetune, finetune_ablation, sweep
+from encoders import paths
+from training import finetune, finetune_ablation, sweep
 
 METRICS = ('test_macro_f1', 'test_accuracy', 'dev_macro_f1')
 CELLS = [
@@ -58,8 +59,8 @@ def base_config(init_from: str, ratio: float, overrides: dict):
 def main(argv):
   del argv
   f = flags.FLAGS
-  out = checkpointing.absolute(f.out)
-  init_from = checkpointing.absolute(f.init_from)
+  out = paths.absolute(f.out)
+  init_from = paths.absolute(f.init_from)
   base = base_config(init_from, f.ratio, finetune_ablation.parse_overrides(f.set))
   seeds = list(range(f.seeds))
   selected, seeds = sweep.select(CELLS, seeds, f.cell, f.seed)

@@ -19,8 +19,8 @@ import sys
 from absl import app, flags
 import matplotlib
 
-from encoders import hf_interop
-from training import checkpointing, finetune, finetune_ablation, sweep
+from encoders import hf_interop, paths
+from training import finetune, finetune_ablation, sweep
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -92,9 +92,9 @@ def plot_by_size(summary: dict, sizes: list[int], path: str, hf_name: str) -> No
 def main(argv):
   del argv
   f = flags.FLAGS
-  out = checkpointing.absolute(f.out)
-  pretrained = checkpointing.absolute(f.pretrained)
-  hf = checkpointing.absolute(f.hf) if f.hf else hf_interop.installed_minilm_dir()
+  out = paths.absolute(f.out)
+  pretrained = paths.absolute(f.pretrained)
+  hf = paths.absolute(f.hf) if f.hf else hf_interop.installed_minilm_dir()
   sizes = [int(s) for s in f.train_sizes]
   base = finetune_ablation.finetune_config('tiny')
   base.data.max_examples = 0  # All dev and test records; cells cap the training records.

@@ -19,8 +19,8 @@ import sys
 from absl import app, flags, logging
 
 from configs import finetune as finetune_configs
-from encoders import hf_interop
-from training import checkpointing, finetune
+from encoders import hf_interop, paths
+from training import finetune
 
 # Arm -> (configs/finetune.py preset, overrides).
 ARMS = {'full': ('topic_minilm', {}), 'lora': ('topic_minilm_lora', {}),
@@ -77,8 +77,8 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  init_from = checkpointing.absolute(f.init_from) if f.init_from else hf_interop.installed_minilm_dir()
-  out = checkpointing.absolute(f.out)
+  init_from = paths.absolute(f.init_from) if f.init_from else hf_interop.installed_minilm_dir()
+  out = paths.absolute(f.out)
   results = {arm: run_arm(arm, init_from, out, f.max_train_examples) for arm in ARMS}
   table = markdown(results)
   command = 'python -m experiments.lora_vs_full ' + ' '.join(sys.argv[1:])

@@ -56,11 +56,8 @@ class DataStateRestore(ocp.args.CheckpointArgs):
   pass
 
 
-absolute = paths.absolute  # A local path made absolute (orbax needs that); a URL as given.
-
-
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(absolute(workdir), 'checkpoints')
+  return os.path.join(paths.absolute(workdir), 'checkpoints')
 
 
 class _ReadOnlyNotice(logging.Filter):
