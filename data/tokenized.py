@@ -165,7 +165,9 @@ def load_tokenized_corpus(data_config, tokenizer: tokenizer_lib.Tokenizer,
     stats['seconds'] = round(time.perf_counter() - start, 2)
     _save(result, stats, folder)
     logging.info('Tokenized %s/%s into %s: %s.', data_config.dataset, split, folder, stats)
-  return _load(folder)
+    if paths.is_url(folder):  # Read back it would be read whole, as it is already in memory.
+      return result
+  return _load(folder)  # A local cache memory-mapped.
 
 
 def _save(result: TokenizedCorpus, stats: dict, folder: str) -> None:
