@@ -149,13 +149,6 @@ def qa_records(articles: list[dict], seed: int = DATA_SEED):
   return questions, contexts, answers
 
 
-def search_pairs(articles: list[dict]) -> pairs.Pairs:
-  """description -> summary pairs of the described articles (training/retrieval.py reads them)."""
-  articles = _described(articles)
-  return pairs.Pairs([a['description'] for a in articles], [a['extract'] for a in articles],
-                     [a['title'] for a in articles], [[] for _ in articles])
-
-
 def build_task(name: str, splits: dict[str, list[dict]], tokenizer, max_length: int,
                pair_types: bool = True) -> finetune_data.Task:
   """The finetune_data.Task of suite task `name` (not 'search') over `splits` of articles."""

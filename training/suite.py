@@ -26,7 +26,7 @@ import optax
 
 from analysis import hidden_states as hidden_states_lib, subject as subject_lib
 from configs import finetune as finetune_configs
-from data import finetune_data, suite as suite_data
+from data import finetune_data, pairs, suite as suite_data
 from training import finetune, finetune_metrics, retrieval
 
 MODES = ('probe', 'finetune')
@@ -210,16 +210,15 @@ def probe_task(features: FrozenFeatures, task: finetune_data.Task, seed: int) ->
 
 
 def search(subject, articles: list[dict], max_length: int) -> dict:
-  """Description -> summary retrieval over `articles` with mean-pooled, unit-length embeddings."""
-  queries, relevant = retrieval.relevance(suite_data.search_pairs(articles),
-                                          [a['title'] for a in articles])
-
-  def embed(texts):
+  """Description -> summary retrieval over `articles` (of the test split) with mean-pooled,
+  unit-length embeddings."""
+  def embed(texts, progress=False):
+    del progress
     split = finetune_data.classification_split(texts, np.zeros(len(texts)), subject.tokenizer,
                                                max_length, max_length // 2, max_windows=1)
     pooled = mean_pooled(subject, split.rows)
     return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-  return retrieval.metrics(embed(queries), embed([a['extract'] for a in articles]), relevant)
+  return retrieval.evaluate(embed, pairs.make_pairs('description', 'test'), articles)
 
 
 # --------------------------------------------------------------------------- finetune mode
