@@ -571,6 +571,10 @@ class RTDConfig(ElectraConfig):
     if sharing not in WORD_SOURCES:
       raise ConfigError(f'{prefix}.embedding_sharing={sharing!r}: choose one of '
                         f'{tuple(WORD_SOURCES)}.')
+    if pair.embedding_gradients != 'mlm+rtd':  # ELECTRA's switch; RTDPair shares by `sharing`.
+      raise ConfigError(f'{prefix}.embedding_gradients={pair.embedding_gradients!r}: DeBERTa-v3 '
+                        "chooses what trains the embeddings by embedding_sharing ('gdes' keeps "
+                        "the RTD gradient out of the generator's table).")
     if pair.generator.hidden_size != pair.discriminator.hidden_size:
       raise ConfigError(f'{prefix}.generator_hidden_size={pair.generator.hidden_size}: DeBERTa embeds '
                         f'at hidden_size, so the generator must be as wide as the discriminator '

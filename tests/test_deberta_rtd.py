@@ -242,6 +242,8 @@ def test_configs_choose_the_objective_and_validate():
     pair_config('shared')
   with pytest.raises(ConfigError, match='model.generator_hidden_size'):
     pair_config('gdes', generator_hidden_size=16)
+  with pytest.raises(ConfigError, match='model.embedding_gradients'):  # ELECTRA's, not v3's.
+    pair_config('gdes', embedding_gradients='mlm')
   tiny.model.objective = 'electra'
   with pytest.raises(ConfigError, match='config.model.objective'):
     MaskedOrReplaced.from_config(tiny, False)
