@@ -33,7 +33,7 @@ def minilm_dir() -> str:
 def text_batch(batch: int, seq: int) -> dict[str, np.ndarray]:
   """input_ids / attention_mask [batch, seq] (int64): [CLS] extracts ... [SEP], every row full."""
   import tokenizers  # pylint: disable=g-import-not-at-top
-  from data import pairs  # pylint: disable=g-import-not-at-top
+  from encoders.data import pairs  # pylint: disable=g-import-not-at-top
 
   tokenizer = tokenizers.Tokenizer.from_file(f'{minilm_dir()}/tokenizer.json')
   extracts = iter(a['extract'] for a in pairs.articles('test'))

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from configs import common
+from encoders.configs import common
 
 VOCAB_SIZE = 30522
 SPECIAL_IDS = {'pad': 0, 'cls': 101, 'sep': 102, 'mask': 103}
@@ -49,7 +49,8 @@ def model_fields(spec: Spec, vocab_size: int = VOCAB_SIZE) -> dict:
 
 
 def max_predictions(mask_rate: float, seq: int) -> int:
-  """P of the batch contract: ceil(rate * L) up to a multiple of 8 (data/masking.py's default)."""
+  """P of the batch contract: ceil(rate * L) up to a multiple of 8 (encoders/data/masking.py's
+  default)."""
   return -(-math.ceil(mask_rate * seq) // 8) * 8
 
 

@@ -1,4 +1,5 @@
-"""Our training step at a benchmark spec: the trainer's own jitted step (`training/trainer.py`).
+"""Our training step at a benchmark spec: the trainer's own jitted step
+(`encoders/training/trainer.py`).
 
 Built from `configs/bert.py:<shape>` with the spec's batch, length, masking rate and
 precision (plus `spec.overrides` on `config.model`), on a one-device mesh, and fed the
@@ -14,9 +15,9 @@ import jax
 import numpy as np
 
 from benchmarks.measure import Spec, model_fields
-from configs import bert as bert_config
-from configs import deberta as deberta_config
-from training import sharding, trainer
+from encoders.configs import bert as bert_config
+from encoders.configs import deberta as deberta_config
+from encoders.training import sharding, trainer
 
 DTYPES = {'f32': 'float32', 'bf16': 'bfloat16'}
 CONTRACT = ('input_ids', 'segment_ids', 'position_ids', 'token_type_ids', 'masked_positions',

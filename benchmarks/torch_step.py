@@ -15,7 +15,7 @@ os.environ.setdefault('USE_JAX', '0')
 import numpy as np
 
 from benchmarks.measure import Spec, model_fields
-from configs import deberta as deberta_configs
+from encoders.configs import deberta as deberta_configs
 
 INPUTS = ('input_ids', 'attention_mask', 'token_type_ids', 'labels')
 

@@ -41,12 +41,12 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> dict:
 
 
 def flops(spec: measure.Spec, batch, head_positions: int) -> dict:
-  """Training FLOPs per token (training/flops.py's count) as executed (MLM head where the
+  """Training FLOPs per token (encoders/training/flops.py's count) as executed (MLM head where the
   system runs it) and useful (MLM head at masked positions only). DeBERTa adds its c2p and
   p2c scores (each one more [length, length] product over the head dims per layer, as the
   c2c scores; the relative table's projections and EMD are not counted)."""
   from encoders.config import EncoderConfig  # pylint: disable=g-import-not-at-top
-  from training import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from encoders.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
   model = EncoderConfig(**measure.model_fields(spec))
   masked_per_row = float(batch['masked_weights'].sum()) / spec.batch

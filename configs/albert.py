@@ -12,8 +12,8 @@ the pretraining recipe is its section 4.1 and the released run_pretraining.py: L
 """
 import ml_collections
 
-from configs import bert, common
-from configs.model import get_model_config as get_bert_model_config
+from encoders.configs import bert, common
+from encoders.configs.model import get_model_config as get_bert_model_config
 
 SIZES = {
     #           layers, hidden, embedding, heads, FFN

@@ -8,10 +8,10 @@ Argument: `size` (tiny, mini, small, medium, base, large).
 """
 import ml_collections
 
-from configs import common
-from configs.data import get_data_config, get_eval_data_config
-from configs.model import get_model_config
-from configs.training import get_training_config
+from encoders.configs import common
+from encoders.configs.data import get_data_config, get_eval_data_config
+from encoders.configs.model import get_model_config
+from encoders.configs.training import get_training_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -26,26 +26,25 @@ SentencePiece model; ours trains a SentencePiece-style unigram model, cased as v
 The paper's own base runs (v1 Table 8) used batch 2K; this is the released script.
 `tiny` is a 4-layer, width-128 model on BERT tiny's schedule for the embedded corpus.
 
-objective=rtd is DeBERTa-v3 (He et al. 2023): ELECTRA's objective (training/electra_objective.py,
-loss = MLM + 50 x RTD, the paper's lambda = 50 as ELECTRA's) over a generator of the
-discriminator's width at half its depth (the release's rtd_{xsmall,small,base,large}.json:
-generator 6/3/6/12 layers under 12/6/12/24) with the MLM head (+ EMD), and a discriminator
-with the release's RTD head (LMMaskPredictionHead), sharing word embeddings by
-gradient-disentangled embedding sharing (`sharing=gdes`, the release's default: the
-discriminator reads stop_gradient(generator table) + a zero-initialised delta; ES and NES
-for the paper's Table 1 comparison). Learning rates and batches are the release's rtd.sh:
-xsmall 3e-4 at batch 64, base and large 1e-4 at batch 256 (small: base's), 10,000 warm-up
-steps, 512 tokens, the optimizer and masking of the MLM recipe above. tiny RTD keeps tiny's
-1e-3 (measured, docs/deberta_v3_rtd/: at ELECTRA tiny's 2e-4 the GDES discriminator fell to
-the all-original prior for good once the generator learned the unigram distribution, recall
-0 from step 150; at 1e-3 it fell there too, then learned from context: validation recall
-0.12 at precision 0.65 at step 300).
+objective=rtd is DeBERTa-v3 (He et al. 2023): ELECTRA's objective
+(encoders/training/electra_objective.py, loss = MLM + 50 x RTD, the paper's lambda = 50 as
+ELECTRA's) over a generator of the discriminator's width at half its depth (the release's
+rtd_{xsmall,small,base,large}.json: generator 6/3/6/12 layers under 12/6/12/24) with the MLM head (+
+EMD), and a discriminator with the release's RTD head (LMMaskPredictionHead), sharing word
+embeddings by gradient-disentangled embedding sharing (`sharing=gdes`, the release's default: the
+discriminator reads stop_gradient(generator table) + a zero-initialised delta; ES and NES for the
+paper's Table 1 comparison). Learning rates and batches are the release's rtd.sh: xsmall 3e-4 at
+batch 64, base and large 1e-4 at batch 256 (small: base's), 10,000 warm-up steps, 512 tokens, the
+optimizer and masking of the MLM recipe above. tiny RTD keeps tiny's 1e-3 (measured,
+docs/deberta_v3_rtd/: at ELECTRA tiny's 2e-4 the GDES discriminator fell to the all-original prior
+for good once the generator learned the unigram distribution, recall 0 from step 150; at 1e-3 it
+fell there too, then learned from context: validation recall 0.12 at precision 0.65 at step 300).
 """
 import ml_collections
 
-from configs import bert, common
-from configs import electra as electra_configs
-from configs.model import get_model_config as get_bert_model_config
+from encoders.configs import bert, common
+from encoders.configs import electra as electra_configs
+from encoders.configs.model import get_model_config as get_bert_model_config
 
 OBJECTIVES = ('mlm', 'rtd')
 # The release's rtd.sh: peak learning rate, batch size (small has no from-scratch entry: base's).

@@ -6,7 +6,7 @@
   python -m experiments.pretrain --config configs/distilbert.py:tiny --workdir /tmp/distilbert_tiny
 
 Argument: `size` (tiny, base, distil_minilm). With `config.distill.teacher` set, a run distils
-that teacher (training/distillation.py, configs/distillation.py: the released loss weights,
+that teacher (encoders/training/distillation.py, configs/distillation.py: the released loss weights,
 the student starting from teacher layers); without it, it is plain MLM.
 `distil_minilm` is the recipe for this machine: a 3-layer student at the width of the
 installed all-MiniLM-L6-v2 (6 x 384), starting from its layers [0, 3, 5], with its vocabulary.
@@ -36,8 +36,8 @@ import ml_collections
 
 from encoders import hf_interop
 
-from configs import bert, common, distillation
-from configs.model import get_model_config as get_bert_model_config
+from encoders.configs import bert, common, distillation
+from encoders.configs.model import get_model_config as get_bert_model_config
 
 SIZES = {
     #        layers, hidden, heads, FFN

@@ -1,4 +1,5 @@
-"""The `config.distill` section: a frozen teacher for any MLM student (training/distillation.py).
+"""The `config.distill` section: a frozen teacher for any MLM student
+(encoders/training/distillation.py).
 
 Added to a family config (configs/distilbert.py has it); a run distils when `teacher` is set:
 

@@ -10,8 +10,8 @@ the paper's Table 6 (small also google-research/electra `configure_pretraining.p
 import ml_collections
 from ml_collections import config_dict
 
-from configs import bert, common
-from configs.model import get_model_config as get_bert_model_config
+from encoders.configs import bert, common
+from encoders.configs.model import get_model_config as get_bert_model_config
 
 # Clark et al. 2020, Table 6. The MLP is 4x hidden; base and large embed at full width. The
 # generator scales hidden, MLP and heads by the fraction (released code: heads = hidden // 64).

@@ -19,19 +19,20 @@ all-MiniLM-L6-v2 (the same at lr 1e-4); `topic_minilm_lora` is that recipe with 
 
 Splits of the topic task: model selection / early stopping on 'dev', a hashed `dev_fraction`
 of the corpus 'train' split (so never pretraining's 'validation' split), results on 'test'
-(seen by neither pretraining nor model selection); see data/finetune_data.py.
+(seen by neither pretraining nor model selection); see encoders/data/finetune_data.py.
 """
 import ml_collections
 from ml_collections import config_dict
 
-from configs import common
-from configs.model import get_model_config
-from configs.training import DEFAULT_RULES
+from encoders.configs import common
+from encoders.configs.model import get_model_config
+from encoders.configs.training import DEFAULT_RULES
 
 
 # The README's recipes by name (`--config configs/finetune.py:topic_tiny`): the task and the
 # fields they set over the defaults. experiments/compare_inits.py and the ablations run the same
-# recipe (training/finetune_ablation.py 'tiny', on all records); tests/test_finetune.py checks it.
+# recipe (encoders/adaptation/finetune_ablation.py 'tiny', on all records); tests/test_finetune.py
+# checks it.
 _TOPIC_MEAN_POOLED = {'head.pooling': 'mean', 'data.max_length': 64, 'data.max_windows': 1,
                       'train.num_epochs': 2.0}
 PRESETS = {
@@ -72,9 +73,9 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   config.model = get_model_config(size)  # Used only with init_from='none'.
 
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'wiki_offline/en'  # Corpus of the topic task (data/corpus.py).
+  data.dataset = 'wiki_offline/en'  # Corpus of the topic task (encoders/data/corpus.py).
   data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None -> TFDS default.
-  data.text_field = 'text'  # Unused by fine-tuning; data/corpus.py reads it.
+  data.text_field = 'text'  # Unused by fine-tuning; encoders/data/corpus.py reads it.
   # Tokenizer for init_from='none' (tokenizer.json or HF dir); None -> train into <workdir>/tokenizer.
   data.tokenizer_path = config_dict.placeholder(str)
   data.tokenizer = 'wordpiece'  # Kind trained when init_from='none' and no tokenizer_path.
@@ -89,8 +90,8 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   data.dev_fraction = 0.1  # Hashed fraction of 'train' used for model selection.
   data.max_examples = 0  # Use only the first N records of each split (0: all); for quick runs.
   data.max_train_examples = 0  # Train on only the first N training records (0: all): low-data runs.
-  # Classification: a long-tailed subsample of the training records (data/imbalance.py), the
-  # k-th largest of C classes keeping n_max * ratio^(-k / (C - 1)); 0: off.
+  # Classification: a long-tailed subsample of the training records (encoders/data/imbalance.py),
+  # the k-th largest of C classes keeping n_max * ratio^(-k / (C - 1)); 0: off.
   data.long_tail_ratio = 0.0
   # Order of training rows: 'shuffle' (epochs of permutations) or 'balanced' (each draw a uniform
   # class, then a uniform row of it, with replacement).
@@ -105,7 +106,7 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   head.focal_gamma = 2.0
 
   # Parameter-efficient fine-tuning: only the method's weights, the task head (and a new pooler)
-  # are trained; the rest of the encoder is frozen (training/finetune.py).
+  # are trained; the rest of the encoder is frozen (encoders/adaptation/finetune.py).
   config.peft = peft = ml_collections.ConfigDict()
   peft.method = 'none'  # 'none' (full fine-tuning), 'lora', 'houlsby' or 'pfeiffer' (adapters).
   # Comma-separated suffixes of module paths ('query,value', 'attention/output', 'mlp/output');
@@ -128,7 +129,7 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   train.progress_bar = True  # A tqdm progress bar on process 0.
 
   config.optimizer = opt = ml_collections.ConfigDict()
-  opt.name = 'adamw'  # 'adamw' or 'lamb' (training/optimizer.py).
+  opt.name = 'adamw'  # 'adamw' or 'lamb' (encoders/training/optimizer.py).
   opt.learning_rate = 5e-5  # Peak learning rate.
   opt.warmup_fraction = 0.1  # Warm-up steps as a fraction of all steps.
   opt.warmup_steps = 0  # Set from warmup_fraction at start.
@@ -149,8 +150,8 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   # Devices the run must find: 'any', 'cpu', 'gpu' or 'tpu' (configs/training.py; a 'gpu'/'tpu'
   # run stops at start when JAX falls back to CPU).
   mesh.platform = 'any'
-  # jax.distributed (training/sharding.py: initialize_distributed): host:port of process 0, or ''
-  # to auto-detect (TPU VM, SLURM); the process count and this process's index (auto: 0 / -1).
+  # jax.distributed (encoders/training/sharding.py: initialize_distributed): host:port of process 0,
+  # or '' to auto-detect (TPU VM, SLURM); the process count and this process's index (auto: 0 / -1).
   mesh.coordinator_address = ''
   mesh.num_processes = 0
   mesh.process_id = -1

@@ -1,7 +1,7 @@
 """The `config.model` section: an encoder's architecture, from a family's defaults and a size."""
 import ml_collections
 
-from configs import common
+from encoders.configs import common
 
 
 def get_model_config(size: str, **overrides) -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ Argument: `size` (tiny, mini, small, medium, base, large).
 """
 import ml_collections
 
-from configs import bert, common
+from encoders.configs import bert, common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

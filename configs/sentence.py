@@ -16,9 +16,9 @@ pretraining workdir at lr 1e-3 (the topic_tiny rate) for one epoch.
 import ml_collections
 from ml_collections import config_dict
 
-from configs import common
-from configs.model import get_model_config
-from configs.training import DEFAULT_RULES
+from encoders.configs import common
+from encoders.configs.model import get_model_config
+from encoders.configs.training import DEFAULT_RULES
 
 PRESETS = {
     'minilm': {'init_from': 'minilm', 'optimizer.learning_rate': 2e-5,
@@ -47,7 +47,7 @@ def _base_config(size: str) -> ml_collections.ConfigDict:
   config.pooling = 'mean'  # 'cls', 'mean', 'max', 'mean_sqrt_len', 'weighted_mean' or 'attention'.
 
   config.data = data = ml_collections.ConfigDict()
-  data.pairs = 'description'  # 'description', 'title' or 'sentences' (data/pairs.py).
+  data.pairs = 'description'  # 'description', 'title' or 'sentences' (encoders/data/pairs.py).
   data.hard_negatives = 'none'  # 'none' or 'topic': other articles of the same topic.
   data.num_negatives = 1  # Hard negatives per pair (with hard_negatives='topic').
   data.query_length = 32  # Tokens per query, [CLS] and [SEP] included.

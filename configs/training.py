@@ -39,7 +39,8 @@ def get_training_config(size: str, runlocal: bool = False) -> ml_collections.Con
   train.eval_every = 400 if tiny else 10_000  # Steps between validations (also at step 0 and the end).
   train.eval_steps = 8 if tiny else 100  # Batches of the held-out split per validation.
   train.skip_nonfinite_updates = False  # True: skip a step whose loss/grads are not finite; else stop.
-  train.synthetic_data = False  # True: random batches (training/synthetic.py) instead of config.data.
+  # True: random batches (encoders/training/synthetic.py) instead of config.data.
+  # train.synthetic_data = False
   train.progress_bar = True  # A tqdm progress bar on process 0.
 
   config.optimizer = opt = ml_collections.ConfigDict()
@@ -59,7 +60,7 @@ def get_training_config(size: str, runlocal: bool = False) -> ml_collections.Con
   mesh.rules = DEFAULT_RULES  # Logical axis -> mesh axes, first free match wins.
   # Devices the run must find: 'any' (whatever JAX finds, CPU included), 'cpu', 'gpu' or 'tpu'.
   # 'gpu'/'tpu' stop the run at start when JAX falls back to CPU; with 'any', JAX_PLATFORMS=cuda
-  # or tpu (set by launch/) asks the same (training/sharding.py: require_platform).
+  # or tpu (set by launch/) asks the same (encoders/training/sharding.py: require_platform).
   mesh.platform = 'any'
   mesh.coordinator_address = ''  # host:port of process 0 for jax.distributed; '' auto-detects.
   mesh.num_processes = 0  # With coordinator_address: number of processes (0: auto-detect).

@@ -8,8 +8,8 @@ Group g's inner layer j (`albert_layer_groups.{g}.albert_layers.{j}`) is our
 halves of a layer alike, so only sharing 'all' and 'none' (exported as L groups) have
 its layout; the Table 4 ablation modes 'attention' and 'ffn' are refused with a reason.
 """
-from configs import albert as albert_configs
 from encoders.config import ConfigError
+from encoders.configs import albert as albert_configs
 from encoders.hf_interop import (ARCHITECTURE_FIELDS, BUFFERS, Table, config_fields,
                                  encoder_fields)
 

@@ -66,7 +66,7 @@ class EncoderConfig:
     """(field, the parameter dimension it sets, that dimension's logical axis) of every parameter
     dimension a mesh may split (the axes of encoders/layers.py), which the mesh axes must
     divide. The vocabulary need not: its tables are replicated over mesh axes that do not
-    divide it (training/sharding.py) and the decoder pads it. `names` renames fields
+    divide it (encoders/training/sharding.py) and the decoder pads it. `names` renames fields
     (ELECTRA's generator_hidden_size, ...)."""
     name = lambda field: f'{prefix}.{(names or {}).get(field, field)}'
     sizes = [(name('num_heads'), self.num_heads, 'heads'),
@@ -84,7 +84,7 @@ class EncoderConfig:
     return self.num_layers
 
   def extra_flops_per_sequence(self, seq_length: int, num_predictions: int) -> float:
-    """Training FLOPs per sequence that the family adds to training/flops.py's count of
+    """Training FLOPs per sequence that the family adds to encoders/training/flops.py's count of
     BERT's layers and head (none; DeBERTa's position terms and EMD)."""
     del seq_length, num_predictions
     return 0.0

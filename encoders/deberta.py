@@ -29,7 +29,7 @@ runs only at the masked positions (an attention row needs only its own query), s
 adds 2 x (predictions / length) of a layer, not 2 layers. transformers has no EMD.
 
 DeBERTa-v3's replaced-token detection (`RTDPair`, config.model.objective='rtd') runs
-ELECTRA's objective (training/electra_objective.py) over a DeBERTa generator with the MLM
+ELECTRA's objective (encoders/training/electra_objective.py) over a DeBERTa generator with the MLM
 (+ EMD) head and a DeBERTa discriminator with the release's RTD head, sharing word
 embeddings as `embedding_sharing` says (ES, NES or GDES; RTDConfig).
 
@@ -610,7 +610,7 @@ class RTDPair(PairOutputs):
   discriminator (an Encoder and MaskPredictionHead), the discriminator's word vectors from
   the generator's table as config.sharing says (WORD_SOURCES)."""
   config: RTDConfig
-  config_class = RTDConfig  # What training/electra_objective.py builds `config` with.
+  config_class = RTDConfig  # What encoders/training/electra_objective.py builds `config` with.
 
   def setup(self):
     c = self.config

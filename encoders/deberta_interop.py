@@ -13,8 +13,8 @@ adds none; the absolute position table it reads is kept as transformers' ignored
 `embeddings.position_embeddings`), and DebertaV2ForMaskedLM then predicts from the last
 layer's output, as it does for the released checkpoints. Imports set emd=False.
 """
-from configs import deberta as deberta_configs
 from encoders.config import ConfigError
+from encoders.configs import deberta as deberta_configs
 from encoders.hf_interop import (ARCHITECTURE_FIELDS, BUFFERS, ENCODER_RULES, Table,
                                  config_fields, encoder_fields)
 

@@ -8,8 +8,8 @@ Our layers carry BERT's names (`layers/layer_{i}/attention/query`, ...), which m
 (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`, `dropout`, ...) and no LayerNorm
 epsilon: transformers fixes it at 1e-12.
 """
-from configs import distilbert as distilbert_configs
 from encoders.config import ConfigError
+from encoders.configs import distilbert as distilbert_configs
 from encoders.hf_interop import BUFFERS, HF_ACTIVATIONS, Table
 
 # config.json key -> our config.model field (pad_token_id may be absent: 0).

@@ -140,7 +140,7 @@ class PairOutputs(nn.Module):
 class ElectraPair(PairOutputs):
   """Generator and discriminator over one shared embedding block."""
   config: ElectraConfig
-  config_class = ElectraConfig  # What training/electra_objective.py builds `config` with.
+  config_class = ElectraConfig  # What encoders/training/electra_objective.py builds `config` with.
 
   def setup(self):
     c = self.config

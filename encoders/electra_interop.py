@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 from safetensors.numpy import save_file
 
-from configs import electra as electra_configs
 from encoders.config import ConfigError
+from encoders.configs import electra as electra_configs
 from encoders.electra import ElectraConfig, ElectraPair
 from encoders.layers import stack_layers, unroll_layers
 from encoders.hf_interop import (CONFIG_KEYS, ENCODER_RULES, LEAF_NAMES, encoder_fields,

@@ -60,20 +60,20 @@ class Family:
                       "'token_classification' or 'qa'.")
 
 
-_MLM = 'training.objectives:MaskedLanguageModeling'
+_MLM = 'encoders.training.objectives:MaskedLanguageModeling'
 FAMILIES = {
     'bert': Family('bert', 'configs/bert.py', EncoderConfig, bert, _MLM,
                    'encoders.hf_interop:BERT', 'bert'),
     'roberta': Family('roberta', 'configs/roberta.py', EncoderConfig, bert, _MLM,
                       'encoders.hf_interop:ROBERTA', 'roberta'),
     'electra': Family('electra', 'configs/electra.py', electra.ElectraConfig, electra,
-                      'training.electra_objective:ReplacedTokenDetection',
+                      'encoders.training.electra_objective:ReplacedTokenDetection',
                       'encoders.electra_interop', 'electra', finetunes_as='bert',
                       finetune_params='encoders.electra:discriminator_as_encoder'),
     'albert': Family('albert', 'configs/albert.py', albert.AlbertConfig, albert, _MLM,
                      'encoders.albert_interop:ALBERT', 'albert'),
     'deberta': Family('deberta', 'configs/deberta.py', deberta.DebertaConfig, deberta,
-                      'training.electra_objective:MaskedOrReplaced',  # model.objective: mlm / rtd.
+                      'encoders.training.electra_objective:MaskedOrReplaced',  # model.objective: mlm / rtd.
                       'encoders.deberta_interop:DEBERTA', 'deberta-v2',
                       finetune_params='encoders.deberta:pretrained_encoder'),
     'distilbert': Family('distilbert', 'configs/distilbert.py', distilbert.DistilBertConfig,

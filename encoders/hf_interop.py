@@ -35,9 +35,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from configs.model import get_model_config
 from encoders import bert, families, paths
 from encoders.config import ConfigError, EncoderConfig
+from encoders.configs.model import get_model_config
 from encoders.layers import stack_layers, unroll_layers
 
 

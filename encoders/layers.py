@@ -1,7 +1,7 @@
 """Building blocks shared by the encoder families: embeddings, attention, MLP, layer, stack.
 
 Every parameter is created with logical axis names and the residual stream carries
-logical constraints, so a mesh shards them by the rules of `training/sharding.py`:
+logical constraints, so a mesh shards them by the rules of `encoders/training/sharding.py`:
 
   batch, length  activations          vocab    word embeddings / MLM bias
   embed          the hidden size      heads    attention heads
@@ -228,7 +228,7 @@ class Embeddings(nn.Module):
     The table gets zero rows up to config.padded_vocab_size (a multiple of 128) and is laid
     out split over the vocabulary, so that a tensor axis splits the decoder's matmul evenly
     even when it does not divide vocab_size (the stored table is then replicated over it:
-    training/sharding.py). The MLM head drops the padding columns.
+    encoders/training/sharding.py). The MLM head drops the padding columns.
     """
     c = self.config
     table = pad_rows(self.word_embeddings.embedding, c.padded_vocab_size)  # [padded vocab, hidden]

@@ -1,13 +1,13 @@
 """Weights attached to a model's linear modules by path, outside the family's code.
 
-LoRA (encoders/lora.py) and bottleneck adapters (encoders/adapters.py) add small weights
-to some linear modules of an encoder (query, value, the FFN output, ...) without editing
-any family's modules: `apply` runs the model under flax's `nn.intercept_methods`, and a
-module whose path holds weights in the `extra` tree has its output `y = module(x)`
-replaced by `hook(weights, x, y, module)`. Modules are named by the suffix of their path
-('query', 'attention/output', 'mlp/output'), so BERT, RoBERTa, ELECTRA (fine-tuned as
-BERT), ALBERT's shared groups (one set of extra weights per shared module, as PEFT wraps
-a shared torch module once) and a new family with its own names all work unchanged.
+LoRA (encoders/adaptation/lora.py) and bottleneck adapters (encoders/adaptation/adapters.py) add
+small weights to some linear modules of an encoder (query, value, the FFN output, ...) without
+editing any family's modules: `apply` runs the model under flax's `nn.intercept_methods`, and a
+module whose path holds weights in the `extra` tree has its output `y = module(x)` replaced by
+`hook(weights, x, y, module)`. Modules are named by the suffix of their path ('query',
+'attention/output', 'mlp/output'), so BERT, RoBERTa, ELECTRA (fine-tuned as BERT), ALBERT's shared
+groups (one set of extra weights per shared module, as PEFT wraps a shared torch module once) and a
+new family with its own names all work unchanged.
 
 The extra tree mirrors the parameter tree, under one key per method: LoRA's weights of
 `encoder/layers/layer_0/attention/query` are at

@@ -20,8 +20,8 @@ import numpy as np
 from etils import epath
 
 from encoders import hf_interop, module_hooks, paths
+from encoders.adaptation.lora import LoRA
 from encoders.config import ConfigError
-from encoders.lora import LoRA
 
 CONFIG = 'adapter_config.json'
 WEIGHTS = 'adapter_model.safetensors'

@@ -21,9 +21,9 @@ import jax
 import numpy as np
 from etils import epath
 
-from data import tokenizer as tokenizer_lib
 from encoders import families, hf_interop, paths
 from encoders.config import ConfigError
+from encoders.data import tokenizer as tokenizer_lib
 from encoders.sentence import POOLINGS, ST_POOLING_KEYS, SentenceEncoder
 
 MODULES = (('sentence_transformers.models.Transformer', ''),

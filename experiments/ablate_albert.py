@@ -20,16 +20,17 @@ layers and the pooler, as transformers' AlbertModel counts them; pretraining hea
 from the shapes of the family's Encoder (jax.eval_shape, nothing allocated). Scales: smoke is
 a 2-layer width-32 model (two layers, or the sharing modes would all be one model), all six
 cells, one seed; tiny is configs/albert.py:tiny on the ablations' tiny schedule
-(training/finetune_ablation.py: 100 steps of 32 x 128); paper is configs/albert.py:base
+(encoders/adaptation/finetune_ablation.py: 100 steps of 32 x 128); paper is configs/albert.py:base
 (batch 4096, 125k steps, LAMB), as the paper's ALBERT-base.
 """
 import flax.linen as nn
 import jax
 import numpy as np
 
-from configs import albert as albert_configs
 from encoders import families
-from training import finetune_ablation, sweep
+from encoders.adaptation import finetune_ablation
+from encoders.configs import albert as albert_configs
+from encoders.training import sweep
 
 SHARING = {'all': 'all-shared', 'attention': 'shared-attention', 'ffn': 'shared-FFN',
            'none': 'not-shared'}

@@ -11,7 +11,8 @@ paper's (tiny models train at larger rates), warm-up 1% of the steps (BERT's 10k
 Reported: validation MLM perplexity and topic accuracy.
 """
 
-from training import finetune_ablation, sweep
+from encoders.adaptation import finetune_ablation
+from encoders.training import sweep
 
 # name: (paper batch, paper steps, paper lr, perplexity, MNLI-m, SST-2) -- RoBERTa Table 3.
 PAPER = {'256': (256, 1_000_000, 1e-4, 3.99, 84.7, 92.7),

@@ -11,15 +11,16 @@ its generator's, half its depth, so they do not compare with the MLM rows), and 
 (learned absolute positions, no EMD, LayerNorm eps 1e-12, two token types) on the same
 data, tokenizer, size and steps. Scales: smoke is a 2-layer width-32 model, a few steps,
 every cell (--cell runs one); tiny is configs/deberta.py:tiny (4 x 128) on the ablations' tiny
-schedule (training/finetune_ablation.py: 100 steps of 32 x 128; RTD's discriminator may
+schedule (encoders/adaptation/finetune_ablation.py: 100 steps of 32 x 128; RTD's discriminator may
 still sit at the all-original prior that early, docs/deberta_v3_rtd/); paper is
 configs/deberta.py:base (the release's mlm.sh; rtd.sh's base rate is the same 1e-4).
 
 The papers' downstream numbers are not entered yet (PAPER is empty: they were not
 available to check offline); the cells name the tables they belong to.
 """
-from configs import deberta as deberta_configs
-from training import finetune_ablation, sweep
+from encoders.adaptation import finetune_ablation
+from encoders.configs import deberta as deberta_configs
+from encoders.training import sweep
 
 # The papers' dev numbers per cell, as printed: {cell name: {column: value}}. Empty until checked.
 PAPER: dict[str, dict] = {}

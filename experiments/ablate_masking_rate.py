@@ -21,7 +21,8 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from training import finetune_ablation, sweep
+from encoders.adaptation import finetune_ablation
+from encoders.training import sweep
 
 RATES = (0.15, 0.30, 0.40, 0.60, 0.80)
 CORRUPTIONS = {'80/10/10': (0.8, 0.1), '[MASK] only': (1.0, 0.0)}  # name: (mask, random) probs.

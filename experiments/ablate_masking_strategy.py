@@ -7,12 +7,13 @@ Static: BERT's `dupe_factor` = 10 pre-masked copies of the data (epoch e sees co
 dynamic: a new mask every time a sequence is fed. Both on BERT's SEGMENT-PAIR + NSP input, as
 the paper's reimplementation. A static run with dupe_factor = 1 (one mask for the whole run)
 is added. Static copy e % dupe_factor and the dynamic mask of epoch e are the same draw for
-e < dupe_factor (data/pipeline.py), so the two differ only after dupe_factor epochs: BERT
+e < dupe_factor (encoders/data/pipeline.py), so the two differ only after dupe_factor epochs: BERT
 trained ~40 epochs over 10 copies. The tiny scale therefore pretrains on 1.5% of the corpus
 ('train[:1.5%]', ~13 epochs in its 100 steps) so that masks repeat as they did for BERT.
 """
 
-from training import finetune_ablation, sweep
+from encoders.adaptation import finetune_ablation
+from encoders.training import sweep
 
 
 def paper_config(config) -> None:

@@ -10,7 +10,8 @@ by the measured ratio of real tokens per row to SEGMENT-PAIR's (rounded to a mul
 the single-segment formats pack their rows full.
 """
 
-from training import finetune_ablation, sweep
+from encoders.adaptation import finetune_ablation
+from encoders.training import sweep
 
 FORMATS = {  # name: (input_format, sentence loss weight, paper numbers)
     'SEGMENT-PAIR + NSP': ('segment_pair_nsp', 1.0, {

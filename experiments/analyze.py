@@ -16,8 +16,8 @@ import json
 
 from absl import app, flags, logging
 
-from analysis import attention, health, hidden_states, probing, subject, texts, token_loss
 from encoders import hf_interop
+from encoders.analysis import attention, health, hidden_states, probing, subject, texts, token_loss
 from experiments import cli
 
 COMMANDS = ('attention', 'hidden', 'probe', 'token_loss', 'health')

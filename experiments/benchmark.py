@@ -37,7 +37,7 @@ import sys
 import time
 
 from benchmarks import measure
-from training import flops
+from encoders.training import flops
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Batch sizes at length 128 (tokens per step are kept at other lengths).

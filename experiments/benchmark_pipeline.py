@@ -16,11 +16,11 @@ from absl import app
 from absl import flags
 import ml_collections
 
-from configs import data as data_config_lib
-from data import packing
-from data import pipeline
-from data import tokenized
-from data import tokenizer as tokenizer_lib
+from encoders.configs import data as data_config_lib
+from encoders.data import packing
+from encoders.data import pipeline
+from encoders.data import tokenized
+from encoders.data import tokenizer as tokenizer_lib
 
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 200, 'Batches timed per setting.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Rows per batch.')

@@ -6,15 +6,15 @@ long-tailed subsample of the topic task, read by macro-F1.
 Every cell fine-tunes `--init_from` (our workdir or an HF directory) with the README's topic recipe
 (configs/finetune.py:topic_tiny: mean pooling, 64 tokens, lr 1e-3, batch 32, 2 epochs, dev picks
 the checkpoint by accuracy) on the same long-tailed subsample of the training records
-(data/imbalance.py, `--ratio` = largest / smallest class; 50 keeps 4,863 of 8,103 records, the
-smallest class 30) at the same number of steps; dev and test keep their natural distribution.
+(encoders/data/imbalance.py, `--ratio` = largest / smallest class; 50 keeps 4,863 of 8,103 records,
+the smallest class 30) at the same number of steps; dev and test keep their natural distribution.
 Cells differ only in the loss, its class weights and the row order:
   cross-entropy                    the baseline
   class weights                    cross-entropy weighted n / (classes * count) per class
   focal                            Lin et al. 2017, gamma 2
   focal + class weights            the alpha-balanced focal loss of the same paper
   balanced sampling                every draw a uniform class, then a uniform row of it
-Runs go through training/sweep.py (resumable; --mode=print for a job launcher) and write
+Runs go through encoders/training/sweep.py (resumable; --mode=print for a job launcher) and write
 results.csv, results.md and results.png into --out.
 """
 import os
@@ -22,9 +22,10 @@ import sys
 
 from absl import app, flags
 
-from configs import finetune as finetune_configs
 from encoders import paths
-from training import finetune, finetune_ablation, sweep
+from encoders.adaptation import finetune, finetune_ablation
+from encoders.configs import finetune as finetune_configs
+from encoders.training import sweep
 
 METRICS = ('test_macro_f1', 'test_accuracy', 'dev_macro_f1')
 CELLS = [

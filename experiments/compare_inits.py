@@ -10,7 +10,7 @@ topic recipe, with more epochs for small training sets; dev selects the checkpoi
   random init  the same architecture and tokenizer, every weight freshly initialised;
   HF           `--hf` (default: the installed all-MiniLM-L6-v2, a real BERT checkpoint), at
                `--hf_learning_rate` (a 6-layer model pretrained for long needs a gentler rate).
-Runs go through training/sweep.py (resumable; --mode=print for a job launcher) and write
+Runs go through encoders/training/sweep.py (resumable; --mode=print for a job launcher) and write
 results.csv, results.md and results.png into --out, plus accuracy_vs_size.png.
 """
 import os
@@ -20,7 +20,8 @@ from absl import app, flags
 import matplotlib
 
 from encoders import hf_interop, paths
-from training import finetune, finetune_ablation, sweep
+from encoders.adaptation import finetune, finetune_ablation
+from encoders.training import sweep
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -121,8 +122,9 @@ def main(argv):
     return
   title = 'Topic-task fine-tuning by initialisation'
   markdown = sweep.report(cells, list(range(f.seeds)), out, METRICS, title,
-                          'none (our own comparison; the recipe is training/finetune_ablation.py '
-                          f"'tiny', HF at lr {f.hf_learning_rate:g})")
+                          'none (our own comparison; the recipe is '
+                          "encoders/adaptation/finetune_ablation.py 'tiny', "
+                          f'HF at lr {f.hf_learning_rate:g})')
   summary = sweep.summarize(sweep.collect(cells, list(range(f.seeds)), out), METRICS)
   plot_by_size(summary, sizes, os.path.join(out, 'accuracy_vs_size.png'),
                hf_label(hf) if hf else 'HF')

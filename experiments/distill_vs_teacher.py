@@ -7,9 +7,9 @@ and at what speed? (Sanh et al. 2019, Tables 1, 3 and 4.)
 The teacher is configs/distilbert.py:distil_minilm's (all-MiniLM-L6-v2, installed from PyPI: 6 x 384);
 the student has half its layers at its width, starts from teacher layers [0, 3, 5] and reads
 its vocabulary. Every row is fine-tuned on the topic task with one recipe
-(training/finetune_ablation.py 'tiny' on 1000 records: mean pooling, L=64, 2 epochs) at lr
-1e-4, the README's MiniLM rate, with each seed; a pretrained row pretrains once (seed 0), so
-the spread is fine-tuning's. Rows:
+(encoders/adaptation/finetune_ablation.py 'tiny' on 1000 records: mean pooling, L=64, 2 epochs) at
+lr 1e-4, the README's MiniLM rate, with each seed; a pretrained row pretrains once (seed 0), so the
+spread is fine-tuning's. Rows:
 
   teacher                        the teacher itself, fine-tuned
   distilled                      the recipe's loss (alpha_ce x KL when the teacher has an MLM
@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import distilbert as distilbert_configs
 from encoders import families
-from training import distillation, finetune, finetune_ablation, sweep, trainer
+from encoders.adaptation import finetune, finetune_ablation
+from encoders.configs import distilbert as distilbert_configs
+from encoders.training import distillation, sweep, trainer
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -85,7 +86,8 @@ def base_config(scale: str, teacher: str | None) -> ml_collections.ConfigDict:
 
 
 def finetune_config(scale: str) -> ml_collections.ConfigDict:
-  """training/finetune_ablation.py's recipe of `scale` (tiny: 1000 records) at FINETUNE_LR."""
+  """encoders/adaptation/finetune_ablation.py's recipe of `scale` (tiny: 1000 records) at
+  FINETUNE_LR."""
   tune = finetune_ablation.finetune_config(scale)
   tune.optimizer.learning_rate = FINETUNE_LR
   if scale != 'smoke':

@@ -10,15 +10,16 @@ the same data, optimizer and masking budget (configs/electra.py); BERT trains it
 gives ELECTRA a number of steps and BERT as many steps as make its training FLOPs (as the
 trainer counts them: `flops_per_sequence` of each objective, ELECTRA's generator included)
 equal to ELECTRA's. Every (cell, seed) pretrains and fine-tunes on the topic task with the
-ablations' recipe (training/finetune_ablation.py); the seed seeds both. Writes results.csv,
-results.md, results.png (per cell) and accuracy_vs_flops.png.
+ablations' recipe (encoders/adaptation/finetune_ablation.py); the seed seeds both. Writes
+results.csv, results.md, results.png (per cell) and accuracy_vs_flops.png.
 """
 import os
 
 import matplotlib
 
-from configs import electra as electra_configs
-from training import finetune_ablation, objectives, sweep, synthetic
+from encoders.adaptation import finetune_ablation
+from encoders.configs import electra as electra_configs
+from encoders.training import objectives, sweep, synthetic
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -10,8 +10,8 @@ modules.json; L2-normalised) and prints the nearest articles for each query:
 
 `--index DIR` keeps the article embeddings in DIR (built on first use, loaded after, rebuilt when
 the checkpoint or the articles differ), so later queries only embed themselves. `--eval_pairs`
-scores held-out (query, article) pairs (data/pairs.py; queries of `--eval_split`, articles of the
-index) with nDCG@10, MRR@10 and recall@k:
+scores held-out (query, article) pairs (encoders/data/pairs.py; queries of `--eval_split`, articles
+of the index) with nDCG@10, MRR@10 and recall@k:
 
   python -m experiments.embed --index workdirs/index_minilm_test --split test --num_articles 0 \
       --eval_pairs description --query "a river in South America"
@@ -24,10 +24,10 @@ import tokenizers
 from absl import app, flags, logging
 from etils import epath
 
-from data import corpus
-from data import pairs as pairs_lib
 from encoders import hf_interop, paths, st_export
-from training import retrieval
+from encoders.adaptation import retrieval
+from encoders.data import corpus
+from encoders.data import pairs as pairs_lib
 
 DEFAULT_QUERIES = (
     'a famous physicist who developed relativity',

@@ -1,4 +1,4 @@
-"""The offline GLUE-style suite (data/suite.py) on one model, and tables comparing several.
+"""The offline GLUE-style suite (encoders/data/suite.py) on one model, and tables comparing several.
 
   python -m experiments.evaluate --init_from=workdirs/bert_tiny --out workdirs/evaluate_tiny
   python -m experiments.evaluate --init_from=none --shape_from=workdirs/bert_tiny \
@@ -12,11 +12,11 @@
 
 `--init_from` is our pretraining workdir, an HF checkpoint directory or 'none' (the architecture
 and tokenizer of `--shape_from`, freshly initialised). `--mode` 'probe' (frozen encoder, linear
-heads: the default), 'finetune' (training/finetune.py, topic_tiny's recipe at --learning_rate)
-or 'both'. Writes results.json (every seed's metrics), results.md / results.csv (one score per
-task in percent and the macro average, mean ± sample std over seeds) and results.png (bars with
-the spread) into --out. `--compare=DIR` (repeated) puts the results.json of earlier runs into one
-table and plot in --out. docs/evaluate/run.sh has the commands of the stored results.
+heads: the default), 'finetune' (encoders/adaptation/finetune.py, topic_tiny's recipe at
+--learning_rate) or 'both'. Writes results.json (every seed's metrics), results.md / results.csv
+(one score per task in percent and the macro average, mean ± sample std over seeds) and results.png
+(bars with the spread) into --out. `--compare=DIR` (repeated) puts the results.json of earlier runs
+into one table and plot in --out. docs/evaluate/run.sh has the commands of the stored results.
 """
 import csv
 import io
@@ -26,9 +26,9 @@ import logging as std_logging
 from absl import app, flags, logging
 import numpy as np
 
-from analysis import files
-from data import suite as suite_data
-from training import suite
+from encoders.adaptation import suite
+from encoders.analysis import files
+from encoders.data import suite as suite_data
 
 MODE_CHOICES = ('probe', 'finetune', 'both')
 
@@ -73,7 +73,7 @@ def markdown(results: list[dict]) -> str:
   cell = lambda v: '-' if v is None else f'{v[0]:.1f} ± {v[1]:.1f}'
   table = files.markdown_table(header(tasks), [r[:3] + [cell(v) for v in r[3:]] for r in rows])
   return ('Scores in percent, mean ± sample std over seeds; the macro average is the mean over '
-          'tasks of each seed\'s scores. Test splits of data/suite.py.\n\n' + table)
+          'tasks of each seed\'s scores. Test splits of encoders/data/suite.py.\n\n' + table)
 
 
 def to_csv(results: list[dict]) -> str:

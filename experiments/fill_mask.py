@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import tokenizer as tokenizer_lib
-from training import reload
+from encoders.data import tokenizer as tokenizer_lib
+from encoders.training import reload
 
 flags.DEFINE_string('workdir', None, 'A pretraining workdir (checkpoints + tokenizer).')
 flags.DEFINE_multi_string('text', [

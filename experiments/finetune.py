@@ -8,10 +8,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data import validate
+from encoders.adaptation import finetune
 from encoders.config import ConfigError
+from encoders.data import validate
 from experiments import cli
-from training import finetune
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/finetune.py:topic.',
                                 lock_config=True)

@@ -18,9 +18,9 @@ import sys
 
 from absl import app, flags, logging
 
-from configs import finetune as finetune_configs
 from encoders import hf_interop, paths
-from training import finetune
+from encoders.adaptation import finetune
+from encoders.configs import finetune as finetune_configs
 
 # Arm -> (configs/finetune.py preset, overrides).
 ARMS = {'full': ('topic_minilm', {}), 'lora': ('topic_minilm_lora', {}),

@@ -9,8 +9,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from encoders.config import ConfigError
+from encoders.training import trainer
 from experiments import cli
-from training import trainer
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/bert.py:tiny.',
                                 lock_config=True)

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from data import pipeline, tokenizer as tokenizer_lib
-from training import objectives, reload, trainer
-from training.electra_objective import roc_auc
+from encoders.data import pipeline, tokenizer as tokenizer_lib
+from encoders.training import objectives, reload, trainer
+from encoders.training.electra_objective import roc_auc
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'An RTD pretraining workdir.', required=True)

@@ -10,8 +10,8 @@ the trained one; DIR/results.json holds both, DIR/export the sentence-transforme
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from encoders.adaptation import sentence_train
 from experiments import cli
-from training import sentence_train
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/sentence.py:minilm.',
                                 lock_config=True)

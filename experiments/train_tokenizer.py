@@ -7,7 +7,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from data import tokenizer as tokenizer_lib
+from encoders.data import tokenizer as tokenizer_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Family config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the tokenizer and the run.')

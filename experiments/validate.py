@@ -5,7 +5,7 @@
 
 Training validates on `config.train.eval_steps` batches (8 x 32 rows at tiny scale), too few
 to tell a sentence-head accuracy of 0.54 from chance; this reads every full validation batch
-once, on this machine's devices whatever mesh wrote the checkpoint (as training/reload.py).
+once, on this machine's devices whatever mesh wrote the checkpoint (as encoders/training/reload.py).
 Prints the metrics and the rows read, and writes them to <workdir>/validation_<step>.json.
 """
 import os
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from encoders import paths
-from training import checkpointing, sharding, trainer
+from encoders.training import checkpointing, sharding, trainer
 
 flags.DEFINE_string('workdir', None, 'A pretraining workdir.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one experiment on every worker of a Cloud TPU VM: one JAX process per worker,
-# joined by jax.distributed (training/sharding.py) with worker 0 as the coordinator.
+# joined by jax.distributed (encoders/training/sharding.py) with worker 0 as the coordinator.
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE experiments.pretrain --config configs/bert.py:base --workdir gs://BUCKET/bert_base
 #   DRY_RUN=1 launch/tpu_vm.sh ...   # print the gcloud commands instead of running them

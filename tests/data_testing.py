@@ -5,7 +5,7 @@ import types
 import ml_collections
 import numpy as np
 
-from configs import data as data_config_lib
+from encoders.configs import data as data_config_lib
 
 SPECIAL_IDS = (0, 1, 2, 3, 4)
 TOKENIZER = types.SimpleNamespace(vocab_size=1000, pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4,

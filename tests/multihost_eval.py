@@ -14,8 +14,8 @@ import sys
 import jax
 import numpy as np
 
+from encoders.training import sharding, synthetic, trainer
 from tests import training_util
-from training import sharding, synthetic, trainer
 
 EVAL_STEPS = 4
 

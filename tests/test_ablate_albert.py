@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import albert as albert_configs
+from encoders.adaptation import finetune_ablation
+from encoders.configs import albert as albert_configs
+from encoders.training import reload, sweep
 from experiments import ablate_albert
-from training import finetune_ablation, reload, sweep
 from tests import training_util
 
 # (model.sharing, data.input_format) of the six runs: Table 4's sharing modes with SOP, and

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from configs import deberta as deberta_configs
 from encoders import deberta
+from encoders.adaptation import finetune_ablation
+from encoders.configs import deberta as deberta_configs
+from encoders.training import objectives, sweep
 from experiments import ablate_deberta
-from training import finetune_ablation, objectives, sweep
 from tests import training_util
 
 

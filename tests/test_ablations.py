@@ -8,8 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from encoders.adaptation import finetune_ablation
+from encoders.training import checkpointing, sweep
 from experiments import ablate_batch_size, ablate_masking_rate, ablate_masking_strategy, ablate_nsp
-from training import checkpointing, finetune_ablation, sweep
 from tests import training_util
 
 

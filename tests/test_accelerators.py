@@ -11,11 +11,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import finetune as finetune_configs
 from encoders import bert, layers
+from encoders.adaptation import finetune
 from encoders.config import ConfigError, EncoderConfig
+from encoders.configs import finetune as finetune_configs
+from encoders.training import sharding, trainer
 from tests import training_util
-from training import finetune, sharding, trainer
 
 
 # --------------------------------------------------------------------------- the platform check
@@ -38,7 +39,7 @@ def test_required_platform_from_the_config_then_jax_platforms(monkeypatch, platf
 
 def _no_work(monkeypatch):
   """Makes training a tokenizer, building a corpus or initialising a state fail the test."""
-  from data import corpus, tokenizer  # pylint: disable=g-import-not-at-top
+  from encoders.data import corpus, tokenizer  # pylint: disable=g-import-not-at-top
   for module, name in ((tokenizer, 'train'), (corpus, 'get_builder'), (trainer, 'setup')):
     monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('work done before the check'))
 

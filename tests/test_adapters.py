@@ -1,7 +1,7 @@
-"""Bottleneck adapters (encoders/adapters.py): an untrained adapter changes nothing, trained ones
-compute what forward hooks on transformers' own projections compute (torch, the placement of
-Houlsby / Pfeiffer before the residual add and LayerNorm), and a fine-tune on topic-task records
-moves only the adapters, the LayerNorms and the head."""
+"""Bottleneck adapters (encoders/adaptation/adapters.py): an untrained adapter changes nothing,
+trained ones compute what forward hooks on transformers' own projections compute (torch, the
+placement of Houlsby / Pfeiffer before the residual add and LayerNorm), and a fine-tune on
+topic-task records moves only the adapters, the LayerNorms and the head."""
 import os
 
 import flax
@@ -12,10 +12,12 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from encoders import adapters, albert, bert, families, hf_interop, module_hooks
+from encoders import albert, bert, families, hf_interop, module_hooks
+from encoders.adaptation import adapters
+from encoders.adaptation import finetune
+from encoders.training import checkpointing
 from tests.test_hf_interop import batch_inputs, max_diff, padded_batch, perturb_
 from tests.test_lora import SMALL, _topic_config, hf_bert_with_tokenizer, hf_name_of  # pylint: disable=unused-import
-from training import checkpointing, finetune
 
 TOL = 1e-4
 # family -> (transformers base model and config, our encoder, its extra config overrides).

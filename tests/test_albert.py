@@ -12,9 +12,9 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from configs import albert as albert_configs
 from encoders import albert, families, hf_interop
 from encoders.config import ConfigError
+from encoders.configs import albert as albert_configs
 from tests.test_hf_interop import batch_inputs, max_diff, padded_batch, perturb_, random_params
 
 TOL = 1e-4

@@ -6,14 +6,15 @@ import jax
 import numpy as np
 import pytest
 
-from configs import albert as albert_configs
-from configs import finetune as finetune_configs
-from data import tokenizer as tokenizer_lib
+from encoders.adaptation import finetune
+from encoders.configs import albert as albert_configs
+from encoders.configs import finetune as finetune_configs
+from encoders.data import tokenizer as tokenizer_lib
 from encoders.layers import stack_layers
+from encoders.training import objectives, trainer
 from tests import training_util
 from tests.test_checkpointing import kill_and_resume
 from tests.test_electra_training import _params, _topic_like_task
-from training import finetune, objectives, trainer
 
 # training_util.TINY's widths with ALBERT's factorized embeddings (E=16 < H=32), two layers
 # over one shared group of two inner layers, and SOP pairs.
@@ -44,7 +45,7 @@ def test_config_builds_the_albert_objective_with_sop():
 
 
 def training_util_mesh():
-  from training import sharding  # pylint: disable=g-import-not-at-top
+  from encoders.training import sharding  # pylint: disable=g-import-not-at-top
   return sharding.make_mesh(albert_config().mesh, jax.devices()[:1])
 
 

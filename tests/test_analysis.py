@@ -6,13 +6,13 @@ import pytest
 import torch
 import transformers
 
-from analysis import (attention, forward, health, hidden_states, probing, subject, texts,
-                      token_loss)
-from data import tokenizer as tokenizer_lib
+from encoders.analysis import (attention, forward, health, hidden_states, probing, subject,
+                               texts, token_loss)
 from encoders import bert, deberta, families, hf_interop
 from encoders.config import EncoderConfig
+from encoders.data import tokenizer as tokenizer_lib
+from encoders.training import trainer
 from tests import training_util
-from training import trainer
 
 SENTENCES = ['The river flows through the capital of France.', 'Hello!',
              'He was a famous American singer, songwriter and actor in the 1950s.']

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import bert as bert_config
 from encoders import bert
 from encoders.config import ConfigError, EncoderConfig
+from encoders.configs import bert as bert_config
 
 CONFIG = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
                        max_position_embeddings=16, hidden_dropout_rate=0.0,

@@ -8,8 +8,8 @@ import time
 from absl import logging as absl_logging
 import pytest
 
+from encoders.training import checkpointing, metrics, reload, trainer
 from tests import training_util
-from training import checkpointing, metrics, reload, trainer
 
 
 def _wait_for_step(process, workdir: str, step: int, timeout: float = 300) -> int:

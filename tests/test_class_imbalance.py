@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from configs import finetune as finetune_configs
-from data import finetune_data, imbalance
-from data import tokenizer as tokenizer_lib
+from encoders.adaptation import finetune
 from encoders.config import ConfigError
+from encoders.configs import finetune as finetune_configs
+from encoders.data import finetune_data, imbalance
+from encoders.data import tokenizer as tokenizer_lib
 from tests.test_finetune import _classification_task, _config, _restored_params
-from training import finetune
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +146,7 @@ def test_study_cells_differ_only_in_loss_weights_and_order(tmp_path):
   """experiments/class_imbalance.py: every cell is the README's topic_tiny recipe on the same
   long-tailed records, changed only in head.loss / focal_gamma / class_weights / data.sampling."""
   from experiments import class_imbalance  # pylint: disable=g-import-not-at-top
-  from training import sweep  # pylint: disable=g-import-not-at-top
+  from encoders.training import sweep  # pylint: disable=g-import-not-at-top
   base = class_imbalance.base_config('workdirs/bert_tiny', 50.0, {})
   recipe = finetune_configs.get_config('topic_tiny').to_dict()
   changed = {'init_from', 'data.long_tail_ratio'}

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from encoders.training import trainer
 from experiments import compare_inits
-from training import trainer
 from tests import training_util
 from tests.test_finetune import TINY_MODEL
 

@@ -1,6 +1,6 @@
 """A bad data setting stops pretraining and fine-tuning at start, naming the field: before a corpus
-is built or a tokenizer trained (data/validate.py). Before, most were ValueErrors raised once the
-tokenizer had been trained and the corpus tokenized."""
+is built or a tokenizer trained (encoders/data/validate.py). Before, most were ValueErrors raised
+once the tokenizer had been trained and the corpus tokenized."""
 import os
 import subprocess
 import sys
@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from configs import finetune as finetune_configs
-from data import corpus, tokenized, tokenizer
-from data import validate
 from encoders.config import ConfigError
+from encoders.configs import finetune as finetune_configs
+from encoders.data import corpus, tokenized, tokenizer
+from encoders.data import validate
+from encoders.training import trainer
 from tests import training_util
-from training import trainer
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_finetuning_data_errors_name_the_field(tmp_path, no_work, fields, messag
 @pytest.mark.parametrize('fields, message', FINETUNING[:3])
 def test_the_finetune_library_call_checks_too(tmp_path, no_work, fields, message):
   """Sweeps (compare_inits, the ablations, class_imbalance) call training.finetune directly."""
-  from training import finetune  # pylint: disable=g-import-not-at-top
+  from encoders.adaptation import finetune  # pylint: disable=g-import-not-at-top
   fields = dict(fields)
   config = _finetuning_config(fields.pop('task', 'topic_tiny'), **fields)
   with pytest.raises(ConfigError) as error:

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from configs.data import get_data_config
-from data import corpus
 from encoders.config import ConfigError
+from encoders.configs.data import get_data_config
+from encoders.data import corpus
 
 
 def _json_articles(code='en-us'):

@@ -12,9 +12,9 @@ import torch
 import transformers
 from transformers.models.deberta_v2 import modeling_deberta_v2
 
-from configs import deberta as deberta_configs
 from encoders import deberta, families, hf_interop
 from encoders.config import ConfigError
+from encoders.configs import deberta as deberta_configs
 from encoders.layers import stack_layers, unroll_layers
 from tests.test_hf_interop import batch_inputs, max_diff, padded_batch, perturb_, random_params
 

@@ -12,18 +12,19 @@ import pytest
 import torch
 import transformers
 
-from configs import deberta as deberta_configs
-from configs import finetune as finetune_configs
-from data import tokenizer as tokenizer_lib
 from encoders import deberta, hf_interop
+from encoders.adaptation import finetune
 from encoders.config import ConfigError
+from encoders.configs import deberta as deberta_configs
+from encoders.configs import finetune as finetune_configs
+from encoders.data import tokenizer as tokenizer_lib
+from encoders.training import objectives, synthetic, trainer
+from encoders.training.electra_objective import MaskedOrReplaced, ReplacedTokenDetection
 from tests import training_util
 from tests.test_checkpointing import kill_and_resume
 from tests.test_deberta_training import DEBERTA_TINY, one_device_and_2x2x2
 from tests.test_electra_training import _params, _topic_like_task
 from tests.test_hf_interop import max_diff
-from training import finetune, objectives, synthetic, trainer
-from training.electra_objective import MaskedOrReplaced, ReplacedTokenDetection
 
 VOCAB = 40
 FORCED = 7  # The token the rigged generator always samples.

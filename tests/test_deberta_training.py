@@ -6,14 +6,15 @@ import jax
 import numpy as np
 import pytest
 
-from configs import deberta as deberta_configs
-from configs import finetune as finetune_configs
-from data import tokenizer as tokenizer_lib
+from encoders.adaptation import finetune
+from encoders.configs import deberta as deberta_configs
+from encoders.configs import finetune as finetune_configs
+from encoders.data import tokenizer as tokenizer_lib
 from encoders.layers import stack_layers
+from encoders.training import objectives, trainer
 from tests import training_util
 from tests.test_checkpointing import kill_and_resume
 from tests.test_electra_training import _params, _topic_like_task
-from training import finetune, objectives, trainer
 
 # training_util.TINY's widths with two layers (EMD reruns the second on the first's output),
 # 16 buckets over the 32-token rows (distances from 8 on are log-bucketed) and single-segment
@@ -48,7 +49,7 @@ def test_config_builds_the_deberta_objective_with_emd():
 
 
 def training_util_mesh():
-  from training import sharding  # pylint: disable=g-import-not-at-top
+  from encoders.training import sharding  # pylint: disable=g-import-not-at-top
   return sharding.make_mesh(deberta_config().mesh, jax.devices()[:1])
 
 

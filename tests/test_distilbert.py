@@ -14,15 +14,16 @@ import torch
 import transformers
 from transformers.models.distilbert import modeling_distilbert
 
-from configs import distilbert as distilbert_configs
-from configs import finetune as finetune_configs
-from data import tokenizer as tokenizer_lib
 from encoders import bert, distilbert, families, hf_interop
+from encoders.adaptation import finetune, finetune_init
 from encoders.config import ConfigError
+from encoders.configs import distilbert as distilbert_configs
+from encoders.configs import finetune as finetune_configs
+from encoders.data import tokenizer as tokenizer_lib
+from encoders.training import objectives, trainer
 from tests import training_util
 from tests.test_electra_training import _params, _topic_like_task
 from tests.test_hf_interop import batch_inputs, max_diff, padded_batch, perturb_, random_params
-from training import finetune, finetune_init, objectives, trainer
 
 TOL = 1e-4
 VOCAB = 99

@@ -1,5 +1,5 @@
-"""Distillation (training/distillation.py) through the shared trainer: the loss against HF's
-distiller.py terms computed in torch from an HF teacher, the student's start from teacher
+"""Distillation (encoders/training/distillation.py) through the shared trainer: the loss against
+HF's distiller.py terms computed in torch from an HF teacher, the student's start from teacher
 layers, a teacher that never changes, 2x2x2 mesh = one device, exact resume, and the errors."""
 import os
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 import transformers
 
-from configs import distillation as distill_configs
 from encoders import hf_interop
 from encoders.config import ConfigError
+from encoders.configs import distillation as distill_configs
+from encoders.training import checkpointing, distillation, objectives, trainer
 from tests import training_util
 from tests.test_hf_interop import perturb_
-from training import checkpointing, distillation, objectives, trainer
 
 VOCAB = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] + [f'w{i}' for i in range(123)]  # 128 ids.
 TEACHER_LAYERS = 4
@@ -84,7 +84,7 @@ def test_loss_equals_hf_distiller_terms_with_the_hf_teacher(teacher_dir):
   config = distill_config(teacher_dir)
   run = trainer.setup(config, _one_device_mesh(config))
   state = run.init_state(0)
-  from training import synthetic  # pylint: disable=g-import-not-at-top
+  from encoders.training import synthetic  # pylint: disable=g-import-not-at-top
   batch = next(synthetic.SyntheticIterator(config, 'train', pairs=False))
   real = batch['segment_ids'] > 0  # One example per row: HF's attention mask is just 'not pad'.
   batch.update(segment_ids=real.astype(np.int32), token_type_ids=np.zeros_like(batch['input_ids']),
@@ -107,7 +107,7 @@ def test_loss_equals_hf_distiller_terms_with_the_hf_teacher(teacher_dir):
 
 
 def _one_device_mesh(config):
-  from training import sharding  # pylint: disable=g-import-not-at-top
+  from encoders.training import sharding  # pylint: disable=g-import-not-at-top
   return sharding.make_mesh(config.mesh, jax.devices()[:1])
 
 
@@ -265,7 +265,8 @@ def test_a_teacher_with_another_vocabulary_fails_at_start(teacher_dir, tmp_path)
 
 
 def test_distil_minilm_recipe_builds_a_three_layer_student_of_minilm():
-  from configs import distilbert as distilbert_configs  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from encoders.configs import distilbert as distilbert_configs
   config = distilbert_configs.get_config('distil_minilm')
   objective = objectives.make_objective(config, sentence_head=False)
   assert isinstance(objective, distillation.Distillation)

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import electra as electra_configs
 from encoders.config import ConfigError
+from encoders.configs import electra as electra_configs
 from encoders.electra import ElectraConfig, ElectraPair
 
 TINY = dict(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from configs import electra as electra_configs
 from encoders.config import ConfigError
+from encoders.configs import electra as electra_configs
 from encoders.electra import ElectraConfig
-from training import synthetic
-from training.electra_objective import ReplacedTokenDetection, corrupt, roc_auc, rtd_terms
+from encoders.training import synthetic
+from encoders.training.electra_objective import ReplacedTokenDetection, corrupt, roc_auc, rtd_terms
 
 VOCAB = 40
 FORCED = 7  # The token the rigged generator always samples.
@@ -22,7 +22,8 @@ CONFIG = ElectraConfig.from_config(dict(
 
 
 def batch_with_forced_token():
-  """A contract batch (training/synthetic.py) where the first real masked slot of row 0 holds FORCED."""
+  """A contract batch (encoders/training/synthetic.py) where the first real masked slot of row 0
+  holds FORCED."""
   batch = synthetic.make_batch(np.random.default_rng(0), 2, 12, 4, VOCAB, pairs=False)
   batch['masked_ids'][0, 0] = FORCED
   others = (batch['masked_ids'] == FORCED) & (batch['masked_weights'] > 0)

@@ -16,8 +16,8 @@ from safetensors.numpy import load_file
 
 from encoders import electra_interop
 from encoders.electra import ElectraConfig
-from training import optimizer as optimizer_lib
-from training.electra_objective import ReplacedTokenDetection
+from encoders.training import optimizer as optimizer_lib
+from encoders.training.electra_objective import ReplacedTokenDetection
 
 BOUND = 1e-4
 RTD_WEIGHT = 50.0
@@ -206,7 +206,7 @@ def warmup_then_linear(step: int, opt, num_steps: int) -> float:
 def test_adamw_steps_match_torch(tmp_path, clip):
   """ELECTRA's optimizer (configs/electra.py) for a few steps, with the global-norm clip (the
   gradient's norm is ~10x the clip) and without, against torch."""
-  from configs import electra as electra_configs
+  from encoders.configs import electra as electra_configs
   opt = electra_configs.get_config('small').optimizer
   opt.update(learning_rate=1e-2, warmup_steps=2, grad_clip_norm=clip)
   num_steps = 5

@@ -6,12 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import electra as electra_configs
-from configs import finetune as finetune_configs
-from data import finetune_data
-from data import tokenizer as tokenizer_lib
+from encoders.adaptation import finetune
+from encoders.configs import electra as electra_configs
+from encoders.configs import finetune as finetune_configs
+from encoders.data import finetune_data
+from encoders.data import tokenizer as tokenizer_lib
+from encoders.training import checkpointing, trainer
 from tests import training_util
-from training import checkpointing, finetune, trainer
 
 # training_util.TINY's model and schedule, with ELECTRA's shared embeddings narrower than the
 # discriminator (so `embeddings_project` exists) and a two-head generator (tensor axis 2).

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from encoders.training import objectives, sweep
 from experiments import electra_vs_mlm
 from tests import training_util
-from training import objectives, sweep
 
 
 @pytest.mark.parametrize('scale', ['tiny', 'paper'])

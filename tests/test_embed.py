@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import transformers
 
-from data import corpus
+from encoders.data import corpus
 from experiments import embed
 from tests import training_util
 

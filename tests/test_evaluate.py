@@ -1,4 +1,5 @@
-"""The offline GLUE-style suite (data/suite.py, training/suite.py, experiments/evaluate.py)."""
+"""The offline GLUE-style suite (encoders/data/suite.py, encoders/adaptation/suite.py,
+experiments/evaluate.py)."""
 import json
 import os
 import subprocess
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 import transformers
 
-from data import corpus, finetune_data, pairs, suite as suite_data, tokenizer as tokenizer_lib
-from training import suite
+from encoders.adaptation import suite
+from encoders.data import corpus, finetune_data, pairs, suite as suite_data
+from encoders.data import tokenizer as tokenizer_lib
 
 ALBERT = dict(title='Albert Einstein (physicist)', topic='People', description='German physicist',
               extract='Albert Einstein was born in Ulm. Later, Einstein moved to Bern.')

@@ -1,8 +1,8 @@
-"""Input formats: structure of the examples cut from a corpus (data/examples.py)."""
+"""Input formats: structure of the examples cut from a corpus (encoders/data/examples.py)."""
 import numpy as np
 import pytest
 
-from data import examples
+from encoders.data import examples
 from tests import data_testing
 
 L = 64

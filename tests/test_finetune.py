@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from configs import finetune as finetune_configs
-from experiments import compare_inits
-from data import finetune_data
-from data import tokenizer as tokenizer_lib
 from encoders import electra, families
+from encoders.adaptation import finetune, finetune_ablation, finetune_init, finetune_metrics
 from encoders.config import EncoderConfig
-from training import checkpointing, finetune, finetune_ablation, finetune_init, finetune_metrics
-from training import sweep, trainer
+from encoders.configs import finetune as finetune_configs
+from encoders.data import finetune_data
+from encoders.data import tokenizer as tokenizer_lib
+from encoders.training import checkpointing
+from encoders.training import sweep, trainer
+from experiments import compare_inits
 from tests import training_util
 
 TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64,
@@ -181,7 +182,7 @@ def _config(minilm_dir, **train):
 
 
 def _train_losses(workdir):
-  from training import metrics  # pylint: disable=g-import-not-at-top
+  from encoders.training import metrics  # pylint: disable=g-import-not-at-top
   return [r['train/loss'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
 
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from configs import finetune as finetune_configs
-from data import corpus, finetune_data
-from data import tokenizer as tokenizer_lib
+from encoders.configs import finetune as finetune_configs
+from encoders.data import corpus, finetune_data
+from encoders.data import tokenizer as tokenizer_lib
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,7 @@ import pytest
 
 from encoders.bert import EncoderForPreTraining
 from encoders.config import EncoderConfig
-from training import flops
+from encoders.training import flops
 
 
 def test_flops_per_sequence_counts_the_real_matmul_weights():

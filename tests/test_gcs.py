@@ -32,7 +32,7 @@ PRETRAIN = {
     'train.num_steps': 10, 'train.log_every': 1, 'train.eval_every': 1000, 'train.eval_steps': 1,
     'train.progress_bar': False, 'optimizer.warmup_steps': 2, 'checkpoint.every_steps': 2,
 }
-FINETUNE = {  # training/finetune_ablation.py's smoke scale.
+FINETUNE = {  # encoders/adaptation/finetune_ablation.py's smoke scale.
     'data.max_length': 32, 'data.max_windows': 1, 'data.max_examples': 48, 'train.batch_size': 8,
     'train.num_epochs': 1.0, 'train.eval_batch_size': 16, 'train.log_every': 2,
 }
@@ -79,7 +79,7 @@ def _assert_nothing_local(scratch: str, repository_before: set[str]) -> None:
 
 @pytest.mark.slow
 def test_pretrain_kill_resume_fill_mask_export_use_only_the_bucket(tmp_path, scratch, gcs_bucket):
-  from training import metrics  # pylint: disable=g-import-not-at-top
+  from encoders.training import metrics  # pylint: disable=g-import-not-at-top
   workdir, straight = f'{gcs_bucket}/bert_tiny', f'{gcs_bucket}/straight'
   cache = f'{gcs_bucket}/cache'
   repository_before = set(os.listdir(training_util.ROOT))
@@ -154,7 +154,7 @@ _EXPORT_AND_IMPORT = '''
 import sys
 import flax, jax, numpy as np
 from encoders import families, hf_interop
-from training import reload
+from encoders.training import reload
 config, model, params = reload.load_workdir(sys.argv[1])
 hf_interop.save_checkpoint(sys.argv[2], model, params, family=families.of_config(config).name)
 back = hf_interop.load_params(sys.argv[2], model)
@@ -221,9 +221,9 @@ def test_an_hf_directory_on_the_bucket_loads_and_exports_as_a_local_one(gcs_buck
   """MiniLM copied to the bucket (vocab.txt, no tokenizer.json) reads as the local copy does; a
   sentence-transformers export to the bucket reads back the same parameters."""
   import jax  # pylint: disable=g-import-not-at-top
-  from data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from encoders.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from encoders import st_export  # pylint: disable=g-import-not-at-top
-  from training import finetune_init  # pylint: disable=g-import-not-at-top
+  from encoders.adaptation import finetune_init  # pylint: disable=g-import-not-at-top
   remote = f'{gcs_bucket}/minilm'
   for name in ('config.json', 'model.safetensors', 'vocab.txt', 'tokenizer_config.json',
                'modules.json', '1_Pooling/config.json'):
@@ -252,8 +252,8 @@ def test_an_hf_directory_on_the_bucket_loads_and_exports_as_a_local_one(gcs_buck
 def test_text_files_in_the_bucket_give_the_documents_of_their_local_copy(tmp_path, gcs_bucket):
   """A folder (read recursively) and a glob of gs:// text files build the corpus that the same
   files on local disk build: each document's title (its path under the folder) and text."""
-  from configs.data import get_data_config  # pylint: disable=g-import-not-at-top
-  from data import corpus  # pylint: disable=g-import-not-at-top
+  from encoders.configs.data import get_data_config  # pylint: disable=g-import-not-at-top
+  from encoders.data import corpus  # pylint: disable=g-import-not-at-top
   files = {'a.txt': 'First file. It has two sentences.\n', 'sub/b.txt': 'Caf\xe9 in a folder.',
            'sub/c.md': 'Para one.\n\nPara two.', 'sub/empty.txt': ' \n'}
   for name, text in files.items():

@@ -32,8 +32,8 @@ def test_tpu_vm_runs_the_experiment_on_every_worker():
   python = remote.index('python')
   assert remote[python:] == ['python', '-m', 'experiments.pretrain', *ARGS]
   assert any(word.startswith('JAX_COORDINATOR_ADDRESS=') for word in remote[:python])
-  # No CPU fallback: JAX may use the TPU only (training/sharding.py turns its absence into a
-  # config error at start).
+  # No CPU fallback: JAX may use the TPU only (encoders/training/sharding.py turns its absence into
+  # a config error at start).
   assert 'JAX_PLATFORMS=tpu' in remote[:python]
 
 

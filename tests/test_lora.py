@@ -1,7 +1,7 @@
-"""LoRA (encoders/lora.py, module_hooks.py, peft_interop.py and its fine-tuning) against PEFT 0.21.2
-on transformers 4.57.6 (torch, CPU): initialisation, trainable-parameter counts, adapters that
-PEFT wrote read into ours and ours loaded by PEFT (<= 1e-4), and a LoRA fine-tune on topic-task
-records whose frozen weights must be bit-identical."""
+"""LoRA (encoders/adaptation/lora.py, module_hooks.py, peft_interop.py and its fine-tuning) against
+PEFT 0.21.2 on transformers 4.57.6 (torch, CPU): initialisation, trainable-parameter counts,
+adapters that PEFT wrote read into ours and ours loaded by PEFT (<= 1e-4), and a LoRA fine-tune on
+topic-task records whose frozen weights must be bit-identical."""
 import dataclasses
 import json
 import os
@@ -18,13 +18,14 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from configs import finetune as finetune_configs
 from encoders import families, hf_interop, module_hooks, peft_interop
+from encoders.adaptation import finetune
+from encoders.adaptation.lora import LoRA
 from encoders.config import ConfigError, EncoderConfig
+from encoders.configs import finetune as finetune_configs
 from encoders.layers import Dense
-from encoders.lora import LoRA
+from encoders.training import checkpointing
 from tests.test_hf_interop import batch_inputs, max_diff, padded_batch, perturb_
-from training import checkpointing, finetune
 
 TOL = 1e-4
 SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

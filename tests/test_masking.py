@@ -1,11 +1,12 @@
-"""Masking (data/masking.py): rates, the 80/10/10 split, whole words, ALBERT n-grams, spans."""
+"""Masking (encoders/data/masking.py): rates, the 80/10/10 split, whole words, ALBERT n-grams,
+spans."""
 import numpy as np
 import pytest
 
-from data import corpus as corpus_lib
-from data import masking
-from data import tokenized
-from data import tokenizer as tokenizer_lib
+from encoders.data import corpus as corpus_lib
+from encoders.data import masking
+from encoders.data import tokenized
+from encoders.data import tokenizer as tokenizer_lib
 from tests import data_testing
 
 MASK_ID = data_testing.TOKENIZER.mask_id

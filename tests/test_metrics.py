@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from training import metrics
+from encoders.training import metrics
 
 
 def test_tensorboard_reads_the_event_files(tmp_path):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from encoders.training import checkpointing
 from tests import training_util
-from training import checkpointing
 
 STEPS = dict(train__num_steps=6)
 

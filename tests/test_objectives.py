@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from encoders.training import objectives, synthetic
 from tests import training_util
-from training import objectives, synthetic
 
 
 def _log_softmax(x):

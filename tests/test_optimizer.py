@@ -8,7 +8,7 @@ import pytest
 
 from encoders.bert import EncoderForPreTraining
 from encoders.config import EncoderConfig
-from training import optimizer
+from encoders.training import optimizer
 
 
 def _opt_config(**overrides):

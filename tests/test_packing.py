@@ -1,9 +1,9 @@
-"""Packing (data/packing.py): first-fit rows, segment and position ids, efficiency."""
+"""Packing (encoders/data/packing.py): first-fit rows, segment and position ids, efficiency."""
 import numpy as np
 
-from data import examples
-from data import packing
-from data import pipeline
+from encoders.data import examples
+from encoders.data import packing
+from encoders.data import pipeline
 from tests import data_testing
 
 L = 64

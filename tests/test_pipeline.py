@@ -1,4 +1,5 @@
-"""The grain pipeline (data/pipeline.py): batch contract, determinism, resume, hosts, epochs."""
+"""The grain pipeline (encoders/data/pipeline.py): batch contract, determinism, resume, hosts,
+epochs."""
 import collections
 import json
 
@@ -7,8 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data import examples
-from data import pipeline
+from encoders.data import examples
+from encoders.data import pipeline
 from tests import data_testing
 
 L = 64

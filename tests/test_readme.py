@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
+from encoders.training import trainer
 from tests import training_util
-from training import trainer
 
 README = os.path.join(training_util.ROOT, 'README.md')
 

@@ -12,10 +12,10 @@ import pytest
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
 
-from data import pairs
-from data import tokenizer as tokenizer_lib
 from encoders import families, st_export
 from encoders.config import ConfigError, EncoderConfig
+from encoders.data import pairs
+from encoders.data import tokenizer as tokenizer_lib
 from encoders.sentence import ST_POOLING_KEYS, SentenceEncoder
 from experiments import embed
 

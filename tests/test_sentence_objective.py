@@ -1,6 +1,6 @@
-"""training/sentence_objective.py against sentence-transformers (torch) on real MiniLM embeddings of
-corpus pairs: the loss (plain, hard negatives, symmetric), and the gradient with and without
-GradCache chunks against torch's full-batch gradient."""
+"""encoders/adaptation/sentence_objective.py against sentence-transformers (torch) on real MiniLM
+embeddings of corpus pairs: the loss (plain, hard negatives, symmetric), and the gradient with and
+without GradCache chunks against torch's full-batch gradient."""
 import dataclasses
 import functools
 
@@ -15,13 +15,14 @@ from safetensors.numpy import load_file
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from data import pairs
 from encoders import bert, hf_interop, st_export
+from encoders.adaptation import sentence_objective
 from encoders.config import EncoderConfig
+from encoders.data import pairs
 from encoders.sentence import SentenceEncoder
+from encoders.training import state as state_lib
+from encoders.training import trainer
 from experiments import embed
-from training import sentence_objective, trainer
-from training import state as state_lib
 
 ROWS = 8
 LENGTH = 32  # Tokens per text: short, so that torch's backward over MiniLM stays quick.

@@ -1,12 +1,12 @@
-"""data/pairs.py on the embedded corpus: splits by title hash, the three kinds of pair, topic hard
-negatives, and tokenization against transformers' tokenizer of all-MiniLM-L6-v2."""
+"""encoders/data/pairs.py on the embedded corpus: splits by title hash, the three kinds of pair,
+topic hard negatives, and tokenization against transformers' tokenizer of all-MiniLM-L6-v2."""
 import hashlib
 
 import numpy as np
 import pytest
 import transformers
 
-from data import corpus, pairs
+from encoders.data import corpus, pairs
 from experiments import embed
 
 

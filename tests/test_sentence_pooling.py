@@ -7,8 +7,8 @@ import pytest
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-from data import pairs
 from encoders import st_export
+from encoders.data import pairs
 from encoders.sentence import ST_POOLING_KEYS, SentenceEncoder
 from experiments import embed
 

@@ -1,5 +1,6 @@
-"""training/retrieval.py's metrics against scikit-learn and first principles, and experiments.embed's
-saved index and held-out retrieval metrics with the real MiniLM on the corpus."""
+"""encoders/adaptation/retrieval.py's metrics against scikit-learn and first principles, and
+experiments.embed's saved index and held-out retrieval metrics with the real MiniLM on the
+corpus."""
 import json
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
 
-from data import pairs
-from training import retrieval
+from encoders.adaptation import retrieval
+from encoders.data import pairs
 from tests import training_util
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from configs import sentence
+from encoders.adaptation import sentence_train
 from encoders.config import ConfigError
+from encoders.configs import sentence
+from encoders.training import checkpointing, metrics
 from experiments import embed
 from tests import training_util
-from training import checkpointing, metrics, sentence_train
 
 # A 2-layer, width-32 model from random init over MiniLM's vocabulary (no tokenizer to train).
 TINY = {'init_from': 'none', 'model.num_layers': 2, 'model.hidden_size': 32, 'model.num_heads': 4,

@@ -58,7 +58,8 @@ def _child():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from training import checkpointing, sharding, trainer  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from encoders.training import checkpointing, sharding, trainer
   jax.config.update('jax_threefry_partitionable', True)
   assert jax.device_count() == 8
 
@@ -212,7 +213,7 @@ def test_embed_out_outputs_are_pinned_around_an_xla_gradient_defect():
 
 def test_mesh_shape_errors_name_the_field():
   from encoders.config import ConfigError  # pylint: disable=g-import-not-at-top
-  from training import sharding  # pylint: disable=g-import-not-at-top
+  from encoders.training import sharding  # pylint: disable=g-import-not-at-top
   assert sharding.mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
   for bad in ((3, 1, 1), (-1, 3, 1), (-1, -1, 1), (8, 1)):
     with pytest.raises(ConfigError, match='config.mesh.shape'):

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import finetune as finetune_configs
-from training import sweep
+from encoders.configs import finetune as finetune_configs
+from encoders.training import sweep
 
 CELLS = [sweep.Cell('a', {'train.batch_size': 8}, {'MNLI': 84.0}),
          sweep.Cell('b/2', {'train.batch_size': 16}, {'MNLI': 85.2, 'SST-2': 92.9}),

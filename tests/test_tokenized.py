@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 
-from configs.data import get_data_config
-from data import corpus
-from data import tokenized
-from data import tokenizer as tokenizer_lib
 from encoders import hf_interop
+from encoders.configs.data import get_data_config
+from encoders.data import corpus
+from encoders.data import tokenized
+from encoders.data import tokenizer as tokenizer_lib
 
 MINILM = hf_interop.installed_minilm_dir()
 

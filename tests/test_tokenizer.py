@@ -11,10 +11,10 @@ import pytest
 import tokenizers
 import transformers
 
-from configs.data import get_data_config
-from data import corpus
-from data import tokenizer as tokenizer_lib
 from encoders import hf_interop
+from encoders.configs.data import get_data_config
+from encoders.data import corpus
+from encoders.data import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINILM = hf_interop.installed_minilm_dir()
@@ -184,7 +184,8 @@ def trained_in_two_processes(tmp_path_factory):
 @pytest.mark.parametrize('kind', [
     'wordpiece', 'bpe',
     pytest.param('unigram', marks=pytest.mark.xfail(
-        reason='HF Unigram training sums EM statistics in hash-map order (data/tokenizer.py)')),
+        reason='HF Unigram training sums EM statistics in hash-map order '
+               '(encoders/data/tokenizer.py)')),
 ])
 def test_training_is_the_same_in_two_processes(trained_in_two_processes, kind):
   first, second = trained_in_two_processes[kind]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from encoders.config import ConfigError
+from encoders.training import checkpointing, metrics, reload, sharding, synthetic, trainer
 from tests import training_util
-from training import checkpointing, metrics, reload, sharding, synthetic, trainer
 
 
 def _setup(config):
@@ -250,7 +250,7 @@ def test_eval_data_unknown_field_names_it():
 
 def test_validation_split_smaller_than_a_batch_stops_at_start(tmp_path):
   """A text_files corpus whose validation split is one short paragraph: one row of 32 tokens."""
-  from data import corpus  # pylint: disable=g-import-not-at-top
+  from encoders.data import corpus  # pylint: disable=g-import-not-at-top
   articles = [a['extract'].replace('\n\n', '\n')
               for a in list(corpus.wiki_offline_articles('en').values())[:40]]
   split = [corpus.split_of(f'corpus.txt#{i}') for i in range(len(articles))]

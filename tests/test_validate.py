@@ -5,9 +5,9 @@ import os
 
 import pytest
 
+from encoders.training import metrics, trainer
 from experiments import validate
 from tests import training_util
-from training import metrics, trainer
 
 
 @pytest.mark.slow

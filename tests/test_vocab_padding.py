@@ -19,11 +19,11 @@ import transformers
 from jax.sharding import AbstractMesh
 from safetensors.numpy import load_file
 
-from configs import electra as electra_configs
 from encoders import bert, hf_interop
 from encoders.config import ConfigError, EncoderConfig
+from encoders.configs import electra as electra_configs
+from encoders.training import sharding, trainer
 from tests import training_util
-from training import sharding, trainer
 
 ODD_VOCAB = 1001  # Like 30,522 and 50,265: not a multiple of 4 or 8; the decoder pads it to 1024.
 MESHES = ((2, 2, 2), (1, 2, 4))
@@ -147,7 +147,7 @@ def _decoder_widths(run, state, batch, mesh) -> list[int]:
 def _child():
   """Runs in the subprocess: BERT with an odd vocabulary, 3 steps on each mesh and on 1 device."""
   from tests import test_sharding  # pylint: disable=g-import-not-at-top
-  from training import synthetic  # pylint: disable=g-import-not-at-top
+  from encoders.training import synthetic  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_threefry_partitionable', True)
   assert jax.device_count() == 8
 

@@ -24,7 +24,7 @@ TINY = {
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   """configs/bert.py:tiny with TINY and `overrides` ('section__field'=value) applied."""
-  from configs import bert  # pylint: disable=g-import-not-at-top
+  from encoders.configs import bert  # pylint: disable=g-import-not-at-top
   config = bert.get_config('tiny')
   for key, value in {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}.items():
     section, field = key.split('.')
@@ -57,7 +57,7 @@ def pretrain(workdir: str, *extra: str, num_devices: int = 1, config: str = 'con
 
 def train_metric(workdir: str, name: str) -> dict[int, float]:
   """{step: train/<name>} from <workdir>/metrics.jsonl, for the steps that logged it."""
-  from training import metrics  # pylint: disable=g-import-not-at-top
+  from encoders.training import metrics  # pylint: disable=g-import-not-at-top
   key = f'train/{name}'
   return {r['step']: r[key] for r in metrics.read_jsonl(workdir) if key in r}
 
@@ -75,7 +75,7 @@ def train_on_mesh(config, devices=None, steps: int = 3, start_params=None):
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from training import sharding, synthetic, trainer  # pylint: disable=g-import-not-at-top
+  from encoders.training import sharding, synthetic, trainer  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh(config.mesh, devices)
   run = trainer.setup(config, mesh)

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import pipeline, tokenizer as tokenizer_lib
-from training import reload
-from training.electra_objective import corrupt
+from encoders.data import pipeline, tokenizer as tokenizer_lib
+from encoders.training import reload
+from encoders.training.electra_objective import corrupt
 
 workdir = sys.argv[1]
 for step in [int(s) for s in sys.argv[2].split(',')]:

@@ -1,0 +1,165 @@
+"""The pretraining input pipeline: tokenized corpus -> examples -> masks -> rows -> batches.
+
+Built on grain so that the iterator state (a small dict) goes into the orbax
+checkpoint and a restored iterator continues with exactly the next batch:
+
+  it = make_pretraining_iterator(config, tokenizer, 'train')  # config.data, config.train.batch_size
+  batch = next(it)                      # the batch contract (see the team brief)
+  state = it.get_state(); it.set_state(state)   # or grain.checkpoint.CheckpointSave(it)
+
+Every batch is a pure function of (shuffle_seed, position in the stream): the
+examples are cut once (encoders/data/examples.py); each host takes every
+process_count-th example; each epoch shuffles that shard anew; an example's
+mask is drawn from a generator keyed by (seed, epoch, example) for dynamic
+masking or (seed, epoch % dupe_factor, example) for BERT-style static masking
+(the same masks BERT's dupe_factor pre-masked copies give, without storing them).
+"""
+import functools
+from typing import Any
+
+from absl import logging
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from encoders.data import examples as examples_lib
+from encoders.data import masking
+from encoders.data import packing
+from encoders.data import validate
+
+
+def max_predictions(config: ml_collections.ConfigDict) -> int:
+  """P, the number of prediction slots per row."""
+  if config.max_predictions is not None:
+    return config.max_predictions
+  return masking.default_max_predictions(config.mask_rate, config.seq_length)
+
+
+def make_pretraining_iterator(
+    config: ml_collections.ConfigDict, tokenizer, split: str, *,
+    process_index: int | None = None, process_count: int | None = None,
+    num_epochs: int | None = None, corpus=None) -> grain.DatasetIterator:
+  """This host's batch iterator: see make_pretraining_dataset."""
+  return iter(make_pretraining_dataset(config, tokenizer, split, process_index=process_index,
+                                       process_count=process_count, num_epochs=num_epochs,
+                                       corpus=corpus))
+
+
+def make_pretraining_dataset(
+    config: ml_collections.ConfigDict, tokenizer, split: str, *,
+    process_index: int | None = None, process_count: int | None = None,
+    num_epochs: int | None = None, corpus=None) -> grain.IterDataset:
+  """Batches of config.train.batch_size / process_count rows for this host.
+
+  Args:
+    config: the whole config; reads `config.data` and the global batch size
+      `config.train.batch_size` (rows per step over all hosts).
+    tokenizer: a data.tokenizer.Tokenizer (its special ids and vocab_size).
+    split: corpus split, e.g. 'train'.
+    process_index, process_count: this host and the number of hosts (default:
+      jax.process_index() / jax.process_count()).
+    num_epochs: None repeats forever, reshuffling every epoch.
+    corpus: a TokenizedCorpus; default: data.tokenized.load_tokenized_corpus(config.data, tokenizer, split).
+  """
+  global_batch_size = config.train.batch_size
+  data_config = config.data
+  validate.check_pipeline(data_config)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ValueError(f'config.train.batch_size={global_batch_size} must be divisible by the '
+                     f'number of hosts ({process_count}).')
+  if corpus is None:
+    from encoders.data import tokenized  # pylint: disable=g-import-not-at-top
+    corpus = tokenized.load_tokenized_corpus(data_config, tokenizer, split)
+  if len(corpus.token_ids) == 0:
+    raise ValueError(f'The {split!r} split of the corpus has no tokens: check the corpus '
+                     'fields of config.data and rebuild the tokenized cache.')
+
+  index = examples_lib.build_examples(corpus, data_config.input_format, data_config.seq_length,
+                                      data_config.short_seq_prob, data_config.shuffle_seed)
+  logging.info('%s %s: %d examples from %d documents; %s', split, data_config.input_format,
+               len(index), len(corpus.document_offsets) - 1, index.stats)
+  if len(index) < process_count:
+    raise ValueError(f'The {split!r} split gives {len(index)} {data_config.input_format} examples, '
+                     f'fewer than the {process_count} hosts: use a larger corpus.')
+
+  num_predictions = max_predictions(data_config)
+  replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.special_ids)
+  spec = masking.MaskingSpec(
+      mask_rate=data_config.mask_rate, mask_token_prob=data_config.mask_token_prob,
+      random_token_prob=data_config.random_token_prob, unit=data_config.masking,
+      max_predictions=num_predictions, mask_id=tokenizer.mask_id,
+      replacement_ids=replacement_ids.astype(np.int32))
+  example_ids = grain.MapDataset.range(process_index, len(index), process_count)
+  masked = MaskedExamples(corpus, index, spec, tokenizer.cls_id, tokenizer.sep_id,
+                          data_config.shuffle_seed, len(example_ids),
+                          data_config.dupe_factor if data_config.static_masking else None)
+  dataset = (example_ids.shuffle(seed=data_config.shuffle_seed)
+             .repeat(num_epochs)
+             .map_with_index(masked))
+  row = functools.partial(packing.assemble_row, seq_length=data_config.seq_length,
+                          max_predictions=num_predictions, pad_id=tokenizer.pad_id)
+  read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  if data_config.packing and data_config.input_format in examples_lib.SINGLE_SEGMENT_FORMATS:
+    rows = packing.PackedRowsIterDataset(
+        dataset.to_iter_dataset(read_options), data_config.seq_length, num_predictions,
+        tokenizer.pad_id, window=data_config.packing_buffer)
+  else:
+    rows = dataset.map(functools.partial(_single_row, row)).to_iter_dataset(read_options)
+  batches = rows.batch(global_batch_size // process_count, drop_remainder=True)
+  if data_config.num_workers:
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  if data_config.prefetch:
+    batches = grain.experimental.ThreadPrefetchIterDataset(
+        batches, prefetch_buffer_size=data_config.prefetch)
+  return batches
+
+
+def _single_row(assemble, example):
+  return assemble([example])
+
+
+class MaskedExamples:
+  """(stream position, example id) -> one masked example (grain map_with_index)."""
+
+  def __init__(self, corpus, index: examples_lib.ExampleIndex, spec: masking.MaskingSpec,
+               cls_id: int, sep_id: int, seed: int, epoch_length: int, dupe_factor: int | None):
+    self._corpus, self._index, self._spec = corpus, index, spec
+    self._cls_id, self._sep_id, self._seed = cls_id, sep_id, seed
+    self._epoch_length, self._dupe_factor = epoch_length, dupe_factor
+
+  def __call__(self, position: int, example_id: int) -> dict[str, Any]:
+    epoch = position // self._epoch_length
+    mask_draw = epoch % self._dupe_factor if self._dupe_factor else epoch
+    rng = np.random.default_rng([self._seed, 1, mask_draw, example_id])
+    token_ids, word_starts, token_type_ids, candidates = self.tokens(example_id)
+    input_ids, masked_positions, masked_ids = masking.mask_example(
+        token_ids, candidates, word_starts, self._spec, rng)
+    example = dict(input_ids=input_ids, token_type_ids=token_type_ids,
+                   masked_positions=masked_positions, masked_ids=masked_ids)
+    if self._index.nsp_labels is not None:
+      example['nsp_label'] = self._index.nsp_labels[example_id]
+    return example
+
+  def tokens(self, example_id: int):
+    """[CLS] piece [SEP] piece [SEP] ...: (token_ids, word_starts, token_type_ids, candidates), each [n]."""
+    index, corpus = self._index, self._corpus
+    pieces = range(index.piece_offsets[example_id], index.piece_offsets[example_id + 1])
+    length = 1 + sum(int(index.piece_ends[p] - index.piece_starts[p]) + 1 for p in pieces)
+    token_ids = np.empty(length, np.int32)
+    word_starts = np.ones(length, bool)
+    token_type_ids = np.zeros(length, np.int32)
+    candidates = np.ones(length, bool)
+    token_ids[0], candidates[0] = self._cls_id, False
+    offset = 1
+    for p in pieces:
+      start, end = index.piece_starts[p], index.piece_ends[p]
+      stop = offset + end - start
+      token_ids[offset:stop] = corpus.token_ids[start:end]
+      word_starts[offset:stop] = corpus.word_starts[start:end]
+      token_type_ids[offset:stop + 1] = index.piece_types[p]
+      token_ids[stop], candidates[stop] = self._sep_id, False
+      offset = stop + 1
+    return token_ids, word_starts, token_type_ids, candidates
