@@ -40,7 +40,7 @@ def get_training_config(size: str, runlocal: bool = False) -> ml_collections.Con
   train.eval_steps = 8 if tiny else 100  # Batches of the held-out split per validation.
   train.skip_nonfinite_updates = False  # True: skip a step whose loss/grads are not finite; else stop.
   # True: random batches (encoders/training/synthetic.py) instead of config.data.
-  # train.synthetic_data = False
+  train.synthetic_data = False
   train.progress_bar = True  # A tqdm progress bar on process 0.
 
   config.optimizer = opt = ml_collections.ConfigDict()
