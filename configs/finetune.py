@@ -119,6 +119,13 @@ def _base_config(task: str, size: str) -> ml_collections.ConfigDict:
   peft.adapter_size = 64  # Adapters' bottleneck width.
   peft.adapter_activation = 'relu'  # 'relu', 'gelu' or 'swish'.
 
+  # Rows longer than the checkpoint's positions (encoders/adaptation/long_inputs.py): its absolute
+  # position table extended to max_positions (0: kept) by 'interpolate' (Position Interpolation)
+  # or 'copy' (Longformer) before fine-tuning. Windows are the other way (data.max_windows).
+  config.long_inputs = long_inputs = ml_collections.ConfigDict()
+  long_inputs.max_positions = 0
+  long_inputs.method = 'interpolate'
+
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 32  # Rows (windows) per step.
   train.num_epochs = 3.0  # Passes over the training rows (fractions allowed).

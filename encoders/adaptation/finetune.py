@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from encoders import bert, families, module_hooks, paths, peft_interop
 from encoders.adaptation import adapters, lora
-from encoders.adaptation import finetune_init, finetune_metrics
+from encoders.adaptation import finetune_init, finetune_metrics, long_inputs
 from encoders.config import ConfigError, EncoderConfig
 from encoders.data import finetune_data, imbalance, validate
 from encoders.layers import unroll_layers
@@ -317,6 +317,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   source = finetune_init.resolve(config, workdir)
   method = peft_method(config.peft)
   family = families.finetuning(families.get(source.model_config.get('family', 'bert')))
+  source = long_inputs.extend(source, family, config.long_inputs)
   model_config = family.model_config(source.model_config)
   if method is not None and model_config.scan_layers:  # PEFT finds modules by their layer_{i} path.
     model_config = dataclasses.replace(model_config, scan_layers=False)
@@ -327,7 +328,8 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   length = task.splits['train'].rows['input_ids'].shape[1]
   if length + model_config.position_offset > model_config.max_position_embeddings:
     raise ConfigError(f'config.data.max_length={length} exceeds the model\'s '
-                      f'{model_config.max_position_embeddings} positions.')
+                      f'{model_config.max_position_embeddings} positions: extend them '
+                      '(config.long_inputs.max_positions) or read windows (data.max_windows).')
   num_labels = len(task.label_names) if task.label_names else None
   model = family.task_model(task.kind, model_config, num_labels, config.head.pooling)
   train_rows = task.splits['train'].rows

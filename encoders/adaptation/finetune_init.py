@@ -29,7 +29,7 @@ class Source:
   path: str | None
   model_config: ml_collections.ConfigDict  # The `config.model` section of the encoder.
   tokenizer: tokenizer_lib.Tokenizer
-  pretrained: dict | None = None  # Workdir: its 'params' tree (numpy).
+  pretrained: dict | None = None  # A workdir's (or an extended HF source's) 'params' tree.
 
 
 def is_hf_dir(path: str) -> bool:
@@ -100,7 +100,7 @@ def initial_params(source: Source, model, fresh_params: dict, rng: jax.Array,
     return flax.traverse_util.unflatten_dict(fresh), ['all']
   heads = sorted({path[0] for path in fresh if path[0] != 'encoder'})
   has_pooler = any(path[:2] == POOLER for path in fresh)
-  if source.kind == 'hf':
+  if source.kind == 'hf' and source.pretrained is None:  # Else read already (long_inputs.py).
     names = hf_tensor_names(source.path)
     new = list(heads)
     if has_pooler and not any(re.search(r'pooler(\.dense)?\.weight$', n) for n in names):
