@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from encoders import bert
-from encoders.adaptation import finetune, finetune_metrics, multitask
+from encoders.adaptation import finetune, finetune_init, finetune_metrics, multitask
 from encoders.config import ConfigError, EncoderConfig
 from encoders.configs import finetune as finetune_configs
 from encoders.configs import multitask as multitask_configs
@@ -124,6 +125,32 @@ def test_one_task_is_single_task_fine_tuning(minilm_dir, tmp_path):
   assert result['test']['topic'] == pytest.approx(expected['test'], abs=1e-6)
 
 
+def test_init_from_hf_minilm_reads_the_encoder_and_gives_each_task_a_new_head(minilm_dir):
+  config = multitask_configs.get_config('suite_minilm')
+  config.init_from = minilm_dir
+  source = finetune_init.resolve(config, None)
+  encoder_config = EncoderConfig.from_config(source.model_config)
+  model = multitask.MultiTaskModel({  # 'cls' pooling: the topic model alone has the pooler.
+      'topic': bert.EncoderForSequenceClassification(encoder_config, 12, 'cls'),
+      'mention': bert.EncoderForTokenClassification(encoder_config, 3)})
+  fresh = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0),
+                                                     jnp.zeros((1, 8), jnp.int32))['params']))
+  fresh = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), fresh)
+  params, new = multitask.initial_params(source, model, fresh, jax.random.PRNGKey(1))
+  tensors = load_file(os.path.join(minilm_dir, 'model.safetensors'))
+  np.testing.assert_array_equal(params['encoder']['embeddings']['word_embeddings']['embedding'],
+                                tensors['embeddings.word_embeddings.weight'])
+  np.testing.assert_array_equal(params['encoder']['layers']['layer_5']['mlp']['output']['kernel'],
+                                tensors['encoder.layer.5.output.dense.weight'].T)
+  pooler_is_new = 'pooler.dense.weight' not in tensors
+  assert new == sorted(['heads/mention/classifier', 'heads/topic/classifier']
+                       + ['encoder/pooler'] * pooler_is_new)
+  assert 'pooler' in params['encoder'] and 'pooler' not in model.task_params(params, 'mention')['encoder']
+  for name, labels in (('topic', 12), ('mention', 3)):
+    kernel = params['heads'][name]['classifier']['dense']['kernel']
+    assert kernel.shape == (384, labels) and np.std(kernel) > 0  # Initialised, not left at zero.
+
+
 # --------------------------------------------------------------------------- separate heads
 def test_a_step_moves_its_own_head_and_the_encoder_only():
   config = EncoderConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2,
@@ -146,11 +173,14 @@ def test_a_step_moves_its_own_head_and_the_encoder_only():
                label=rng.integers(0, 3, 4).astype(np.int32),
                labels=rng.integers(0, 3, (4, 8)).astype(np.int32),
                label_weights=np.ones((4, 8), np.float32))
-  step = lambda state, name, kind: jax.jit(functools.partial(
+  step = lambda state, name, kind, weight=1.0: jax.jit(functools.partial(
       multitask.train_step, view=model.view(name), tx=tx, schedule=schedule, kind=kind,
-      num_labels=3, loss_weight=1.0))(state, batch)[0]
-  after_b = step(state, 'b', 'token_classification')  # b's head now has Adam moments.
-  after_a = step(after_b, 'a', 'classification')
+      num_labels=3, loss_weight=weight))(state, batch)
+  after_b, _ = step(state, 'b', 'token_classification')  # b's head now has Adam moments.
+  after_a, step_metrics = step(after_b, 'a', 'classification')
+  _, weighted = step(after_b, 'a', 'classification', 2.5)  # The loss weight scales the gradient.
+  np.testing.assert_allclose([weighted['loss'], weighted['grad_norm']],
+                             [2.5 * step_metrics['loss'], 2.5 * step_metrics['grad_norm']], rtol=1e-5)
   leaves = lambda tree: jax.tree.leaves(tree)
   differs = lambda x, y: any(not np.array_equal(u, v) for u, v in zip(leaves(x), leaves(y)))
   assert differs(after_a.params['heads']['a'], after_b.params['heads']['a'])

@@ -120,6 +120,18 @@ def task_key(rng: jax.Array, index: int) -> jax.Array:
   return rng if index == 0 else jax.random.fold_in(rng, index)
 
 
+def shared_tree(params_by_task: dict[str, dict]) -> dict:
+  """{task: its model's parameters} -> {'encoder': the union of their encoders (a key the
+  first task has is taken from it), 'heads': {task: its model's other subtrees}}."""
+  encoder = {}
+  for params in params_by_task.values():
+    for key, value in params['encoder'].items():
+      encoder.setdefault(key, value)
+  return {'encoder': encoder, 'heads': {
+      name: {k: v for k, v in params.items() if k != 'encoder'}
+      for name, params in params_by_task.items()}}
+
+
 @dataclasses.dataclass
 class MultiTaskModel:
   """Task models (family.task_model) over one parameter tree {'encoder', 'heads': {task: ...}}.
@@ -139,13 +151,9 @@ class MultiTaskModel:
         for name, model in self.models.items()}
 
   def init(self, rng, *inputs) -> dict:
-    encoder, heads = {}, {}
-    for index, (name, model) in enumerate(self.models.items()):
-      params = model.init(task_key(rng, index), *inputs)['params']
-      for key, value in params['encoder'].items():
-        encoder.setdefault(key, value)
-      heads[name] = {k: v for k, v in params.items() if k != 'encoder'}
-    return {'params': {'encoder': encoder, 'heads': heads}}
+    return {'params': shared_tree({
+        name: model.init(task_key(rng, index), *inputs)['params']
+        for index, (name, model) in enumerate(self.models.items())})}
 
   def task_params(self, params: dict, name: str) -> dict:
     """Task `name`'s model parameters out of the shared tree."""
@@ -172,15 +180,12 @@ def initial_params(source: finetune_init.Source, model: MultiTaskModel, fresh: d
   """finetune_init.initial_params for the shared tree: each task model is filled from `source`
   (its encoder read, its head new) and the results merged; names of new subtrees are paths in
   the shared tree ('heads/topic/classifier')."""
-  encoder, heads, new = {}, {}, []
+  filled, new = {}, set()
   for index, name in enumerate(model.models):
-    params, task_new = finetune_init.initial_params(
+    filled[name], task_new = finetune_init.initial_params(
         source, model.models[name], model.task_params(fresh, name), task_key(rng, index), reinit)
-    for key, value in params['encoder'].items():
-      encoder.setdefault(key, value)
-    heads[name] = {k: v for k, v in params.items() if k != 'encoder'}
-    new += [n if n.startswith('encoder') or n == 'all' else f'heads/{name}/{n}' for n in task_new]
-  return {'encoder': encoder, 'heads': heads}, sorted(set(new))
+    new |= {n if n.startswith('encoder') or n == 'all' else f'heads/{name}/{n}' for n in task_new}
+  return shared_tree(filled), sorted(new)
 
 
 def keep_other_heads(new, old, name: str):
@@ -287,10 +292,9 @@ def finetune_multitask(config, workdir: str,
                           loss_weight=weight),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    predict_fns[name] = jax.jit(
-        functools.partial(lambda view, p, batch: finetune.apply_model(view, None, p, batch),
-                          model.view(name)),
-        in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
+    predict_fns[name] = jax.jit(functools.partial(finetune.apply_model, model.view(name), None),
+                                in_shardings=(param_shardings, batch_sharding),
+                                out_shardings=replicated)
 
   def evaluate(params, split_name):
     return {name: finetune.evaluate(predict_fns[name], params, tasks[name], split_name, config,
