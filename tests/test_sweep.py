@@ -71,7 +71,7 @@ def test_report_mean_and_std_match_numpy(tmp_path):
 
 def test_subprocess_and_print_modes(tmp_path):
   def command_fn(cell, seed):  # A child that writes the result file, as a launched job does.
-    code = ('import sys; from training import sweep; '
+    code = ('import sys; from encoders.training import sweep; '
             f'sweep.write_result({str(tmp_path)!r}, sweep.Cell({cell.name!r}, {{}}), {seed}, '
             f'{{"accuracy": {seed}}}, 0.0)')
     return [sys.executable, '-c', code]

@@ -157,7 +157,7 @@ def test_roberta_files_match_transformers(trained, tmp_path):
 
 def _train_in_child(texts_file: str, out_dir: str) -> subprocess.Popen:
   """A fresh process trains each kind on the texts of `texts_file` (a JSON list) into out_dir."""
-  code = ('import json, sys\nfrom data import tokenizer as t\n'
+  code = ('import json, sys\nfrom encoders.data import tokenizer as t\n'
           'texts = json.load(open(sys.argv[1]))\n'
           'for k in t.KINDS:\n'
           '  t.train(k, texts, 800, lowercase=k != "bpe").save(f"{sys.argv[2]}/{k}")\n')
