@@ -3,12 +3,14 @@
 Only process 0 writes. Metrics from the step are (numerator, denominator) sums;
 `summarize` divides them once they have been added over micro-batches and batches.
 The workdir may be a URL (gs://bucket/run): object stores have no append, so there
-metrics.jsonl is rewritten whole at each write and each event file at each TensorBoard flush
-(every 120 s and at close; a killed run loses at most that much of the events, none of the lines).
+metrics.jsonl and each event file are uploaded whole, every `upload_seconds` (120 s, as
+TensorBoard flushes), at `flush()` (the trainer calls it after each checkpoint) and at close. A
+killed run loses no line up to its last checkpoint, and a resumed one rewrites those after it.
 """
 import io
 import json
 import logging
+import time
 
 import numpy as np
 from etils import epath
@@ -43,17 +45,20 @@ class MetricWriter:
   holds each step once even when the previous run was killed after its last checkpoint.
   """
 
-  def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
+  def __init__(self, workdir: str, enabled: bool, resume_step: int = 0,
+               upload_seconds: float = 120.0):
     self.enabled = enabled
     self.path = epath.Path(workdir) / 'metrics.jsonl'
     if not enabled:
       return
-    self.lines = []  # Those of a URL's file, rewritten whole at each write.
+    self.lines = []  # Those of a URL's file, uploaded whole.
+    self.upload_seconds = upload_seconds
     if self.path.exists():
       self.lines = [line for line in self.path.read_text().splitlines(keepends=True)
                     if line.strip() and json.loads(line)['step'] <= resume_step]
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.path.write_text(''.join(self.lines))
+    self.uploaded = (time.monotonic(), len(self.lines))  # When, and how many lines.
     self.jsonl = None if paths.is_url(workdir) else self.path.open('a')
     # Imported here, not at the top: tensorboardX imports torch whenever torch is installed
     # (~180 MB of RSS), which nothing that only builds or steps a model should pay.
@@ -71,14 +76,25 @@ class MetricWriter:
     line = json.dumps({'step': step, **named}) + '\n'
     if self.jsonl is None:
       self.lines.append(line)
-      self.path.write_text(''.join(self.lines))
+      if time.monotonic() - self.uploaded[0] >= self.upload_seconds:
+        self.flush()
     else:
       self.jsonl.write(line)
       self.jsonl.flush()
     logging.info('step %d %s', step, ', '.join(f'{k}={v:.4g}' for k, v in named.items()))
 
+  def flush(self) -> None:
+    """Everything written so far, in the files (a URL's uploaded when it has new lines)."""
+    if not self.enabled:
+      return
+    if self.jsonl is None and self.uploaded[1] < len(self.lines):
+      self.path.write_text(''.join(self.lines))
+    self.uploaded = (time.monotonic(), len(self.lines))
+    self.tensorboard.flush()
+
   def close(self) -> None:
     if self.enabled:
+      self.flush()
       if self.jsonl is not None:
         self.jsonl.close()
       self.tensorboard.close()

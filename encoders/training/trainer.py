@@ -492,7 +492,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress.update(1)
         done = step + 1
         preempted = preemption.reached(done, manager)
-        if preempted or done % config.checkpoint.every_steps == 0 or done == train.num_steps:
+        saved = preempted or done % config.checkpoint.every_steps == 0 or done == train.num_steps
+        if saved:
           finish_step(*pending)  # Never checkpoint a state whose loss was not checked.
           pending = None
           checkpointing.save(manager, done, state, train_iter.get_state(), config)
@@ -501,6 +502,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           break
         if done % train.eval_every == 0 or done == train.num_steps:
           run_eval(done)
+        if saved:  # A URL's metrics.jsonl then holds every line up to the checkpoint (eval too).
+          writer.flush()
       if pending is not None:
         finish_step(*pending)
   finally:
