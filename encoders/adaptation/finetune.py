@@ -252,10 +252,12 @@ class _InitAdapter:
     return module_hooks.union(trained, self.init_extra(rng))
 
 
-def _initial_state(model, method, source, config, tx, train_rows, mesh, rules):
+def _initial_state(model, method, source, config, tx, train_rows, mesh, rules,
+                   initial_params=finetune_init.initial_params):
   """(sharded TrainState of the trained variables, the frozen parameters, shardings of the
   model's parameters and of the state, names of new subtrees): the model's own init gives
-  shapes, logical axes and the new head; the source fills in the encoder."""
+  shapes, logical axes and the new head; the source fills in the encoder (`initial_params`:
+  finetune_init's, or multi-task fine-tuning's for its shared tree)."""
   init_rng, head_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   shapes = {k: ((config.train.batch_size,) + train_rows[k].shape[1:], np.int32) for k in INPUTS}
   example = state_lib.example_batch(shapes)
@@ -264,7 +266,7 @@ def _initial_state(model, method, source, config, tx, train_rows, mesh, rules):
   param_shardings = sharding.logical_shardings(boxed, mesh, rules)
   fresh = jax.jit(lambda rng: nn.unbox(init_model.params(rng, example)),
                   out_shardings=param_shardings)(init_rng)
-  params, new = finetune_init.initial_params(source, model, fresh, head_rng, config.reinit)
+  params, new = initial_params(source, model, fresh, head_rng, config.reinit)
   if method is not None:
     modules = module_hooks.target_modules(model, nn.unbox(boxed), method.module_targets)
     init_model = _InitAdapter(model, functools.partial(is_trained, method=method, new=new),

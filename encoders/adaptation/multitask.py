@@ -277,7 +277,8 @@ def finetune_multitask(config, workdir: str,
                                          functools.partial(family.models.layer_depth,
                                                            config=model_config))
   state, _, param_shardings, state_shardings, new = finetune._initial_state(  # pylint: disable=protected-access
-      model, None, source, config, tx, tasks[names[0]].splits['train'].rows, mesh, rules)  # TODO-hook
+      model, None, source, config, tx, tasks[names[0]].splits['train'].rows, mesh, rules,
+      initial_params=initial_params)
   logging.info('Multi-task fine-tuning %s from %s (%s); p = %s; new: %s', names, source.kind,
                source.path, np.round(probabilities, 4).tolist(), new)
 
