@@ -37,7 +37,8 @@ complete = {s: r for s, r in runs.items() if set(r) == {'multi', *TASKS}}
 json.dump({str(s): r for s, r in runs.items()}, open('docs/multitask/results.json', 'w'), indent=2)
 scores = {s: {t: (suite.score(t, r[t]['test'][t]), suite.score(t, r['multi']['test'][t]))
               for t in TASKS} for s, r in complete.items()}
-fmt = lambda v: f'{np.mean(v):.1f}' + (f' ± {np.std(v, ddof=1):.1f}' if len(v) > 1 else '')
+fmt = lambda v, sign='': (f'{np.mean(v):{sign}.1f}'
+                         + (f' ± {np.std(v, ddof=1):.1f}' if len(v) > 1 else ''))
 lines = [f'Test scores in percent (encoders/data/suite.py test split), BERT-tiny@4000, seeds '
          f'{sorted(complete)} (mean ± sample std).', '',
          '| task (metric) | single-task | multi-task | multi - single | steps single / multi (seed 0) |',
@@ -51,7 +52,7 @@ for t in TASKS + ['mean']:
            if t == 'mean' else f'{first[t]["steps_run"]} / {first["multi"]["steps_per_task"][t]}')
   metric = '' if t == 'mean' else f' ({suite_data.TASKS[t][1]})'
   lines.append(f'| {t}{metric} | {fmt(single)} | {fmt(multi)} | '
-               f'{fmt(np.subtract(multi, single))} | {steps} |')
+               f'{fmt(np.subtract(multi, single), "+")} | {steps} |')
 m = first['multi']
 lines += ['', f'Sampler: {m["sampler"]} (T={m["temperature"]}), p = ' + ', '.join(
     f'{t} {p:.3f}' for t, p in m['probabilities'].items()) + '; training rows ' + ', '.join(
