@@ -98,18 +98,21 @@ def summary(results: dict, documents: dict, f) -> str:
   facts = (f'\n\nDocuments (train/dev/test): {", ".join(f.documents)}; test documents are '
            f'{np.mean(test.num_tokens):.0f} tokens on average (min {min(test.num_tokens)}, max '
            f'{max(test.num_tokens)}), the evidence starting after {np.mean(test.lead_tokens):.0f} '
-           f'(min {min(test.lead_tokens)}). Chance: 1/12 = 0.083. Seeds: {f.seeds}.')
+           f'(min {min(test.lead_tokens)}). Chance: 1/12 = 0.083; the majority class: '
+           f'{np.bincount(test.labels).max() / len(test.labels):.3f}. Seeds: {f.seeds}.')
   return '\n'.join(rows) + facts + '\n'
 
 
-def plot(results: dict, path) -> None:
+def plot(results: dict, test_labels: list[int], path) -> None:
   figure, axes = files.figure(size=(6, 3.5))
   axis = axes[0, 0]
   arms = list(results)
   means = [np.mean([r['test']['accuracy'] for r in results[a]]) for a in arms]
   errors = [np.std([r['test']['accuracy'] for r in results[a]]) for a in arms]
   axis.bar(arms, means, yerr=errors, color=['#999999', '#6699cc', '#cc6633', '#cc9933'][:len(arms)])
-  axis.axhline(1 / 12, color='black', linestyle=':', label='chance')
+  axis.axhline(1 / 12, color='black', linestyle=':', label='chance (1/12)')
+  majority = np.bincount(test_labels).max() / len(test_labels)
+  axis.axhline(majority, color='black', linestyle='--', label='majority class')
   axis.set_ylabel('test accuracy')
   axis.set_title('Topic of >512-token documents read at their end (MiniLM)')
   axis.legend()
@@ -150,7 +153,7 @@ def main(argv):
   files.save_json(folder / 'results.json', dict(command=command, arms=results))
   (folder / 'results.md').write_text(
       f'### Documents longer than 512 tokens (MiniLM, topic read at the end)\n\n`{command}`\n\n{table}')
-  plot(results, folder / 'long_inputs.png')
+  plot(results, documents['test'].labels, folder / 'long_inputs.png')
   print(table)
 
 

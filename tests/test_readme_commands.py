@@ -65,7 +65,8 @@ RULES = (
     Rule(r'^python launch/run_commands\.py jobs\.txt ', 'dry'),
     Rule(r'^python -m experiments\.ablate_nsp --scale=paper --out=gs://', 'skip',
          reason="collects a bucket's results"),
-    Rule(r'^python -m experiments\.(compare_inits|lora_vs_full|class_imbalance|train_sentence) ',
+    Rule(r'^python -m experiments\.(compare_inits|lora_vs_full|class_imbalance|train_sentence|'
+         r'long_inputs|finetune_multitask) ',
          'check', reason='fine-tuning or sentence-training runs of minutes to hours'),
     Rule(r'^python -m experiments\.evaluate ', 'check',
          reason='2.5-28 minutes a model; tests/test_evaluate.py runs the CLI on a tiny model'),
