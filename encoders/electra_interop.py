@@ -15,7 +15,6 @@ Names and layouts are `encoders/hf_interop.py`'s (the encoder layers are BERT's)
 the ELECTRA-specific modules (`embeddings_project` and the two heads) are added here.
 """
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -26,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from safetensors.numpy import save_file
+from etils import epath
 
+from encoders import paths
 from encoders.config import ConfigError
 from encoders.configs import electra as electra_configs
 from encoders.electra import ElectraConfig, ElectraPair
@@ -224,10 +224,10 @@ def save_checkpoint(out_dir: str, model: ElectraPair, params: dict, network: str
   flat = flax.traverse_util.flatten_dict(_network_params(nn.unbox(params), network))
   tensors = {_hf_name(path, network): to_hf(jax.device_get(value), path)
              for path, value in flat.items()}
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
-  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  paths.save_safetensors(os.path.join(out_dir, 'model.safetensors'), tensors,
+                         metadata={'format': 'pt'})
+  paths.write_json(os.path.join(out_dir, 'config.json'), config, indent=2, sort_keys=True)
   return ARCHITECTURES[network]
 
 

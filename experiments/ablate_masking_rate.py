@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from encoders import paths
 from encoders.adaptation import finetune_ablation
 from encoders.training import sweep
 
@@ -82,7 +83,7 @@ def plot_by_rate(scale: str, base, out: str, seeds) -> str:
   figure.suptitle(f'Masking rate (scale={scale}, {len(seeds)} seed(s))')
   figure.tight_layout()
   path = os.path.join(out, 'by_rate.png')
-  figure.savefig(path, dpi=110)
+  paths.save_figure(figure, path, dpi=110)
   plt.close(figure)
   return path
 

@@ -86,7 +86,7 @@ def plot_by_size(summary: dict, sizes: list[int], path: str, hf_name: str) -> No
   ax.legend()
   ax.grid(alpha=0.3)
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  paths.save_figure(figure, path, dpi=120)
   plt.close(figure)
 
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from encoders import families
+from encoders import families, paths
 from encoders.adaptation import finetune, finetune_ablation
 from encoders.configs import distilbert as distilbert_configs
 from encoders.training import distillation, sweep, trainer
@@ -219,7 +219,7 @@ def plot_speed_vs_accuracy(rows: list[sweep.Cell], seeds, out: str) -> str:
   axes.grid(alpha=0.3)
   path = os.path.join(out, 'accuracy_vs_speed.png')
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  paths.save_figure(figure, path, dpi=120)
   plt.close(figure)
   return path
 

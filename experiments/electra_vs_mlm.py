@@ -17,6 +17,7 @@ import os
 
 import matplotlib
 
+from encoders import paths
 from encoders.adaptation import finetune_ablation
 from encoders.configs import electra as electra_configs
 from encoders.training import objectives, sweep, synthetic
@@ -90,7 +91,7 @@ def plot_against_flops(scale: str, base, out: str, seeds) -> str:
   ax.legend(fontsize=7)
   figure.tight_layout()
   path = os.path.join(out, 'accuracy_vs_flops.png')
-  figure.savefig(path, dpi=100)
+  paths.save_figure(figure, path, dpi=100)
   plt.close(figure)
   return path
 

@@ -20,12 +20,12 @@ into one table and plot in --out. docs/evaluate/run.sh has the commands of the s
 """
 import csv
 import io
-import json
 import logging as std_logging
 
 from absl import app, flags, logging
 import numpy as np
 
+from encoders import paths
 from encoders.adaptation import suite
 from encoders.analysis import files
 from encoders.data import suite as suite_data
@@ -117,8 +117,7 @@ def write(results: list[dict], out: str) -> str:
 
 
 def read(out: str) -> list[dict]:
-  with open(f'{out}/results.json') as f:
-    return json.load(f)
+  return paths.read_json(f'{out}/results.json')
 
 
 def main(argv):

@@ -12,11 +12,11 @@ trains every arm on the same first N training records (0: all). Writes results.j
 test and dev metrics, trained and frozen parameters, optimizer-state bytes, wall time; and the
 command) and results.md into --results.
 """
-import json
 import os
 import sys
 
 from absl import app, flags, logging
+from etils import epath
 
 from encoders import hf_interop, paths
 from encoders.adaptation import finetune
@@ -30,7 +30,8 @@ ARMS = {'full': ('topic_minilm', {}), 'lora': ('topic_minilm_lora', {}),
 def define_flags() -> None:
   """The command line (defined when run, so that importing this module defines no flags)."""
   flags.DEFINE_string('out', None, 'Directory of the runs (<out>/<arm>).')
-  flags.DEFINE_string('results', 'docs/lora', 'Where results.json and results.md go.')
+  flags.DEFINE_string('results', 'docs/lora',
+                      'Where results.json and results.md go (local or gs://...).')
   flags.DEFINE_string('init_from', None, 'HF checkpoint directory; default: the installed MiniLM.')
   flags.DEFINE_integer('max_train_examples', 0, 'Training records of every arm (0: all).')
   flags.mark_flags_as_required(['out'])
@@ -40,15 +41,14 @@ def run_arm(arm: str, init_from: str, out: str, max_train_examples: int) -> dict
   """The arm's results.json, fine-tuning first unless it exists."""
   workdir = os.path.join(out, arm)
   path = os.path.join(workdir, 'results.json')
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     preset, peft_overrides = ARMS[arm]
     config = finetune_configs.get_config(preset)
     config.peft.update(peft_overrides)
     config.init_from = init_from
     config.data.max_train_examples = max_train_examples
     finetune.finetune(config, workdir)
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(path)
 
 
 def markdown(results: dict) -> str:
@@ -71,6 +71,18 @@ def markdown(results: dict) -> str:
   return '\n'.join(rows + lines) + '\n'
 
 
+def write_results(folder: str, results: dict, command: str) -> str:
+  """results.json (the arms and the command) and results.md into `folder`; returns the table."""
+  table = markdown(results)
+  epath.Path(folder).mkdir(parents=True, exist_ok=True)
+  paths.write_json(os.path.join(folder, 'results.json'), dict(command=command, arms=results),
+                   indent=2)
+  epath.Path(folder, 'results.md').write_text(
+      '### LoRA vs full fine-tuning of all-MiniLM-L6-v2 (topic task)\n\n'
+      f'`{command}`\n\n{table}')
+  return table
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -80,15 +92,8 @@ def main(argv):
   init_from = paths.absolute(f.init_from) if f.init_from else hf_interop.installed_minilm_dir()
   out = paths.absolute(f.out)
   results = {arm: run_arm(arm, init_from, out, f.max_train_examples) for arm in ARMS}
-  table = markdown(results)
   command = 'python -m experiments.lora_vs_full ' + ' '.join(sys.argv[1:])
-  os.makedirs(f.results, exist_ok=True)
-  with open(os.path.join(f.results, 'results.json'), 'w') as file:
-    json.dump(dict(command=command, arms=results), file, indent=2)
-  with open(os.path.join(f.results, 'results.md'), 'w') as file:
-    file.write('### LoRA vs full fine-tuning of all-MiniLM-L6-v2 (topic task)\n\n'
-               f'`{command}`\n\n{table}')
-  print(table)
+  print(write_results(f.results, results, command))
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ module from the MLM loss and from rtd_weight x RTD loss apart; and, from the pre
 checkpoint, each module's update norm relative to its parameter norm. One JSON line per step.
 """
 import json
-import os
 
 from absl import app, flags
 import jax
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from encoders import paths
 from encoders.data import pipeline, tokenizer as tokenizer_lib
 from encoders.training import objectives, reload, trainer
 from encoders.training.electra_objective import roc_auc
@@ -26,7 +26,7 @@ from encoders.training.electra_objective import roc_auc
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'An RTD pretraining workdir.', required=True)
 flags.DEFINE_list('steps', None, 'Checkpoint steps, ascending.', required=True)
-flags.DEFINE_string('out', None, 'JSON-lines file to write (also printed).')
+flags.DEFINE_string('out', None, 'JSON-lines file to write, local or gs://... (also printed).')
 
 
 def module_norms(tree: dict) -> dict[str, float]:
@@ -98,9 +98,7 @@ def main(argv):
     print(json.dumps(row), flush=True)
     rows.append(row)
   if FLAGS.out:
-    os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      f.writelines(json.dumps(row) + '\n' for row in rows)
+    paths.write_atomic(FLAGS.out, ''.join(json.dumps(row) + '\n' for row in rows))
 
 
 if __name__ == '__main__':

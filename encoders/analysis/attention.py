@@ -6,6 +6,7 @@ to [SEP], to the previous and to the next token, averaged over the (real) query 
 """
 import numpy as np
 
+from encoders import paths
 from encoders.analysis import files, forward, subject as subject_lib
 
 STATISTICS = ('entropy', 'cls', 'sep', 'previous', 'next')
@@ -99,8 +100,8 @@ def write(subject: subject_lib.Subject, texts: list[str], out: str, max_length: 
   statistics over `texts` + `statistics_texts` (head_statistics.json / .png) into `out`."""
   folder = files.folder(out)
   weights, encoded = attention_maps(subject, texts, max_length)
-  files.save_npy(folder / 'attention.npy', weights)
-  files.save_npy(folder / 'input_ids.npy', encoded.input_ids)
+  paths.save_npy(folder / 'attention.npy', weights)
+  paths.save_npy(folder / 'input_ids.npy', encoded.input_ids)
   row_tokens = [subject_lib.tokens(subject.tokenizer, row) for row in encoded.input_ids]
   files.save_json(folder / 'tokens.json', dict(texts=texts, tokens=row_tokens))
   for i, tokens in enumerate(row_tokens):

@@ -1,9 +1,9 @@
-"""Writing analysis outputs to a local folder or a bucket (gs://...): etils' epath handles both."""
-import io
+"""Writing analysis outputs to a local folder or a bucket (gs://...) through encoders/paths.py."""
 import json
 
-import numpy as np
 from etils import epath
+
+from encoders import paths
 
 
 def folder(path: str) -> epath.Path:
@@ -13,23 +13,15 @@ def folder(path: str) -> epath.Path:
   return out
 
 
-def save_npy(path: epath.Path, array: np.ndarray) -> None:
-  buffer = io.BytesIO()
-  np.save(buffer, array)
-  path.write_bytes(buffer.getvalue())
-
-
 def save_json(path: epath.Path, value) -> None:
-  path.write_text(json.dumps(value, indent=1) + '\n')
+  paths.write_atomic(path, json.dumps(value, indent=1) + '\n')
 
 
 def save_figure(path: epath.Path, figure) -> None:
-  """A matplotlib figure as PNG, then closed."""
+  """A matplotlib figure (in the format of the file's suffix: .png), then closed."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
+  paths.save_figure(figure, path, dpi=110, bbox_inches='tight')
   plt.close(figure)
-  path.write_bytes(buffer.getvalue())
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -2,6 +2,7 @@
 import matplotlib
 import numpy as np
 
+from encoders import paths
 from encoders.analysis import files, forward, subject as subject_lib, texts as texts_lib
 
 POOLINGS = ('mean', 'cls', 'tokens')
@@ -66,10 +67,10 @@ def write(subject: subject_lib.Subject, split: str, out: str, layer: int = -1,
   encoded = subject_lib.encode(subject.tokenizer, articles.texts, max_length, length=max_length)
   hidden = states(subject, encoded, pooling, layers=[layer])[0]
   stem = f'hidden_{split}_layer{layer}_{pooling}'
-  files.save_npy(folder / f'{stem}.npy', hidden)
+  paths.save_npy(folder / f'{stem}.npy', hidden)
   if pooling == 'tokens':
-    files.save_npy(folder / f'{stem}_segment_ids.npy', encoded.segment_ids)
-  files.save_npy(folder / f'topics_{split}.npy', articles.topics)
+    paths.save_npy(folder / f'{stem}_segment_ids.npy', encoded.segment_ids)
+  paths.save_npy(folder / f'topics_{split}.npy', articles.topics)
   files.save_json(folder / f'texts_{split}.json', dict(
       split=split, titles=articles.titles, topic_names=articles.topic_names))
   pooled = pool(hidden, encoded.segment_ids, 'mean') if pooling == 'tokens' else hidden

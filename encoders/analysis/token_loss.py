@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from encoders import paths
 from encoders.analysis import files, subject as subject_lib
 
 
@@ -129,8 +130,8 @@ def write(subject: subject_lib.Subject, texts: list[str], out: str, titles: list
   folder = files.folder(out)
   losses = token_losses(subject, texts, max_length, passes, seed)
   shown = texts_of(losses, texts)
-  files.save_npy(folder / 'token_loss.npy', losses.loss)
-  files.save_npy(folder / 'input_ids.npy', losses.encoded.input_ids)
+  paths.save_npy(folder / 'token_loss.npy', losses.loss)
+  paths.save_npy(folder / 'input_ids.npy', losses.encoded.input_ids)
   result = dict(model=subject.name, mean_loss=mean_loss(losses), tokens=int(losses.scored.sum()))
   (folder / 'token_loss.html').write_text(page(
       f'Per-token MLM loss: {subject.name}',
@@ -141,7 +142,7 @@ def write(subject: subject_lib.Subject, texts: list[str], out: str, titles: list
     if baseline.tokenizer.fingerprint != subject.tokenizer.fingerprint:
       raise ValueError(f'{baseline.name} and {subject.name} have different tokenizers.')
     before = token_losses(baseline, texts, max_length, passes, seed)
-    files.save_npy(folder / 'token_loss_baseline.npy', before.loss)
+    paths.save_npy(folder / 'token_loss_baseline.npy', before.loss)
     change = losses.loss - before.loss
     result.update(baseline=baseline.name, baseline_mean_loss=mean_loss(before),
                   easier_fraction=float((change[losses.scored] < 0).mean()))
