@@ -28,13 +28,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from encoders import bert, families, module_hooks, paths, peft_interop
 from encoders.adaptation import adapters, lora
-from encoders.adaptation import finetune_init, finetune_metrics, long_inputs
+from encoders.adaptation import finetune_init, finetune_metrics, long_inputs, selection
 from encoders.config import ConfigError, EncoderConfig
 from encoders.data import finetune_data, imbalance, validate
 from encoders.layers import unroll_layers
@@ -216,7 +215,8 @@ def evaluate(predict_fn, params, task: finetune_data.Task, split_name: str, conf
   return finetune_metrics.qa_metrics(*outputs, split, config.data.max_answer_length)
 
 
-def _validate(config, mesh) -> None:
+def check_config(config, mesh) -> None:
+  """Raises ConfigError for training and head settings fine-tuning cannot run with."""
   dp = sharding.data_parallel_size(mesh)
   for field in ('batch_size', 'eval_batch_size'):
     if config.train[field] <= 0 or config.train[field] % dp:
@@ -252,7 +252,7 @@ class _InitAdapter:
     return module_hooks.union(trained, self.init_extra(rng))
 
 
-def _initial_state(model, method, source, config, tx, train_rows, mesh, rules,
+def initial_state(model, method, source, config, tx, train_rows, mesh, rules,
                    initial_params=finetune_init.initial_params):
   """(sharded TrainState of the trained variables, the frozen parameters, shardings of the
   model's parameters and of the state, names of new subtrees): the model's own init gives
@@ -313,7 +313,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.mesh)
-  _validate(config, mesh)
+  check_config(config, mesh)
   if task is None:  # A given task was built by the caller; config.data only describes a built one.
     validate.check_data_config(config)
   source = finetune_init.resolve(config, workdir)
@@ -358,7 +358,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   tx, schedule = make_optimizer(opt_config, num_steps, model_config.num_layers,
                                  functools.partial(family.models.layer_depth, config=model_config))
 
-  state, frozen, param_shardings, state_shardings, new = _initial_state(
+  state, frozen, param_shardings, state_shardings, new = initial_state(
       model, method, source, config, tx, train_rows, mesh, rules)
   sizes = dict(trainable_parameters=_num_elements(state.params),
                frozen_parameters=_num_elements(frozen),
@@ -387,53 +387,33 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
   predict_fn = jax.jit(lambda p, batch: apply_model(model, evaluated_method, p, batch),
                        in_shardings=(inference_shardings, batch_sharding), out_shardings=replicated)
 
-  is_main = jax.process_index() == 0
-  writer = metrics.MetricWriter(workdir, is_main)
-  selection = SELECTION_METRIC[task.kind]
+  writer = metrics.MetricWriter(workdir, jax.process_index() == 0)
+  selection_metric = SELECTION_METRIC[task.kind]
   order = np.random.default_rng(config.seed)
   if config.data.get('sampling', 'shuffle') == 'balanced':
     stream = imbalance.balanced_stream(train_rows['label'], num_steps * batch_size, order)
   else:
     stream = np.concatenate([order.permutation(num_train)
                              for _ in range(int(np.ceil(num_steps * batch_size / num_train)))])
-  best = dict(score=-np.inf, step=0, params=None, dev={})
-  evaluations_without_gain = 0
-  progress = tqdm.tqdm(total=num_steps, unit='step', dynamic_ncols=True,
-                       desc=f'fine-tuning {config.task}',
-                       disable=not (is_main and config.train.get('progress_bar', True)))
+
+  def take_step(state, step):
+    batch = sharding.process_rows(take(train_rows, stream[step * batch_size:(step + 1) * batch_size]))
+    state, step_metrics = step_fn(state, frozen, sharding.global_batch(batch, mesh))
+    return state, step_metrics, None
+
+  def evaluate_dev(params):
+    dev = evaluate(predict_fn, to_inference(params, frozen), task, 'dev', config, mesh)
+    return selection.DevResult(dev, dev[selection_metric],
+                               ', '.join(f'{k}={v:.4f}' for k, v in dev.items()), dev)
+
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # Activation constraints on.
-    for step in range(num_steps):
-      batch = sharding.process_rows(take(train_rows, stream[step * batch_size:(step + 1) * batch_size]))
-      state, step_metrics = step_fn(state, frozen, sharding.global_batch(batch, mesh))
-      done = step + 1
-      progress.update(1)
-      if done % config.train.log_every == 0 or done == num_steps:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not np.isfinite(values['loss']):
-          raise FloatingPointError(f'Non-finite fine-tuning loss at step {done}: lower '
-                                   'config.optimizer.learning_rate.')
-        writer.write(done, values, 'train')
-        progress.set_postfix(loss=f'{values["loss"]:.3f}', refresh=False)
-      if done % eval_every == 0 or done == num_steps:
-        dev = evaluate(predict_fn, to_inference(state.params, frozen), task, 'dev', config, mesh)
-        writer.write(done, dev, 'dev')
-        if not progress.disable:
-          progress.write(f'step {done}: dev ' + ', '.join(f'{k}={v:.4f}' for k, v in dev.items()))
-        if dev[selection] > best['score']:
-          best.update(score=dev[selection], step=done, dev=dev,
-                      params=jax.device_get(state.params))
-          evaluations_without_gain = 0
-        else:
-          evaluations_without_gain += 1
-          if config.train.patience and evaluations_without_gain >= config.train.patience:
-            logging.info('Early stopping at step %d (best dev %s=%.4f at step %d).', done,
-                         selection, best['score'], best['step'])
-            break
-    progress.close()
-    best_trained = jax.device_put(best['params'], state_shardings.params)
+    state, best, done = selection.train(
+        state, take_step, evaluate_dev, num_steps=num_steps, eval_every=eval_every,
+        train_config=config.train, writer=writer, description=f'fine-tuning {config.task}')
+    best_trained = jax.device_put(best.params, state_shardings.params)
     best_params = to_inference(best_trained, frozen)
     test = evaluate(predict_fn, best_params, task, 'test', config, mesh)
-  writer.write(best['step'], test, 'test')
+  writer.write(best.step, test, 'test')
   writer.close()
 
   saved = {'params': best_params}
@@ -441,7 +421,7 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
     saved['params'], _ = module_hooks.split_extra(best_params, method.key)
     saved[method.key] = module_hooks.split_extra(best_trained, method.key)[1]
   manager = checkpointing.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
-  checkpointing.save(manager, best['step'], saved, {'task': config.task}, config)
+  checkpointing.save(manager, best.step, saved, {'task': config.task}, config)
   manager.wait_until_finished()
   manager.close()
   adapter_dir = None
@@ -449,9 +429,9 @@ def finetune(config, workdir: str, task: finetune_data.Task | None = None) -> di
     adapter_dir = _export_peft(os.path.join(workdir, 'peft_adapter'), model, family.name, method,
                                jax.device_get(best_trained), source)
   result = dict(task=config.task, init_from=source.kind, reinit=bool(config.reinit),
-                peft=config.peft.method, best_step=best['step'], steps_run=done,
+                peft=config.peft.method, best_step=best.step, steps_run=done,
                 num_steps=num_steps, train_rows=num_train, new_parameters=new, **sizes,
-                peft_adapter=adapter_dir, dev=best['dev'], test=test,
+                peft_adapter=adapter_dir, dev=best.dev, test=test,
                 wall_seconds=time.perf_counter() - started)
   if jax.process_index() == 0:
     paths.write_json(os.path.join(workdir, 'results.json'), result, indent=2)

@@ -32,12 +32,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from encoders import families, paths
-from encoders.adaptation import finetune, finetune_init, suite
+from encoders.adaptation import finetune, finetune_init, selection, suite
 from encoders.config import ConfigError
 from encoders.data import finetune_data, suite as suite_data
 from encoders.training import checkpointing, metrics, sharding
@@ -243,7 +242,7 @@ def finetune_multitask(config, workdir: str,
   sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules(config.mesh)
-  finetune._validate(config, mesh)  # pylint: disable=protected-access
+  finetune.check_config(config, mesh)
   names = task_names(config)
   weights = loss_weights(config, len(names))
   source = finetune_init.resolve(config, workdir)
@@ -276,7 +275,7 @@ def finetune_multitask(config, workdir: str,
   tx, schedule = finetune.make_optimizer(opt_config, num_steps, model_config.num_layers,
                                          functools.partial(family.models.layer_depth,
                                                            config=model_config))
-  state, _, param_shardings, state_shardings, new = finetune._initial_state(  # pylint: disable=protected-access
+  state, _, param_shardings, state_shardings, new = finetune.initial_state(
       model, None, source, config, tx, tasks[names[0]].splits['train'].rows, mesh, rules,
       initial_params=initial_params)
   logging.info('Multi-task fine-tuning %s from %s (%s); p = %s; new: %s', names, source.kind,
@@ -305,52 +304,35 @@ def finetune_multitask(config, workdir: str,
   writer = metrics.MetricWriter(workdir, is_main)
   order = np.random.default_rng(config.seed)
   streams = {name: RowStream(size, order) for name, size in zip(names, sizes)}
-  best = dict(score=-np.inf, step=0, params=None, dev={})
-  evaluations_without_gain = 0
-  progress = tqdm.tqdm(total=num_steps, unit='step', dynamic_ncols=True,
-                       desc=f'multi-task fine-tuning {"+".join(names)}',
-                       disable=not (is_main and config.train.get('progress_bar', True)))
+
+  def take_step(state, step):
+    name = names[sequence[step]]
+    rows = finetune.take(tasks[name].splits['train'].rows, streams[name].take(batch_size))
+    state, step_metrics = step_fns[name](state, sharding.global_batch(
+        sharding.process_rows(rows), mesh))
+    return state, step_metrics, name
+
+  def evaluate_dev(params):
+    dev = evaluate(params, 'dev')
+    score = selection_score(dev)
+    return selection.DevResult(
+        {f'{n}/{k}': v for n, m in dev.items() for k, v in m.items()} | {'mean_score': score},
+        score, f'mean score {score:.2f}; ' + '; '.join(f'{n} {suite.score(n, m):.2f}'
+                                                      for n, m in dev.items()), dev)
+
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # Activation constraints on.
-    for step in range(num_steps):
-      name = names[sequence[step]]
-      rows = finetune.take(tasks[name].splits['train'].rows, streams[name].take(batch_size))
-      state, step_metrics = step_fns[name](state, sharding.global_batch(
-          sharding.process_rows(rows), mesh))
-      done = step + 1
-      progress.update(1)
-      if done % config.train.log_every == 0 or done == num_steps:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not np.isfinite(values['loss']):
-          raise FloatingPointError(f'Non-finite {name} loss at step {done}: lower '
-                                   'config.optimizer.learning_rate.')
-        writer.write(done, {f'{name}/{k}': v for k, v in values.items()}, 'train')
-        progress.set_postfix(task=name, loss=f'{values["loss"]:.3f}', refresh=False)
-      if done % eval_every == 0 or done == num_steps:
-        dev = evaluate(state.params, 'dev')
-        score = selection_score(dev)
-        writer.write(done, {f'{n}/{k}': v for n, m in dev.items() for k, v in m.items()}
-                     | {'mean_score': score}, 'dev')
-        if not progress.disable:
-          progress.write(f'step {done}: dev mean score {score:.2f}; ' + '; '.join(
-              f'{n} {suite.score(n, m):.2f}' for n, m in dev.items()))
-        if score > best['score']:
-          best.update(score=score, step=done, dev=dev, params=jax.device_get(state.params))
-          evaluations_without_gain = 0
-        else:
-          evaluations_without_gain += 1
-          if config.train.patience and evaluations_without_gain >= config.train.patience:
-            logging.info('Early stopping at step %d (best dev mean score %.2f at step %d).', done,
-                         best['score'], best['step'])
-            break
-    progress.close()
-    best_params = jax.device_put(best['params'], state_shardings.params)
+    state, best, done = selection.train(
+        state, take_step, evaluate_dev, num_steps=num_steps, eval_every=eval_every,
+        train_config=config.train, writer=writer,
+        description=f'multi-task fine-tuning {"+".join(names)}')
+    best_params = jax.device_put(best.params, state_shardings.params)
     test = evaluate(best_params, 'test')
-  writer.write(best['step'], {f'{n}/{k}': v for n, m in test.items() for k, v in m.items()}
+  writer.write(best.step, {f'{n}/{k}': v for n, m in test.items() for k, v in m.items()}
                | {'mean_score': selection_score(test)}, 'test')
   writer.close()
 
   manager = checkpointing.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
-  checkpointing.save(manager, best['step'], {'params': best_params}, {'tasks': names}, config)
+  checkpointing.save(manager, best.step, {'params': best_params}, {'tasks': names}, config)
   manager.wait_until_finished()
   manager.close()
   drawn = np.bincount(sequence[:done], minlength=len(names))
@@ -359,8 +341,8 @@ def finetune_multitask(config, workdir: str,
                 probabilities=dict(zip(names, probabilities.tolist())),
                 loss_weights=dict(zip(names, weights)),
                 steps_per_task=dict(zip(names, drawn.tolist())),
-                train_rows=dict(zip(names, sizes)), best_step=best['step'], steps_run=done,
-                num_steps=num_steps, new_parameters=new, dev_score=best['score'], dev=best['dev'],
+                train_rows=dict(zip(names, sizes)), best_step=best.step, steps_run=done,
+                num_steps=num_steps, new_parameters=new, dev_score=best.score, dev=best.dev,
                 test_score=selection_score(test), test=test,
                 wall_seconds=time.perf_counter() - started)
   if is_main:
