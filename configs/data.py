@@ -32,8 +32,14 @@ def get_data_config(**overrides) -> ml_collections.ConfigDict:
   # Split names: pretraining trains on `train_split`, evaluates on `eval_split`.
   config.train_split = 'train'
   config.eval_split = 'validation'
+  # A trained tokenizer learns from at most this many documents, evenly spaced over train_split.
+  config.tokenizer_max_documents = 100_000
   # Where tokenized splits are cached; None -> <data_dir>/tokenized.
   config.cache_dir = ml_collections.config_dict.placeholder(str)
+  # A split is tokenized and cached in shards of about this many documents. When it has at least
+  # one shard per host, each host tokenizes, caches and reads only its own (shards i, i + hosts,
+  # ...); a smaller split is read by every host, which takes every hosts-th example.
+  config.shard_documents = 100_000
 
   # --- Example construction, packing, masking, batching (data/pipeline*.py) ---
   # 'full_sentences' (RoBERTa, may cross documents), 'doc_sentences' (RoBERTa, never

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from encoders.training import checkpointing
+from encoders.training import metrics as metrics_lib
 from tests import training_util
 
 STEPS = dict(train__num_steps=6)
@@ -109,3 +110,35 @@ def test_evaluation_with_uneven_shards_finishes_with_the_real_rows_metrics(tmp_p
   expected = json.loads(single.read_text())
   assert {'mlm_loss', 'mlm_accuracy', 'sentence_loss', 'sentence_accuracy'} <= set(expected)
   assert json.loads(multi.read_text()) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_hosts_tokenize_and_read_only_their_own_shards(tmp_path, minilm_dir):
+  """Two processes pretrain on the embedded corpus cut into shards of 2,000 documents, each
+  host's cache on its own disk: the training split's five shards are tokenized 0, 2, 4 by host 0
+  and 1, 3 by host 1 (none twice); the one-shard validation split is read by both, each taking
+  every other example. Training and validation finish on both hosts."""
+  from encoders.configs import data as data_config_lib  # pylint: disable=g-import-not-at-top
+  from encoders.data import corpus  # pylint: disable=g-import-not-at-top
+  corpus.get_builder(data_config_lib.get_data_config())  # Built once, not by two hosts at once.
+  port = _free_port()
+  workdir = str(tmp_path / 'work')
+  runs = [training_util.pretrain(
+      workdir, f'--config.mesh.coordinator_address=127.0.0.1:{port}',
+      '--config.mesh.num_processes=2', f'--config.mesh.process_id={i}',
+      f'--config.data.tokenizer_path={minilm_dir}', f'--config.data.cache_dir={tmp_path}/cache{i}',
+      '--config.data.shard_documents=2000', num_devices=2, train__synthetic_data=False,
+      train__num_steps=4, train__eval_every=2, train__eval_steps=3, model__vocab_size=30522,
+      data__input_format='full_sentences') for i in range(2)]
+  for run in runs:
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-5000:]
+
+  def shards(host, split):
+    return sorted(p.name for p in (tmp_path / f'cache{host}').glob(f'*/{split}-*/shard-*'))
+
+  assert shards(0, 'train') == [f'shard-{i:05d}-of-00005' for i in (0, 2, 4)]
+  assert shards(1, 'train') == [f'shard-{i:05d}-of-00005' for i in (1, 3)]
+  assert shards(0, 'validation') == shards(1, 'validation') == ['shard-00000-of-00001']
+  evaluations = [r['step'] for r in metrics_lib.read_jsonl(workdir) if 'eval/mlm_loss' in r]
+  assert evaluations == [0, 2, 4]

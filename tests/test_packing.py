@@ -4,6 +4,7 @@ import numpy as np
 from encoders.data import examples
 from encoders.data import packing
 from encoders.data import pipeline
+from encoders.data import tokenized
 from tests import data_testing
 
 L = 64
@@ -45,9 +46,10 @@ def test_packed_rows_keep_examples_apart():
   config = data_testing.data_config(input_format='doc_sentences', packing=True)
   index = examples.build_examples(corpus, 'doc_sentences', L, config.short_seq_prob,
                                   config.shuffle_seed)
-  masked = pipeline.MaskedExamples(corpus, index, None, data_testing.TOKENIZER.cls_id,
-                                   data_testing.TOKENIZER.sep_id, 0, len(index), None)
-  known = {tuple(masked.tokens(i)[0]) for i in range(len(index))}
+  masked = pipeline.MaskedExamples([tokenized.Shard(0, 1, corpus, None)], [index], None,
+                                   data_testing.TOKENIZER.cls_id, data_testing.TOKENIZER.sep_id,
+                                   0, len(index), None)
+  known = {tuple(masked.tokens(0, i)[0]) for i in range(len(index))}
   p = pipeline.max_predictions(config)
   num_segments = []
   for batch in _batches(config, corpus, 10):

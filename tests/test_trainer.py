@@ -283,3 +283,24 @@ def test_text_files_with_one_document_per_file_validate(tmp_path):
                      data_dir=str(tmp_path / 'tfds'))
   final = trainer.train_and_evaluate(config, str(tmp_path / 'work'))
   assert math.isfinite(final['mlm_loss'])
+
+
+def test_validation_reads_its_examples_once(tmp_path, monkeypatch):
+  """Three validations (steps 0, 2 and 4) and the start-up check cut the validation split into
+  examples once, as training cuts its split once (each is cached with its shard)."""
+  from encoders.data import examples  # pylint: disable=g-import-not-at-top
+  from tests import test_corpus  # pylint: disable=g-import-not-at-top
+  test_corpus.six_train_files(tmp_path / 'files')
+  config = training_util.tiny_config(train__synthetic_data=False, train__num_steps=4,
+                                     train__eval_every=2, train__batch_size=1,
+                                     data__input_format='full_sentences', model__vocab_size=512)
+  config.data.update(dataset='text_files', text_files=str(tmp_path / 'files'), vocab_size=512,
+                     data_dir=str(tmp_path / 'tfds'))
+  cuts = []
+  original = examples.build_examples
+  monkeypatch.setattr(examples, 'build_examples', lambda corpus, *a: cuts.append(
+      corpus.num_documents) or original(corpus, *a))
+  trainer.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert sorted(cuts) == [1, 5]  # The validation file, then the five training ones.
+  evaluations = [r for r in metrics.read_jsonl(str(tmp_path / 'work')) if 'eval/mlm_loss' in r]
+  assert [r['step'] for r in evaluations] == [0, 2, 4]

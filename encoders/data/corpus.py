@@ -13,6 +13,7 @@ same split whatever else the corpus holds. A text_files corpus whose hash gives 
 nothing (a few files, one document each) gets the training documents with the highest hashes
 moved there (5%, at least one), as long as one stays in train.
 """
+import collections
 import glob
 import hashlib
 import importlib
@@ -102,27 +103,29 @@ def _by_split(examples: dict[str, dict]) -> dict[str, list]:
   return {split: splits[split] for split in SPLITS if split in splits}
 
 
-def _carve_validation(splits: dict[str, list]) -> dict[str, list]:
-  """`splits` with a validation split when the hash gave none and two or more training documents.
+def _carve_validation(split_titles: dict[str, list[str]],
+                      counts: collections.Counter) -> dict[str, set[str] | None]:
+  """{split: the titles it holds, or None for "by the hash"}: a validation split is carved when
+  the hash gave none and there are two or more training documents.
 
-  It takes the training documents with the highest title hashes: 5% of all documents, at least one, leaving at least one in train. Which ones does
-  not depend on the order of the files. Pretraining validates on 'validation' by default, and
-  without it failed with TFDS's "Unknown split 'validation'".
+  It takes the training documents with the highest title hashes: 5% of all documents, at least
+  one, leaving at least one in train. Which ones does not depend on the order of the files.
+  Pretraining validates on 'validation' by default, and without it failed with TFDS's
+  "Unknown split 'validation'". Only a corpus of a few documents lacks a validation split (each
+  document lands there with probability 5%), so listing its training titles costs nothing.
   """
-  train = splits.get('train', [])
-  if 'validation' in splits or len(train) < 2:
-    return splits
-  total = sum(len(examples) for examples in splits.values())
+  train = split_titles.get('train', [])
+  if split_titles.get('validation') or len(train) < 2:
+    return {split: None for split, titles in split_titles.items() if titles}
+  total = sum(counts.values())
   count = min(max(1, total * _SPLIT_PERCENTS[1] // 100), len(train) - 1)
-  order = sorted(train, key=lambda item: (_title_hash(item[1]['title']), item[1]['title']))
-  moved = order[-count:]
-  moved_keys = {key for key, _ in moved}
+  moved = sorted(train, key=lambda title: (_title_hash(title), title))[-count:]
   logging.warning('Text files: the title hash put none of the %d documents in the validation '
                   'split; moved %d training document(s) there: %s.', total, count,
-                  ', '.join(example['title'] for _, example in moved[:5]))
-  carved = dict(splits, train=[item for item in train if item[0] not in moved_keys],
-                validation=[item for item in train if item[0] in moved_keys])
-  return {split: carved[split] for split in SPLITS if split in carved}
+                  ', '.join(moved[:5]))
+  carved = dict(train=set(train) - set(moved), validation=set(moved))
+  return {split: carved.get(split) for split in SPLITS
+          if split in carved or split_titles.get(split)}
 
 
 def _file_stats(path: str) -> tuple[str, int, float]:
@@ -148,26 +151,45 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
   """User text files: one document per file, or documents separated by blank lines."""
 
   code_path = None  # No checksums file; TFDS's own lookup needs importlib_resources.
-  VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.1.0': 'A validation split is carved from train when the hash gives none.'}
+  VERSION = tfds.core.Version('1.2.0')
+  RELEASE_NOTES = {'1.1.0': 'A validation split is carved from train when the hash gives none.',
+                   '1.2.0': 'Files are streamed, and documents stored in file order (the '
+                            'pretraining pipeline shuffles examples itself).'}
 
   def _info(self) -> tfds.core.DatasetInfo:
+    # Unshuffled: TFDS's shuffler would hold up to 1 GB of examples in memory while writing.
     return tfds.core.DatasetInfo(builder=self, features=_text_features(None),
-                                 description='Plain text files.')
+                                 description='Plain text files.', disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
+    """Streams the files: a first pass lists the split of each title (for the rare corpus whose
+    hash gives no validation split), then each split reads them again, yielding its documents
+    one at a time, so a multi-GB corpus never sits in memory."""
     del dl_manager
+    files, split_by = self.builder_config.files, self.builder_config.split_by
+    split_titles, counts = {}, collections.Counter()
+    for title, _ in self._documents():
+      counts[split_of(title)] += 1
+      titles = split_titles.setdefault(split_of(title), [])
+      if len(titles) < 2:  # Enough to know whether a split is empty and to carve validation.
+        titles.append(title)
+      elif split_of(title) == 'train' and 'validation' not in split_titles:
+        titles.append(title)
+    if not split_titles:
+      raise ValueError(f'The {len(files)} text files ({files[0]}, ...) hold no non-empty '
+                       f'document (split by {split_by!r}): check config.data.text_files.')
+    return {split: self._generate_examples(split, titles)
+            for split, titles in _carve_validation(split_titles, counts).items()}
+
+  def _generate_examples(self, split, titles):
+    for title, text in self._documents():
+      if (split_of(title) == split) if titles is None else (title in titles):
+        yield title, dict(title=title, text=text, description='')
+
+  def _documents(self) -> Iterator[tuple[str, str]]:
     files = self.builder_config.files
     root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
-    examples = {title: dict(title=title, text=text, description='') for title, text
-                in _text_file_documents(files, self.builder_config.split_by, root)}
-    if not examples:
-      raise ValueError(f'The {len(files)} text files ({files[0]}, ...) hold no non-empty '
-                       'document: check config.data.text_files.')
-    return _carve_validation(_by_split(examples))
-
-  def _generate_examples(self, examples):
-    yield from examples
+    return _text_file_documents(files, self.builder_config.split_by, root)
 
 
 def _text_file_documents(files: list[str], split_by: str,
@@ -346,21 +368,29 @@ def dataset_key(data_config, builder: tfds.core.DatasetBuilder) -> str:
          f'-{builder.version}-{text_field_of(data_config)}'
 
 
-def iter_documents(data_config, split: str, builder=None, chunk: int = 4096
+def num_documents(data_config, split: str, builder=None) -> int:
+  """Documents in a split (a TFDS slice such as 'train[:10%]' or 'train+validation' too)."""
+  return len(_data_source(data_config, builder or get_builder(data_config), split))
+
+
+def iter_documents(data_config, split: str, builder=None, chunk: int = 4096, *,
+                   documents: range | None = None
                    ) -> Iterator[tuple[list[str], np.ndarray | None]]:
   """Chunks of (texts, int32 topic labels or None) of a split, in the stored order.
 
-  `split` may be a TFDS slice such as 'train[:10%]' or 'train+validation'.
+  `split` may be a TFDS slice such as 'train[:10%]' or 'train+validation'. `documents`: the
+  indices to read (a range, any step; default all), read `chunk` at a time.
   """
   builder = builder or get_builder(data_config)
   source = _data_source(data_config, builder, split)
   if not len(source):
     raise ValueError(f'Split {split!r} of {data_config.dataset!r} is empty: check the source '
                      'files / data_dir, or use another split.')
+  documents = range(len(source)) if documents is None else documents
   field = text_field_of(data_config)
   has_topic = topic_names(builder) is not None
-  for start in range(0, len(source), chunk):
-    records = source.__getitems__(range(start, min(start + chunk, len(source))))
+  for start in range(0, len(documents), chunk):
+    records = source.__getitems__(documents[start:start + chunk])
     texts = [r[field].decode('utf-8', errors='replace') if isinstance(r[field], bytes)
              else r[field] for r in records]
     yield texts, (np.asarray([r['topic'] for r in records], np.int32) if has_topic else None)
@@ -389,9 +419,17 @@ def _data_source(data_config, builder: tfds.core.DatasetBuilder, split: str):
       "--config.data.train_split='train[:95%]' --config.data.eval_split='train[95%:]'."))
 
 
-def read_documents(data_config, split: str, builder=None) -> tuple[list[str], np.ndarray | None]:
-  """All texts of a split and their topic labels (int32) when the dataset has topics."""
-  chunks = list(iter_documents(data_config, split, builder))
+def read_documents(data_config, split: str, builder=None, *,
+                   max_documents: int | None = None) -> tuple[list[str], np.ndarray | None]:
+  """The texts of a split and their topic labels (int32) when the dataset has topics.
+
+  With `max_documents`, a larger split gives that many, evenly spaced over it (the tokenizer
+  trains on such a sample: a C4-size split never sits in memory).
+  """
+  builder = builder or get_builder(data_config)
+  total = num_documents(data_config, split, builder)
+  step = 1 if max_documents is None else max(1, -(-total // max_documents))
+  chunks = list(iter_documents(data_config, split, builder, documents=range(0, total, step)))
   texts = [t for chunk_texts, _ in chunks for t in chunk_texts]
   labels = None if chunks[0][1] is None else np.concatenate([l for _, l in chunks])
   return texts, labels

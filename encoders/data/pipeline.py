@@ -70,20 +70,28 @@ def make_pretraining_dataset(
   if global_batch_size % process_count:
     raise ValueError(f'config.train.batch_size={global_batch_size} must be divisible by the '
                      f'number of hosts ({process_count}).')
+  from encoders.data import tokenized  # pylint: disable=g-import-not-at-top
   if corpus is None:
-    from encoders.data import tokenized  # pylint: disable=g-import-not-at-top
-    corpus = tokenized.load_tokenized_corpus(data_config, tokenizer, split)
-  if len(corpus.token_ids) == 0:
+    shards = tokenized.load_shards(data_config, tokenizer, split, process_index, process_count)
+  else:
+    shards = [tokenized.Shard(0, 1, corpus, folder=None)]
+  if not sum(len(shard.corpus.token_ids) for shard in shards):
     raise ValueError(f'The {split!r} split of the corpus has no tokens: check the corpus '
                      'fields of config.data and rebuild the tokenized cache.')
-
-  index = examples_lib.build_examples(corpus, data_config.input_format, data_config.seq_length,
-                                      data_config.short_seq_prob, data_config.shuffle_seed)
-  logging.info('%s %s: %d examples from %d documents; %s', split, data_config.input_format,
-               len(index), len(corpus.document_offsets) - 1, index.stats)
-  if len(index) < process_count:
-    raise ValueError(f'The {split!r} split gives {len(index)} {data_config.input_format} examples, '
-                     f'fewer than the {process_count} hosts: use a larger corpus.')
+  indexes = [tokenized.load_examples(shard, data_config) for shard in shards]
+  num_examples = sum(len(index) for index in indexes)
+  logging.info('%s %s: %d examples from %d documents in %d of %d shards.', split,
+               data_config.input_format, num_examples,
+               sum(len(shard.corpus.document_offsets) - 1 for shard in shards), len(shards),
+               shards[0].num_shards)
+  own_shards = shards[0].num_shards >= process_count  # tokenized.host_shard_ids
+  if not own_shards and num_examples < process_count:
+    raise ValueError(f'The {split!r} split gives {num_examples} {data_config.input_format} '
+                     f'examples, fewer than the {process_count} hosts: use a larger corpus.')
+  if not num_examples:
+    raise ValueError(f'The {split!r} shards {[s.shard_id for s in shards]} of this host give no '
+                     f'{data_config.input_format} example: lower config.data.shard_documents '
+                     'to balance the shards.')
 
   num_predictions = max_predictions(data_config)
   replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.special_ids)
@@ -92,8 +100,11 @@ def make_pretraining_dataset(
       random_token_prob=data_config.random_token_prob, unit=data_config.masking,
       max_predictions=num_predictions, mask_id=tokenizer.mask_id,
       replacement_ids=replacement_ids.astype(np.int32))
-  example_ids = grain.MapDataset.range(process_index, len(index), process_count)
-  masked = MaskedExamples(corpus, index, spec, tokenizer.cls_id, tokenizer.sep_id,
+  # Positions in the concatenation of this host's shards' examples: all of them when the host
+  # owns its shards, else every process_count-th (every host reads the same few shards).
+  example_ids = (grain.MapDataset.range(num_examples) if own_shards
+                 else grain.MapDataset.range(process_index, num_examples, process_count))
+  masked = MaskedExamples(shards, indexes, spec, tokenizer.cls_id, tokenizer.sep_id,
                           data_config.shuffle_seed, len(example_ids),
                           data_config.dupe_factor if data_config.static_masking else None)
   dataset = (example_ids.shuffle(seed=data_config.shuffle_seed)
@@ -122,30 +133,40 @@ def _single_row(assemble, example):
 
 
 class MaskedExamples:
-  """(stream position, example id) -> one masked example (grain map_with_index)."""
+  """(stream position, example id) -> one masked example (grain map_with_index).
 
-  def __init__(self, corpus, index: examples_lib.ExampleIndex, spec: masking.MaskingSpec,
+  Example ids number the examples of `shards` one shard after the other. An example's mask is
+  drawn from (seed, epoch's draw, shard, example within the shard), whichever host reads it.
+  """
+
+  def __init__(self, shards, indexes: list[examples_lib.ExampleIndex], spec: masking.MaskingSpec,
                cls_id: int, sep_id: int, seed: int, epoch_length: int, dupe_factor: int | None):
-    self._corpus, self._index, self._spec = corpus, index, spec
+    self._shards, self._indexes, self._spec = shards, indexes, spec
+    self._first_ids = np.cumsum([0] + [len(index) for index in indexes])
     self._cls_id, self._sep_id, self._seed = cls_id, sep_id, seed
     self._epoch_length, self._dupe_factor = epoch_length, dupe_factor
 
   def __call__(self, position: int, example_id: int) -> dict[str, Any]:
     epoch = position // self._epoch_length
     mask_draw = epoch % self._dupe_factor if self._dupe_factor else epoch
-    rng = np.random.default_rng([self._seed, 1, mask_draw, example_id])
-    token_ids, word_starts, token_type_ids, candidates = self.tokens(example_id)
+    part = int(np.searchsorted(self._first_ids, example_id, side='right')) - 1
+    local_id = example_id - self._first_ids[part]
+    shard_id = self._shards[part].shard_id
+    # Shard 0 keeps the key of the unsharded pipeline: earlier runs replay exactly.
+    rng = np.random.default_rng([self._seed, 1, mask_draw, local_id] + ([shard_id] if shard_id else []))
+    token_ids, word_starts, token_type_ids, candidates = self.tokens(part, local_id)
     input_ids, masked_positions, masked_ids = masking.mask_example(
         token_ids, candidates, word_starts, self._spec, rng)
     example = dict(input_ids=input_ids, token_type_ids=token_type_ids,
                    masked_positions=masked_positions, masked_ids=masked_ids)
-    if self._index.nsp_labels is not None:
-      example['nsp_label'] = self._index.nsp_labels[example_id]
+    if self._indexes[part].nsp_labels is not None:
+      example['nsp_label'] = self._indexes[part].nsp_labels[local_id]
     return example
 
-  def tokens(self, example_id: int):
-    """[CLS] piece [SEP] piece [SEP] ...: (token_ids, word_starts, token_type_ids, candidates), each [n]."""
-    index, corpus = self._index, self._corpus
+  def tokens(self, part: int, example_id: int):
+    """[CLS] piece [SEP] piece [SEP] ... of example `example_id` of the part-th shard:
+    (token_ids, word_starts, token_type_ids, candidates), each [n]."""
+    index, corpus = self._indexes[part], self._shards[part].corpus
     pieces = range(index.piece_offsets[example_id], index.piece_offsets[example_id + 1])
     length = 1 + sum(int(index.piece_ends[p] - index.piece_starts[p]) + 1 for p in pieces)
     token_ids = np.empty(length, np.int32)

@@ -1,9 +1,10 @@
-"""A corpus split as token ids with word, sentence and document boundaries, cached on disk.
+"""A corpus split as token ids with word, sentence and document boundaries, cached on disk in shards.
 
 Each document is tokenized whole (so byte-level BPE sees the spaces between sentences as
 RoBERTa did), then cut into sentences by a regex splitter through the tokens' character
 offsets. The arrays are cached as .npy files keyed by (dataset, split, tokenizer
-fingerprint, splitter version) and memory-mapped on later loads (read whole from a URL cache_dir).
+fingerprint, splitter version), one folder per shard of documents (with the shard's example
+indexes), and memory-mapped on later loads (read whole from a URL cache_dir).
 """
 import dataclasses
 import hashlib
@@ -19,6 +20,7 @@ from etils import epath
 
 from encoders import paths
 from encoders.data import corpus
+from encoders.data import examples as examples_lib
 from encoders.data import tokenizer as tokenizer_lib
 
 SPLITTER_VERSION = 1
@@ -148,55 +150,146 @@ def cache_dir_of(data_config) -> str:
                             os.path.join(corpus.data_dir_of(data_config), 'tokenized'))
 
 
-def load_tokenized_corpus(data_config, tokenizer: tokenizer_lib.Tokenizer,
-                          split: str) -> TokenizedCorpus:
-  """The tokenized split: read from the cache, or built (dataset + tokenization) and cached."""
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """One cached shard of a split: documents [first, first + corpus.num_documents) of it."""
+  shard_id: int
+  num_shards: int
+  corpus: TokenizedCorpus
+  folder: str | None  # Where it is cached (its example indexes too); None: built in memory.
+
+
+def shard_ranges(num_documents: int, shard_documents: int) -> list[range]:
+  """Document ranges of the shards of a split: ceil(n / shard_documents) of near-equal size."""
+  num_shards = max(1, -(-num_documents // shard_documents))
+  bounds = [s * num_documents // num_shards for s in range(num_shards + 1)]
+  return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def host_shard_ids(num_shards: int, process_index: int, process_count: int) -> list[int]:
+  """The shards a host reads: its own (index, index + count, ...) when every host gets one;
+  all of them otherwise (the pipeline then gives each host every count-th example)."""
+  if num_shards < process_count:
+    return list(range(num_shards))
+  return list(range(process_index, num_shards, process_count))
+
+
+def load_shards(data_config, tokenizer: tokenizer_lib.Tokenizer, split: str,
+                process_index: int = 0, process_count: int = 1) -> list[Shard]:
+  """This host's shards of the split, each read from the cache or tokenized and cached first.
+
+  Only these shards' documents are read, a chunk at a time, and a shard is cached as soon as it
+  is tokenized: memory holds one shard's arrays while building, and the memory-mapped caches
+  after (a cache_dir at a URL is read whole, shard by shard: keep a C4-size cache on each
+  host's local disk, which needs only that host's shards). A run stopped while tokenizing resumes at the first shard not cached. A shard's arrays
+  depend only on its documents and the tokenizer, not on the number of hosts.
+  """
   builder = corpus.get_builder(data_config)
   split_name = re.sub(r'[^\w.+-]', '_', split)  # 'train[:10%]' -> 'train__10__-<hash>'
   if split_name != split:
     split_name += '-' + hashlib.md5(split.encode()).hexdigest()[:8]
-  folder = os.path.join(cache_dir_of(data_config), corpus.dataset_key(data_config, builder),
-                        f'{split_name}-{tokenizer.fingerprint}-splitter{SPLITTER_VERSION}')
+  split_folder = os.path.join(cache_dir_of(data_config), corpus.dataset_key(data_config, builder),
+                              f'{split_name}-{tokenizer.fingerprint}-splitter{SPLITTER_VERSION}')
+  ranges = shard_ranges(corpus.num_documents(data_config, split, builder),
+                        data_config.get('shard_documents', 100_000))
+  shards = []
+  for shard_id in host_shard_ids(len(ranges), process_index, process_count):
+    folder = os.path.join(split_folder, f'shard-{shard_id:05d}-of-{len(ranges):05d}')
+    if not epath.Path(folder, 'stats.json').exists():
+      start = time.perf_counter()
+      result, stats = _concatenate([
+          _tokenize_chunk(tokenizer, texts, labels) for texts, labels in corpus.iter_documents(
+              data_config, split, builder, documents=ranges[shard_id])])
+      stats['seconds'] = round(time.perf_counter() - start, 2)
+      _save({name: getattr(result, name) for name in _ARRAYS + ('document_labels',)
+             if getattr(result, name) is not None}, stats, folder)
+      logging.info('Tokenized %s/%s documents %d:%d into %s: %s.', data_config.dataset, split,
+                   ranges[shard_id].start, ranges[shard_id].stop, folder, stats)
+      if paths.is_url(folder):  # Read back, it would be downloaded whole.
+        shards.append(Shard(shard_id, len(ranges), result, folder))
+        continue
+      del result  # Read back memory-mapped, like every other shard.
+    shards.append(Shard(shard_id, len(ranges), _load(folder), folder))
+  return shards
+
+
+def load_tokenized_corpus(data_config, tokenizer: tokenizer_lib.Tokenizer,
+                          split: str) -> TokenizedCorpus:
+  """The whole tokenized split as one corpus (shards are cached as in load_shards); a split of
+  one shard stays memory-mapped, a larger one is concatenated in memory."""
+  shards = load_shards(data_config, tokenizer, split)
+  if len(shards) == 1:
+    return shards[0].corpus
+  return concatenate_corpora([shard.corpus for shard in shards])
+
+
+def concatenate_corpora(parts: list[TokenizedCorpus]) -> TokenizedCorpus:
+  token_offsets = np.cumsum([0] + [part.num_tokens for part in parts])
+  sentence_offsets = np.cumsum([0] + [part.num_sentences for part in parts])
+  return TokenizedCorpus(
+      token_ids=np.concatenate([part.token_ids for part in parts]),
+      word_starts=np.concatenate([part.word_starts for part in parts]),
+      sentence_offsets=np.concatenate(
+          [[0]] + [part.sentence_offsets[1:] + offset for part, offset
+                   in zip(parts, token_offsets)]).astype(np.int64),
+      document_offsets=np.concatenate(
+          [[0]] + [part.document_offsets[1:] + offset for part, offset
+                   in zip(parts, sentence_offsets)]).astype(np.int64),
+      document_labels=(None if parts[0].document_labels is None
+                       else np.concatenate([part.document_labels for part in parts])))
+
+
+def load_examples(shard: Shard, data_config) -> examples_lib.ExampleIndex:
+  """The shard cut into examples of config.data's input format, cached next to its tokens
+  (training and every validation read them back instead of cutting them again)."""
+  key = (data_config.input_format, data_config.seq_length, data_config.short_seq_prob,
+         data_config.shuffle_seed)
+  build = lambda: examples_lib.build_examples(shard.corpus, *key)
+  if shard.folder is None:
+    return build()
+  folder = os.path.join(shard.folder, 'examples-' + hashlib.md5(repr(key).encode()).hexdigest()[:12])
   if not epath.Path(folder, 'stats.json').exists():
-    start = time.perf_counter()
-    # Streams chunks of documents: only the token arrays are held in memory.
-    result, stats = _concatenate([_tokenize_chunk(tokenizer, texts, labels) for texts, labels
-                                  in corpus.iter_documents(data_config, split, builder)])
-    stats['seconds'] = round(time.perf_counter() - start, 2)
-    _save(result, stats, folder)
-    logging.info('Tokenized %s/%s into %s: %s.', data_config.dataset, split, folder, stats)
-    if paths.is_url(folder):  # Read back it would be read whole, as it is already in memory.
-      return result
-  return _load(folder)  # A local cache memory-mapped.
+    index = build()
+    arrays = {field.name: getattr(index, field.name) for field in dataclasses.fields(index)
+              if field.name != 'stats' and getattr(index, field.name) is not None}
+    _save(arrays, index.stats, folder)
+    if paths.is_url(folder):
+      return index
+  stats = paths.read_json(os.path.join(folder, 'stats.json'))
+  arrays = {field.name: _load_if_exists(os.path.join(folder, f'{field.name}.npy'))
+            for field in dataclasses.fields(examples_lib.ExampleIndex) if field.name != 'stats'}
+  return examples_lib.ExampleIndex(**arrays, stats=stats)
 
 
-def _save(result: TokenizedCorpus, stats: dict, folder: str) -> None:
-  """Readers never see a partial cache: a local one is written into a temporary folder, then
-  renamed; at a URL (object stores rename no folders) stats.json, which readers look for, is
-  written last."""
+def _save(arrays: dict[str, np.ndarray], stats: dict, folder: str) -> None:
+  """Writes `arrays` as .npy files and stats.json. Readers never see a partial cache: a local
+  one is written into a temporary folder, then renamed; at a URL (object stores rename no
+  folders) stats.json, which readers look for, is written last."""
   if paths.is_url(folder):
-    _write(result, stats, folder)
+    _write(arrays, stats, folder)
     return
   os.makedirs(os.path.dirname(folder), exist_ok=True)
   tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix='.tmp-')
-  _write(result, stats, tmp)
+  _write(arrays, stats, tmp)
   try:
     os.rename(tmp, folder)
   except OSError:  # Another process cached it first.
     shutil.rmtree(tmp)
 
 
-def _write(result: TokenizedCorpus, stats: dict, folder: str) -> None:
-  for name in _ARRAYS + ('document_labels',):
-    if getattr(result, name) is not None:
-      paths.save_npy(os.path.join(folder, f'{name}.npy'), getattr(result, name))
+def _write(arrays: dict[str, np.ndarray], stats: dict, folder: str) -> None:
+  for name, array in arrays.items():
+    paths.save_npy(os.path.join(folder, f'{name}.npy'), array)
   paths.write_json(os.path.join(folder, 'stats.json'), stats)
+
+
+def _load_if_exists(path: str) -> np.ndarray | None:
+  return paths.load_npy(path) if epath.Path(path).exists() else None
 
 
 def _load(folder: str) -> TokenizedCorpus:
   arrays = {name: paths.load_npy(os.path.join(folder, f'{name}.npy')) for name in _ARRAYS}
-  labels_path = os.path.join(folder, 'document_labels.npy')
-  labels = paths.load_npy(labels_path) if epath.Path(labels_path).exists() else None
+  labels = _load_if_exists(os.path.join(folder, 'document_labels.npy'))
   stats = paths.read_json(os.path.join(folder, 'stats.json'))
   logging.info('Tokenized corpus %s: %s.', folder, stats)
   return TokenizedCorpus(**arrays, document_labels=labels)

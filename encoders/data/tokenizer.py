@@ -187,9 +187,12 @@ def get_tokenizer(data_config, workdir: str | None) -> 'Tokenizer':
                      'experiments.train_tokenizer --config ... --workdir DIR`, then set '
                      'config.data.tokenizer_path=DIR/tokenizer.')
   from encoders.data import corpus  # pylint: disable=g-import-not-at-top
-  texts, _ = corpus.read_documents(data_config, data_config.get('train_split', 'train'))
-  logging.info('Training a %s tokenizer (vocab %d) on %d documents of %s.',
-               data_config.tokenizer, data_config.vocab_size, len(texts), data_config.dataset)
+  split = data_config.get('train_split', 'train')
+  texts, _ = corpus.read_documents(data_config, split,
+                                   max_documents=data_config.get('tokenizer_max_documents'))
+  logging.info('Training a %s tokenizer (vocab %d) on %d documents of %s (of %d).',
+               data_config.tokenizer, data_config.vocab_size, len(texts), data_config.dataset,
+               corpus.num_documents(data_config, split))
   tok = train(data_config.tokenizer, texts, data_config.vocab_size, data_config.lowercase,
               num_texts=len(texts))
   if tok.vocab_size < data_config.vocab_size:

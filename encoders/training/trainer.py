@@ -215,8 +215,11 @@ def make_iterators(config, workdir: str, sentence_head: bool):
   make = functools.partial(pipeline.make_pretraining_iterator, tokenizer=tokenizer,
                            process_index=index, process_count=count)
   check_eval_split(validation, make)
-  return (make(config, split=config.data.train_split),
-          lambda: make(validation, split=validation.data.eval_split, num_epochs=1))
+  # Built once: every validation iterates the same examples afresh, without cutting them again.
+  eval_dataset = pipeline.make_pretraining_dataset(
+      validation, tokenizer, validation.data.eval_split, process_index=index,
+      process_count=count, num_epochs=1)
+  return make(config, split=config.data.train_split), lambda: iter(eval_dataset)
 
 
 def check_eval_split(validation: ml_collections.ConfigDict, make: Callable) -> None:
@@ -323,15 +326,19 @@ def evaluate(eval_fn, state, make_eval_iterator, num_batches: int, mesh) -> dict
   (all zeros: no example, no prediction, weight 0 in every metric), so no host waits forever in
   a collective and the metrics are those of the real rows.
   """
-  batches = list(itertools.islice(make_eval_iterator(), num_batches))
-  count = len(batches)
-  if jax.process_count() > 1:
-    count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
-  if batches and len(batches) < count:  # check_eval_split gives every host one batch at least.
-    padding = {name: np.zeros_like(value) for name, value in batches[0].items()}
-    batches += [padding] * (count - len(batches))
-  total = None
-  for batch in batches:
+  batches = itertools.islice(make_eval_iterator(), num_batches)  # Streamed: none is held.
+  padding = total = None
+  while True:
+    batch = next(batches, None)
+    if jax.process_count() > 1:  # Whether any host still has a batch: all go on, or all stop.
+      if not np.max(multihost_utils.process_allgather(np.int32(batch is not None))):
+        break
+      if batch is None:  # check_eval_split gave this host one batch at least: padding is set.
+        batch = padding
+    elif batch is None:
+      break
+    if padding is None:
+      padding = {name: np.zeros_like(value) for name, value in batch.items()}
     sums = eval_fn(state.params, state.frozen, sharding.global_batch(batch, mesh))
     total = metrics.add_sums(total, jax.device_get(sums))
   if total is None:  # check_eval_split stops such runs at start.

@@ -1,0 +1,185 @@
+"""Host memory of the pretraining input pipeline on a generated multi-GB corpus (a script).
+
+  python -m experiments.benchmark_data_scale --gigabytes=0.5,2 --out=docs/data_scale
+
+For each size: writes synthetic text files (documents of Zipf-distributed pseudo-words,
+separated by blank lines, in 64 MB files) into a scratch folder, then runs the chain a
+pretraining run runs on a fresh machine, in this process:
+  build   the TFDS dataset of the files (corpus.TextFiles, streamed, array_record);
+  vocab   a WordPiece tokenizer trained on config.data.tokenizer_max_documents of them;
+  shards  tokenization into cached shards of config.data.shard_documents documents;
+  batches --num_batches batches of the pipeline (full_sentences, seq 128, masked, packed).
+A thread samples /proc/self/status every 0.2 s: RssAnon (memory the process holds) and
+RssFile (pages of memory-mapped caches the kernel may drop). If the pipeline held a whole
+split, RssAnon would grow with the corpus; the figures show whether it does.
+Writes <out>/results.json (per size and phase: seconds, peak RssAnon and RssFile in MiB) and
+<out>/memory.png.
+"""
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from absl import app
+from absl import flags
+from etils import epath
+import numpy as np
+
+from encoders import paths
+from encoders.configs import data as data_config_lib
+
+_GIGABYTES = flags.DEFINE_list('gigabytes', ['0.5', '2'], 'Corpus sizes (GB of text) to run.')
+_OUT = flags.DEFINE_string('out', 'docs/data_scale', 'Where results.json and memory.png go.')
+_SCRATCH = flags.DEFINE_string('scratch', None, 'Scratch folder (default: a temporary one).')
+_NUM_BATCHES = flags.DEFINE_integer('num_batches', 2000, 'Pipeline batches read per size.')
+_BATCH_SIZE = 32
+_FILE_BYTES = 64 << 20
+
+
+class MemorySampler(threading.Thread):
+  """Samples (seconds, phase, RssAnon MiB, RssFile MiB) of this process."""
+
+  def __init__(self):
+    super().__init__(daemon=True)
+    self.samples, self.phase, self._start, self._stopping = [], None, time.perf_counter(), False
+
+  def run(self):
+    while not self._stopping:
+      with open('/proc/self/status') as status:
+        fields = dict(line.split(':', 1) for line in status)
+      kib = lambda name: int(fields[name].split()[0]) / 1024
+      self.samples.append((time.perf_counter() - self._start, self.phase, kib('RssAnon'),
+                           kib('RssFile')))
+      time.sleep(0.2)
+
+  def stop(self):
+    self._stopping = True
+    self.join()
+
+
+def write_corpus(folder: str, num_bytes: int, seed: int = 0) -> int:
+  """Writes about num_bytes of documents (3-40 sentences of 5-30 words) in 64 MB files; returns
+  the number of documents."""
+  rng = np.random.default_rng(seed)
+  syllables = np.array(['ka', 'lo', 'mi', 'ter', 'an', 'dor', 'vel', 'si', 'pu', 'ne', 'ro',
+                        'tha', 'gri', 'bel', 'os', 'un', 'ja', 'wen', 'ci', 'mar'])
+  words = np.array([''.join(rng.choice(syllables, size=rng.integers(1, 5)))
+                    for _ in range(50_000)])
+  cdf = np.cumsum(1 / np.arange(1, len(words) + 1))
+  os.makedirs(folder, exist_ok=True)
+  written = documents = file_index = 0
+  while written < num_bytes:
+    parts, size = [], 0
+    while size < _FILE_BYTES and written + size < num_bytes:
+      drawn = words[np.searchsorted(cdf, rng.random(1 << 16) * cdf[-1])].tolist()
+      lengths = rng.integers(5, 31, size=len(drawn) // 5)
+      ends = np.cumsum(lengths)
+      sentences = [' '.join(drawn[e - n:e]).capitalize() + '.'
+                   for n, e in zip(lengths, ends) if e <= len(drawn)]
+      cuts = np.cumsum(rng.integers(3, 41, size=len(sentences)))
+      for a, b in zip(np.concatenate([[0], cuts]), cuts):
+        if b > len(sentences):
+          break
+        parts.append(' '.join(sentences[a:b]))
+        size += len(parts[-1]) + 2
+    with open(os.path.join(folder, f'part-{file_index:05d}.txt'), 'w') as f:
+      f.write('\n\n'.join(parts))
+    written += size
+    documents += len(parts)
+    file_index += 1
+  return documents
+
+
+def run_size(gigabytes: float, scratch: str, sampler: MemorySampler) -> dict:
+  # pylint: disable=g-import-not-at-top
+  import ml_collections
+  from encoders.data import corpus, pipeline, tokenized, tokenizer as tokenizer_lib
+  folder = os.path.join(scratch, f'{gigabytes:g}GB')
+  config = data_config_lib.get_data_config(
+      dataset='text_files', text_files=os.path.join(folder, 'text'),
+      text_files_split_by='paragraph', data_dir=os.path.join(folder, 'tfds'), prefetch=0)
+  result = dict(gigabytes=gigabytes)
+  start = time.perf_counter()
+  result['documents_written'] = write_corpus(os.path.join(folder, 'text'), int(gigabytes * 1e9))
+  result['write_s'] = time.perf_counter() - start
+  phases = {}
+
+  def phase(name, work):
+    sampler.phase = f'{gigabytes:g}GB {name}'
+    begin = time.perf_counter()
+    value = work()
+    phases[name] = dict(seconds=round(time.perf_counter() - begin, 1))
+    return value
+
+  phase('build', lambda: corpus.get_builder(config))
+  tokenizer = phase('vocab', lambda: tokenizer_lib.get_tokenizer(config, folder))
+  config.vocab_size = tokenizer.vocab_size
+  shards = phase('shards', lambda: tokenized.load_shards(config, tokenizer, 'train'))
+  result.update(train_documents=sum(s.corpus.num_documents for s in shards),
+                train_tokens=int(sum(s.corpus.num_tokens for s in shards)),
+                shards=len(shards))
+  del shards
+
+  def read_batches():
+    batches = pipeline.make_pretraining_iterator(
+        ml_collections.ConfigDict(dict(data=config, train=dict(batch_size=_BATCH_SIZE))),
+        tokenizer, 'train', process_index=0, process_count=1)
+    for _ in range(_NUM_BATCHES.value):
+      next(batches)
+
+  phase('batches', read_batches)
+  sampler.phase = None
+  for name, values in phases.items():
+    rows = [s for s in sampler.samples if s[1] == f'{gigabytes:g}GB {name}']
+    values.update(peak_rss_anon_mib=round(max(r[2] for r in rows)),
+                  peak_rss_file_mib=round(max(r[3] for r in rows)))
+  result['phases'] = phases
+  shutil.rmtree(folder)
+  return result
+
+
+def plot(sampler: MemorySampler, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axis = plt.subplots(figsize=(10, 4))
+  rows = [s for s in sampler.samples if s[1]]
+  seconds = np.array([r[0] for r in rows]) / 60
+  axis.plot(seconds, [r[2] for r in rows], label='RssAnon (held by the process)')
+  axis.plot(seconds, [r[3] for r in rows], label='RssFile (mapped caches, droppable)', alpha=0.6)
+  starts = {}
+  for r, minute in zip(rows, seconds):
+    starts.setdefault(r[1], minute)
+  for name, minute in starts.items():
+    axis.axvline(minute, color='grey', lw=0.5)
+    axis.text(minute, axis.get_ylim()[1] * 0.97, name, rotation=90, va='top', fontsize=7)
+  axis.set(xlabel='minutes', ylabel='MiB', title='Input pipeline memory on generated corpora')
+  axis.legend(loc='center right')
+  figure.tight_layout()
+  paths.save_figure(figure, path, dpi=120)
+
+
+def main(argv):
+  del argv
+  scratch = _SCRATCH.value or tempfile.mkdtemp(prefix='data_scale-')
+  sampler = MemorySampler()
+  sampler.start()
+  results = []
+  for gigabytes in map(float, _GIGABYTES.value):
+    results.append(run_size(gigabytes, scratch, sampler))
+    print(results[-1], flush=True)
+  sampler.stop()
+  epath.Path(_OUT.value).mkdir(parents=True, exist_ok=True)
+  paths.write_json(os.path.join(_OUT.value, 'results.json'), results, indent=1)
+  plot(sampler, os.path.join(_OUT.value, 'memory.png'))
+  print(f'{"GB":>4} {"tokens":>12} {"phase":>8} {"seconds":>8} {"RssAnon MiB":>12} {"RssFile MiB":>12}')
+  for result in results:
+    for name, values in result['phases'].items():
+      print(f'{result["gigabytes"]:4g} {result["train_tokens"]:12,d} {name:>8} '
+            f'{values["seconds"]:8.1f} {values["peak_rss_anon_mib"]:12d} '
+            f'{values["peak_rss_file_mib"]:12d}')
+
+
+if __name__ == '__main__':
+  app.run(main)
