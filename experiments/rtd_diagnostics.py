@@ -38,23 +38,35 @@ def binary_entropy(p: float) -> float:
   return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
 
 
+def gradients_by_loss(objective):
+  """jit of (params, batch) -> (forward's outputs, gradient of the MLM loss, gradient of
+  rtd_weight x RTD loss): one forward pass, whose two losses are pulled back together."""
+
+  def losses(params, batch):
+    outputs = objective.forward(params, batch, None, True)
+    mlm_loss, rtd_loss, _ = objective.loss_terms(outputs, batch, objective.denominators(batch))
+    return jnp.stack([mlm_loss, objective.rtd_weight * rtd_loss]), outputs
+
+  def split(params, batch):
+    jacobian, outputs = jax.jacrev(losses, has_aux=True)(params, batch)  # Leaves [2, ...].
+    return (outputs, jax.tree.map(lambda g: g[0], jacobian),
+            jax.tree.map(lambda g: g[1], jacobian))
+
+  return jax.jit(split)
+
+
 def diagnose(config, workdir: str, params: dict) -> dict:
   """The checkpoint's numbers over the validation batches (see the module docstring)."""
   objective = objectives.make_objective(config, sentence_head=False)
-  mlm_only = objectives.make_objective(config, sentence_head=False)
-  mlm_only.rtd_weight = 0.0
   tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
   validation = trainer.eval_config(config)
   batches = pipeline.make_pretraining_iterator(validation, tokenizer, validation.data.eval_split,
                                                num_epochs=1)
-  forward = jax.jit(lambda params, batch: objective.forward(params, batch, None, True))
-  gradient = lambda objective: jax.jit(jax.grad(
-      lambda params, batch: objective.loss(params, batch, None, objective.denominators(batch),
-                                           deterministic=True)[0]))
-  total_grad, mlm_grad = gradient(objective), gradient(mlm_only)
+  outputs_and_gradients = gradients_by_loss(objective)
   logits, replaced, top_probability, correct, grads = [], [], [], [], []
   for batch in (b for _, b in zip(range(config.train.eval_steps), batches)):
-    outputs = jax.device_get(forward(params, batch))
+    outputs, mlm, weighted_rtd = outputs_and_gradients(params, batch)
+    outputs = jax.device_get(outputs)
     real = np.asarray(batch['segment_ids']) > 0
     logits.append(outputs['rtd_logits'][real])
     replaced.append((outputs['corrupted'] != outputs['original'])[real])
@@ -62,8 +74,7 @@ def diagnose(config, workdir: str, params: dict) -> dict:
     probabilities = jax.nn.softmax(outputs['mlm_logits'][used], -1)  # [predictions, vocab]
     top_probability.append(np.max(probabilities, -1))
     correct.append(np.argmax(probabilities, -1) == np.asarray(batch['masked_ids'])[used])
-    mlm, total = mlm_grad(params, batch), total_grad(params, batch)
-    grads.append((module_norms(mlm), module_norms(jax.tree.map(jnp.subtract, total, mlm))))
+    grads.append((module_norms(mlm), module_norms(weighted_rtd)))
   logits, replaced = np.concatenate(logits), np.concatenate(replaced)
   called = logits > 0
   fraction = float(replaced.mean())

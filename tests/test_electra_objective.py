@@ -175,3 +175,26 @@ def test_flops_agree_with_the_paper(size, steps, batch, seq_length, paper_flops)
   num_predictions = int((0.15 + 0.005) * seq_length)  # The released code's max_predictions.
   total = objective.flops_per_sequence(seq_length, num_predictions) * batch * steps
   assert 0.75 < total / paper_flops < 1.25
+
+
+def test_diagnostics_split_the_gradient_by_loss_in_one_pass():
+  """experiments.rtd_diagnostics pulls both losses back from one forward pass: its MLM and
+  weighted-RTD gradients equal jax.grad of the loss with rtd_weight 0, and with rtd_weight w
+  minus that (two independent passes, as it computed them before)."""
+  from experiments import rtd_diagnostics  # pylint: disable=g-import-not-at-top
+  objective = ReplacedTokenDetection(CONFIG, rtd_weight=50.0)
+  batch = batch_with_forced_token()
+  params = objective.init(jax.random.key(0), batch)
+  outputs, mlm, weighted_rtd = rtd_diagnostics.gradients_by_loss(objective)(params, batch)
+
+  def grad(weight):
+    weighted = ReplacedTokenDetection(CONFIG, rtd_weight=weight)
+    return jax.grad(lambda p: weighted.loss(p, batch, None, weighted.denominators(batch),
+                                            deterministic=True)[0])(params)
+
+  mlm_only, total = grad(0.0), grad(50.0)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  jax.tree.map(close, mlm, mlm_only)
+  jax.tree.map(close, weighted_rtd, jax.tree.map(jnp.subtract, total, mlm_only))
+  assert float(optax.tree.norm(weighted_rtd['discriminator_encoder'])) > 0
+  close(outputs['rtd_logits'], objective.forward(params, batch, None, True)['rtd_logits'])

@@ -137,14 +137,19 @@ class ReplacedTokenDetection:
   def loss(self, params, batch, rng, denominators, deterministic: bool = False, frozen=None):
     del frozen  # No frozen variables.
     outputs = self.forward(params, batch, rng, deterministic)
+    mlm_loss, rtd_loss, metrics = self.loss_terms(outputs, batch, denominators)
+    return mlm_loss + self.rtd_weight * rtd_loss, metrics
+
+  def loss_terms(self, outputs, batch, denominators) -> tuple[jax.Array, jax.Array, Metrics]:
+    """The generator's MLM loss and the discriminator's RTD loss (unweighted) of `forward`'s
+    outputs, and the metrics of both."""
     mlm_loss, metrics = mlm_terms(outputs['mlm_logits'], batch['masked_ids'],
                                   batch['masked_weights'], denominators['mlm'])
     rtd_loss, rtd_metrics = rtd_terms(outputs['rtd_logits'],
                                       outputs['corrupted'] != outputs['original'],
                                       (batch['segment_ids'] > 0).astype(jnp.float32),
                                       denominators['rtd'])
-    metrics.update(rtd_metrics)
-    return mlm_loss + self.rtd_weight * rtd_loss, metrics
+    return mlm_loss, rtd_loss, metrics | rtd_metrics
 
   def flops_per_sequence(self, seq_length: int, num_predictions: int) -> float:
     """Training FLOPs of both networks for one sequence (as `encoders/training/flops.py` counts)."""
