@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import optax
 import pytest
 import transformers
 
 from encoders.adaptation import suite
+from encoders.analysis import probing
 from encoders.data import corpus, finetune_data, pairs, suite as suite_data
 from encoders.data import tokenizer as tokenizer_lib
 
@@ -155,6 +157,76 @@ def test_seeds_change_the_head_not_the_data():
   assert not np.array_equal(fit(0)[0], fit(1)[0])
   assert suite_data.pair_records(suite_data.article_splits(0, 40)['test'])[0] == \
       suite_data.pair_records(suite_data.article_splits(0, 40)['test'])[0]
+
+
+def _reference_fit(x, labels, weights, num_classes, seed, batch_size, steps):
+  """fit_head(classification_loss, ...) as a Python loop of optax Adam steps on numpy gradients
+  of the weighted cross-entropy plus L2, with fit_head's draws: the kernel, then permutations."""
+  rng = np.random.default_rng(seed)
+  kernel = rng.normal(0, 0.01, (x.shape[1], num_classes)).astype(np.float32)
+  params = (kernel, np.zeros(num_classes, np.float32))
+  order = np.concatenate([rng.permutation(len(x)) for _ in range(-(-steps * batch_size // len(x)))])
+  optimizer = optax.adam(suite.PROBE_LEARNING_RATE)
+  state = optimizer.init(params)
+  for step in range(steps):
+    chosen = order[step * batch_size:(step + 1) * batch_size]
+    logits = x[chosen] @ params[0] + params[1]
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    row_weights = weights[chosen] / weights[chosen].sum()
+    logit_grads = row_weights[:, None] * (probabilities - np.eye(num_classes)[labels[chosen]])
+    grads = (x[chosen].T @ logit_grads + 2 * suite.PROBE_L2 * params[0], logit_grads.sum(0))
+    updates, state = optimizer.update(grads, state)
+    params = tuple(np.asarray(p) for p in optax.apply_updates(params, updates))
+  return params
+
+
+def test_fit_head_trains_as_a_loop_of_adam_steps_on_the_seeds_minibatches():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(50, 6)).astype(np.float32)
+  labels = rng.integers(0, 3, 50).astype(np.int32)
+  weights = rng.uniform(0.5, 2.0, 50).astype(np.float32)
+  # 16-row minibatches over 50 rows for 20 steps: 7 epochs, batches across epoch boundaries.
+  kernel, bias = suite.fit_head(suite.classification_loss, [x, labels, weights], 3, seed=4,
+                                batch_size=16, steps=20)
+  expected_kernel, expected_bias = _reference_fit(x, labels, weights, 3, 4, 16, 20)
+  assert np.abs(expected_kernel).max() > 0.03  # It moved well past the initial std of 0.01.
+  np.testing.assert_allclose(kernel, expected_kernel, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(bias, expected_bias, rtol=1e-4, atol=1e-6)
+
+
+def test_standardizer_scales_any_features_by_the_training_statistics():
+  rng = np.random.default_rng(0)
+  train = rng.normal(3.0, 2.0, size=(500, 4))
+  scale = probing.standardizer(train)
+  np.testing.assert_allclose(scale(train).mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(scale(train).std(0), 1, atol=1e-5)
+  states = rng.normal(size=(2, 5, 4))  # Token states [rows, L, d] scale per feature too.
+  assert scale(states).dtype == np.float32
+  np.testing.assert_allclose(scale(states), (states - train.mean(0)) / train.std(0), rtol=1e-4)
+
+
+def test_topic_longtail_reuses_the_frozen_features_of_topics_rows(tokenizer, monkeypatch):
+  splits = suite_data.article_splits(max_train=120, max_eval=30)
+  topic, longtail = (suite_data.build_task(name, splits, tokenizer, 64)
+                     for name in ('topic', 'topic_longtail'))
+  computed = []
+
+  def fake_row_features(subject, rows):
+    computed.append(len(rows['input_ids']))
+    return rows['input_ids'][:, :8].astype(np.float32) + rows['segment_ids'].sum(1, keepdims=True)
+
+  monkeypatch.setattr(suite, 'row_features', fake_row_features)
+  features = suite.FrozenFeatures(subject=None)
+  for split in topic.splits.values():
+    features(split, True)
+  assert sum(computed) == sum(len(split) for split in topic.splits.values())
+  assert len(longtail.splits['train']) < len(topic.splits['train'])  # A subsample.
+  computed.clear()
+  for name, split in longtail.splits.items():
+    np.testing.assert_array_equal(features(split, True),
+                                  fake_row_features(None, split.rows), err_msg=name)
+  assert computed == [len(split) for split in longtail.splits.values()]  # Only the checks above.
 
 
 @pytest.fixture(scope='module')

@@ -1,10 +1,11 @@
 """Runs one model on the suite (encoders/data/suite.py) in 'probe' or 'finetune' mode, over seeds.
 
-- 'probe': the encoder frozen, its last layer's states computed once; per task a linear head,
-  trained with Adam on minibatches (standardized features, L2): the mean-pooled row for
-  classification (for a text pair, each text's mean and their product: `row_features`), each
-  word's first sub-token for tagging, each context token's start / end logit for QA. A seed
-  draws the head's initialisation and the minibatch order.
+- 'probe': the encoder frozen, its last layer's states computed once per distinct row (tasks
+  sharing rows share them); per task a linear head, trained with Adam on minibatches in one
+  compiled scan (standardized features, L2): the mean-pooled row for classification (for a
+  text pair, each text's mean and their product: `row_features`), each word's first sub-token
+  for tagging, each context token's start / end logit for QA. A seed draws the head's
+  initialisation and the minibatch order.
 - 'finetune': every weight trained by encoders/adaptation/finetune.py on the same built Task, with
   the topic_tiny recipe (configs/finetune.py: mean pooling, 2 epochs or FINETUNE_MIN_ROWS rows, dev
   selection) at `learning_rate`; 'none' is the shape source's architecture re-initialised
@@ -15,6 +16,7 @@ task's mean and sample standard deviation over seeds and the macro average (the 
 of each seed's primary metric, then its mean and spread over seeds).
 """
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -25,7 +27,7 @@ import numpy as np
 import optax
 
 from encoders.adaptation import finetune, finetune_metrics, retrieval
-from encoders.analysis import hidden_states as hidden_states_lib, subject as subject_lib
+from encoders.analysis import hidden_states as hidden_states_lib, probing, subject as subject_lib
 from encoders.configs import finetune as finetune_configs
 from encoders.data import finetune_data, pairs, suite as suite_data
 
@@ -124,59 +126,82 @@ def _span_loss(params, x, segment_ids, starts, ends):
 
 
 @functools.partial(jax.jit, static_argnames='loss_fn')
-def _head_step(params, opt_state, arrays, loss_fn):
-  grads = jax.grad(loss_fn)(params, *arrays)
-  updates, opt_state = _HEAD_OPTIMIZER.update(grads, opt_state)
-  return optax.apply_updates(params, updates), opt_state
+def _train_head(params, arrays, batches, loss_fn):
+  """params after one Adam step of loss_fn per row of `batches` (int [steps, batch] row indices
+  into `arrays`), in one compiled scan."""
+  def step(carry, chosen):
+    params, opt_state = carry
+    grads = jax.grad(loss_fn)(params, *(a[chosen] for a in arrays))
+    updates, opt_state = _HEAD_OPTIMIZER.update(grads, opt_state)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, _HEAD_OPTIMIZER.init(params)), batches)
+  return params
 
 
 def fit_head(loss_fn, arrays: list[np.ndarray], num_outputs: int, seed: int,
              batch_size: int, steps: int = PROBE_STEPS):
   """(kernel [d, outputs], bias [outputs]) minimising loss_fn(params, *batch) with Adam over
-  `steps` minibatches; arrays share their leading dim, arrays[0] is the features [n, ..., d].
-  The seed draws the initial kernel (normal, std 0.01) and the minibatch order (epochs of
-  permutations)."""
+  `steps` minibatches, in one compiled scan; arrays share their leading dim, arrays[0] is the
+  features [n, ..., d]. The seed draws the initial kernel (normal, std 0.01) and the minibatch
+  order (epochs of permutations)."""
   rng = np.random.default_rng(seed)
   count, dim = len(arrays[0]), arrays[0].shape[-1]
   params = (jnp.asarray(rng.normal(0, 0.01, (dim, num_outputs)), jnp.float32),
             jnp.zeros(num_outputs, jnp.float32))
-  opt_state = _HEAD_OPTIMIZER.init(params)
   batch_size = min(batch_size, count)
   epochs = int(np.ceil(steps * batch_size / count))
   stream = np.concatenate([rng.permutation(count) for _ in range(epochs)])
-  for step in range(steps):
-    chosen = stream[step * batch_size:(step + 1) * batch_size]
-    params, opt_state = _head_step(params, opt_state, tuple(a[chosen] for a in arrays), loss_fn)
-  return params
-
-
-def standardizer(features: np.ndarray):
-  """x -> (x - mean) / std with the statistics of `features` [n, d]."""
-  mean, std = features.mean(0), features.std(0) + 1e-6
-  return lambda x: ((x - mean) / std).astype(np.float32)
+  batches = stream[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+  return _train_head(params, tuple(jnp.asarray(a) for a in arrays), batches, loss_fn)
 
 
 # --------------------------------------------------------------------------- probe mode
+def _row_digest(rows: dict[str, np.ndarray], i: int) -> bytes:
+  """A digest of row i's model inputs: rows equal in every input share it."""
+  digest = hashlib.sha1()
+  for name in finetune.INPUTS:
+    digest.update(rows[name][i].tobytes())
+  return digest.digest()
+
+
 class FrozenFeatures:
-  """The frozen model's states of each split's rows, computed once (shared Splits share them)."""
+  """The frozen model's features of each split's rows. A row's are computed once: rows equal in
+  every model input share them (topic_longtail's training rows, a subsample of topic's, and its
+  dev and test rows, the same as topic's)."""
 
   def __init__(self, subject):
-    self.subject, self._cache = subject, {}
+    self.subject = subject
+    self._splits = {}  # (id(split), pooled) -> features [rows, ...]
+    self._rows = {}  # (_row_digest, pooled) -> one row's features (a view into a split's)
 
   def __call__(self, split: finetune_data.Split, pooled: bool) -> np.ndarray:
     key = (id(split), pooled)
-    if key not in self._cache:
-      rows = split.rows
+    if key not in self._splits:
+      self._splits[key] = self._features(split.rows, pooled)
+    return self._splits[key]
+
+  def _features(self, rows: dict[str, np.ndarray], pooled: bool) -> np.ndarray:
+    keys = [(_row_digest(rows, i), pooled) for i in range(len(rows['input_ids']))]
+    first_new = {}  # Key of a row not computed yet -> its first row.
+    for i, key in enumerate(keys):
+      if key not in self._rows:
+        first_new.setdefault(key, i)
+    if first_new:
+      chosen = np.fromiter(first_new.values(), np.int64, len(first_new))
       compute = row_features if pooled else last_hidden
-      self._cache[key] = compute(self.subject, rows)
-    return self._cache[key]
+      computed = compute(self.subject, {name: rows[name][chosen] for name in finetune.INPUTS})
+      self._rows.update(zip(first_new, computed))
+      if len(chosen) == len(keys):  # Every row new and distinct: no copy.
+        return computed
+    return np.stack([self._rows[key] for key in keys])
 
 
 def probe_task(features: FrozenFeatures, task: finetune_data.Task, seed: int) -> dict:
   """Test metrics of a linear head on `task` (a finetune_data.Task), trained on 'train'."""
   train, test = task.splits['train'], task.splits['test']
   if task.kind == 'classification':
-    scale = standardizer(features(train, True))
+    scale = probing.standardizer(features(train, True))
     labels = np.asarray(train.rows['label'], np.int32)
     weights = finetune.class_weights(labels, len(task.label_names), 'balanced')[labels]
     params = fit_head(classification_loss, [scale(features(train, True)), labels, weights],
@@ -192,7 +217,7 @@ def probe_task(features: FrozenFeatures, task: finetune_data.Task, seed: int) ->
     return result
   hidden = features(train, False)
   real = train.rows['segment_ids'] > 0
-  scale = standardizer(hidden[real])
+  scale = probing.standardizer(hidden[real])
   if task.kind == 'token_classification':
     tagged = train.rows['label_weights'] > 0
     params = fit_head(classification_loss, [scale(hidden[tagged]), train.rows['labels'][tagged],

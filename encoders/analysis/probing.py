@@ -18,10 +18,11 @@ from encoders.analysis import files, forward, hidden_states
 from encoders.analysis import subject as subject_lib, texts as texts_lib
 
 
-def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Both [n, d] scaled by the training features' mean and standard deviation."""
+def standardizer(train: np.ndarray):
+  """x -> (x - mean) / std as float32, with the mean and standard deviation of the training
+  features `train` [n, d] (x [..., d])."""
   mean, std = train.mean(0), train.std(0) + 1e-6
-  return (train - mean) / std, (test - mean) / std
+  return lambda x: ((x - mean) / std).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'steps'))
@@ -49,10 +50,9 @@ def fit_logistic(features, labels, num_classes: int, steps: int = 300, learning_
 
 def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int) -> float:
   """Test accuracy of a logistic probe fitted on standardized training features."""
-  train_x, test_x = standardize(train_x, test_x)
-  weights, bias = fit_logistic(jnp.asarray(train_x, jnp.float32), jnp.asarray(train_y),
-                               num_classes)
-  predictions = np.asarray(jnp.argmax(test_x @ weights + bias, -1))
+  scale = standardizer(train_x)
+  weights, bias = fit_logistic(jnp.asarray(scale(train_x)), jnp.asarray(train_y), num_classes)
+  predictions = np.asarray(jnp.argmax(scale(test_x) @ weights + bias, -1))
   return float((predictions == test_y).mean())
 
 
