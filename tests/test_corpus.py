@@ -178,3 +178,23 @@ def test_catalog_dataset_needs_array_record(wiki_en, tmp_path):
   info_path.write_text(json.dumps(info))
   with pytest.raises(ValueError, match='tfds convert_format'):
     corpus.catalog_builder('wiki_offline/en', str(tmp_path), 'text')
+
+
+def test_text_files_are_written_as_they_are_read_into_several_files(tmp_path, monkeypatch):
+  """Documents go to array_record files of at most corpus._EXAMPLES_PER_FILE, in file order,
+  each split holding exactly the documents its title hash gives (TFDS's own writer held a split
+  in memory up to 1 GB, then needed TensorFlow)."""
+  monkeypatch.setattr(corpus, '_EXAMPLES_PER_FILE', 5)
+  articles = [a['extract'].replace('\n\n', '\n') for a in list(_json_articles().values())[:60]]
+  (tmp_path / 'a.txt').write_text('\n\n'.join(articles[:30]))
+  (tmp_path / 'b.txt').write_text('\n\n'.join(articles[30:]))
+  config = get_data_config(dataset='text_files', text_files=str(tmp_path / '*.txt'),
+                           text_files_split_by='paragraph', data_dir=str(tmp_path / 'tfds'))
+  builder = corpus.get_builder(config)
+  titles = [f'a.txt#{i}' for i in range(30)] + [f'b.txt#{i}' for i in range(30)]
+  for split in ('train', 'validation', 'test'):
+    expected = [a.strip() for t, a in zip(titles, articles) if _expected_split(t) == split]
+    if not expected:
+      continue
+    assert builder.info.splits[split].num_shards == -(-len(expected) // 5)
+    assert corpus.read_documents(config, split)[0] == expected

@@ -15,6 +15,7 @@ moved there (5%, at least one), as long as one stays in train.
 """
 import collections
 import glob
+import itertools
 import hashlib
 import importlib
 import importlib.util
@@ -34,6 +35,7 @@ from encoders.config import ConfigError
 
 SPLITS = ('train', 'validation', 'test')
 _SPLIT_PERCENTS = (90, 5, 5)
+_EXAMPLES_PER_FILE = 1 << 15  # Documents per array_record file of a text_files split.
 _LANGUAGES = {'en': 'en-us', 'fr': 'fr-fr', 'es': 'es-es'}
 
 
@@ -153,38 +155,61 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
   code_path = None  # No checksums file; TFDS's own lookup needs importlib_resources.
   VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.1.0': 'A validation split is carved from train when the hash gives none.',
-                   '1.2.0': 'Files are streamed, and documents stored in file order (the '
-                            'pretraining pipeline shuffles examples itself).'}
+                   '1.2.0': 'Files are streamed into the array_record files, and documents '
+                            'stored in file order (the pretraining pipeline shuffles examples).'}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    # Unshuffled: TFDS's shuffler would hold up to 1 GB of examples in memory while writing.
     return tfds.core.DatasetInfo(builder=self, features=_text_features(None),
                                  description='Plain text files.', disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
-    """Streams the files: a first pass lists the split of each title (for the rare corpus whose
-    hash gives no validation split), then each split reads them again, yielding its documents
-    one at a time, so a multi-GB corpus never sits in memory."""
-    del dl_manager
+    raise NotImplementedError('TextFiles writes its splits itself: see _generate_splits.')
+
+  def _generate_examples(self):
+    raise NotImplementedError('TextFiles writes its splits itself: see _generate_splits.')
+
+  def _generate_splits(self, dl_manager, download_config) -> list[tfds.core.SplitInfo]:
+    """Writes each split's array_record files while reading the text files, in file order.
+
+    TFDS's own writer holds a split in memory up to 1 GB and past that spills through
+    TensorFlow, which is not installed: a multi-GB corpus failed there. A first pass lists
+    the split of each title (to carve a validation split from a corpus too small to have one
+    by the hash); then each split reads the files again and streams its documents to files of
+    at most _EXAMPLES_PER_FILE documents, so memory holds one text file at a time.
+    """
+    del dl_manager, download_config
     files, split_by = self.builder_config.files, self.builder_config.split_by
     split_titles, counts = {}, collections.Counter()
     for title, _ in self._documents():
-      counts[split_of(title)] += 1
-      titles = split_titles.setdefault(split_of(title), [])
-      if len(titles) < 2:  # Enough to know whether a split is empty and to carve validation.
-        titles.append(title)
-      elif split_of(title) == 'train' and 'validation' not in split_titles:
-        titles.append(title)
+      split = split_of(title)
+      counts[split] += 1
+      titles = split_titles.setdefault(split, [])
+      if len(titles) < 2 or (split == 'train' and 'validation' not in split_titles):
+        titles.append(title)  # Enough to know which splits are empty and to carve validation.
     if not split_titles:
       raise ValueError(f'The {len(files)} text files ({files[0]}, ...) hold no non-empty '
                        f'document (split by {split_by!r}): check config.data.text_files.')
-    return {split: self._generate_examples(split, titles)
-            for split, titles in _carve_validation(split_titles, counts).items()}
-
-  def _generate_examples(self, split, titles):
-    for title, text in self._documents():
-      if (split_of(title) == split) if titles is None else (title in titles):
-        yield title, dict(title=title, text=text, description='')
+    features = self.info.features
+    serializer = tfds.core.example_serializer.ExampleSerializer(features.get_serialized_info())
+    infos = []
+    for split, titles in _carve_validation(split_titles, counts).items():
+      count = counts[split] if titles is None else len(titles)
+      num_files = max(1, -(-count // _EXAMPLES_PER_FILE))
+      template = self._get_filename_template(split_name=split)
+      records = (serializer.serialize_example(features.encode_example(
+          dict(title=title, text=text, description=''))) for title, text in self._documents()
+                 if ((split_of(title) == split) if titles is None else (title in titles)))
+      lengths, num_bytes = [], 0
+      for index in range(num_files):
+        chunk = list(itertools.islice(records, count * (index + 1) // num_files
+                                      - count * index // num_files))
+        self._example_writer().write(template.sharded_filepath(shard_index=index, num_shards=num_files),
+                                     enumerate(chunk))
+        lengths.append(len(chunk))
+        num_bytes += sum(map(len, chunk))
+      infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=num_bytes,
+                                       filename_template=template))
+    return infos
 
   def _documents(self) -> Iterator[tuple[str, str]]:
     files = self.builder_config.files
