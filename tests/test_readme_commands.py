@@ -70,7 +70,7 @@ RULES = (
          'check', reason='fine-tuning or sentence-training runs of minutes to hours'),
     Rule(r'^python -m experiments\.evaluate ', 'check',
          reason='2.5-28 minutes a model; tests/test_evaluate.py runs the CLI on a tiny model'),
-    Rule(r'^python -m experiments\.(benchmark|benchmark_inference) ', 'check',
+    Rule(r'^python -m experiments\.(benchmark|benchmark_inference|benchmark_data_scale) ', 'check',
          reason='timed benchmarks; tests/test_benchmark*.py run their smoke form'),
     Rule(r'^(SETUP=1 |DRY_RUN=1 )?launch/tpu_vm\.sh ', 'dry'),
     Rule(r'^SETUP=1 sbatch ', 'skip', reason='a SLURM cluster'),

@@ -8,8 +8,10 @@ checkpoint and a restored iterator continues with exactly the next batch:
   state = it.get_state(); it.set_state(state)   # or grain.checkpoint.CheckpointSave(it)
 
 Every batch is a pure function of (shuffle_seed, position in the stream): the
-examples are cut once (encoders/data/examples.py); each host takes every
-process_count-th example; each epoch shuffles that shard anew; an example's
+examples are cut once per cached shard (encoders/data/examples.py,
+encoders/data/tokenized.py); each host reads its own shards of the split (or, when the split
+has fewer shards than hosts, every process_count-th example of all of them); each epoch
+shuffles the host's examples anew; an example's
 mask is drawn from a generator keyed by (seed, epoch, example) for dynamic
 masking or (seed, epoch % dupe_factor, example) for BERT-style static masking
 (the same masks BERT's dupe_factor pre-masked copies give, without storing them).
@@ -60,7 +62,8 @@ def make_pretraining_dataset(
     process_index, process_count: this host and the number of hosts (default:
       jax.process_index() / jax.process_count()).
     num_epochs: None repeats forever, reshuffling every epoch.
-    corpus: a TokenizedCorpus; default: data.tokenized.load_tokenized_corpus(config.data, tokenizer, split).
+    corpus: a TokenizedCorpus to read instead of this host's cached shards of the split
+      (tokenized.load_shards).
   """
   global_batch_size = config.train.batch_size
   data_config = config.data
