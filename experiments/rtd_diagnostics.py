@@ -14,14 +14,13 @@ import json
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from encoders import paths
 from encoders.data import pipeline, tokenizer as tokenizer_lib
 from encoders.training import objectives, reload, trainer
-from encoders.training.electra_objective import roc_auc
+from encoders.training import electra_objective
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'An RTD pretraining workdir.', required=True)
@@ -38,23 +37,6 @@ def binary_entropy(p: float) -> float:
   return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
 
 
-def gradients_by_loss(objective):
-  """jit of (params, batch) -> (forward's outputs, gradient of the MLM loss, gradient of
-  rtd_weight x RTD loss): one forward pass, whose two losses are pulled back together."""
-
-  def losses(params, batch):
-    outputs = objective.forward(params, batch, None, True)
-    mlm_loss, rtd_loss, _ = objective.loss_terms(outputs, batch, objective.denominators(batch))
-    return jnp.stack([mlm_loss, objective.rtd_weight * rtd_loss]), outputs
-
-  def split(params, batch):
-    jacobian, outputs = jax.jacrev(losses, has_aux=True)(params, batch)  # Leaves [2, ...].
-    return (outputs, jax.tree.map(lambda g: g[0], jacobian),
-            jax.tree.map(lambda g: g[1], jacobian))
-
-  return jax.jit(split)
-
-
 def diagnose(config, workdir: str, params: dict) -> dict:
   """The checkpoint's numbers over the validation batches (see the module docstring)."""
   objective = objectives.make_objective(config, sentence_head=False)
@@ -62,7 +44,7 @@ def diagnose(config, workdir: str, params: dict) -> dict:
   validation = trainer.eval_config(config)
   batches = pipeline.make_pretraining_iterator(validation, tokenizer, validation.data.eval_split,
                                                num_epochs=1)
-  outputs_and_gradients = gradients_by_loss(objective)
+  outputs_and_gradients = electra_objective.gradients_by_loss(objective)
   logits, replaced, top_probability, correct, grads = [], [], [], [], []
   for batch in (b for _, b in zip(range(config.train.eval_steps), batches)):
     outputs, mlm, weighted_rtd = outputs_and_gradients(params, batch)
@@ -82,7 +64,7 @@ def diagnose(config, workdir: str, params: dict) -> dict:
   mean_grads = lambda which: {name: float(np.mean([g[which][name] for g in grads]))
                               for name in grads[0][which]}
   return {
-      'rtd_auc': roc_auc(logits, replaced),
+      'rtd_auc': electra_objective.roc_auc(logits, replaced),
       'rtd_recall': float(np.sum(called & replaced) / max(replaced.sum(), 1)),
       'rtd_precision': float(np.sum(called & replaced) / max(called.sum(), 1)),
       'rtd_loss': rtd_loss, 'prior_entropy': binary_entropy(fraction), 'replaced_fraction': fraction,

@@ -11,7 +11,7 @@ import pytest
 from encoders.config import ConfigError
 from encoders.configs import electra as electra_configs
 from encoders.electra import ElectraConfig
-from encoders.training import synthetic
+from encoders.training import electra_objective, synthetic
 from encoders.training.electra_objective import ReplacedTokenDetection, corrupt, roc_auc, rtd_terms
 
 VOCAB = 40
@@ -178,14 +178,13 @@ def test_flops_agree_with_the_paper(size, steps, batch, seq_length, paper_flops)
 
 
 def test_diagnostics_split_the_gradient_by_loss_in_one_pass():
-  """experiments.rtd_diagnostics pulls both losses back from one forward pass: its MLM and
+  """gradients_by_loss (experiments.rtd_diagnostics) pulls both losses back from one forward pass: its MLM and
   weighted-RTD gradients equal jax.grad of the loss with rtd_weight 0, and with rtd_weight w
   minus that (two independent passes, as it computed them before)."""
-  from experiments import rtd_diagnostics  # pylint: disable=g-import-not-at-top
   objective = ReplacedTokenDetection(CONFIG, rtd_weight=50.0)
   batch = batch_with_forced_token()
   params = objective.init(jax.random.key(0), batch)
-  outputs, mlm, weighted_rtd = rtd_diagnostics.gradients_by_loss(objective)(params, batch)
+  outputs, mlm, weighted_rtd = electra_objective.gradients_by_loss(objective)(params, batch)
 
   def grad(weight):
     weighted = ReplacedTokenDetection(CONFIG, rtd_weight=weight)

@@ -198,3 +198,20 @@ def roc_auc(scores, positive) -> float:
   ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based; a tie's average rank.
   u = ranks[positive].sum() - num_positive * (num_positive + 1) / 2
   return float(u / (num_positive * num_negative))
+
+
+def gradients_by_loss(objective):
+  """jit of (params, batch) -> (forward's outputs, gradient of the MLM loss, gradient of
+  rtd_weight x RTD loss): one forward pass, whose two losses are pulled back together."""
+
+  def losses(params, batch):
+    outputs = objective.forward(params, batch, None, True)
+    mlm_loss, rtd_loss, _ = objective.loss_terms(outputs, batch, objective.denominators(batch))
+    return jnp.stack([mlm_loss, objective.rtd_weight * rtd_loss]), outputs
+
+  def split(params, batch):
+    jacobian, outputs = jax.jacrev(losses, has_aux=True)(params, batch)  # Leaves [2, ...].
+    return (outputs, jax.tree.map(lambda g: g[0], jacobian),
+            jax.tree.map(lambda g: g[1], jacobian))
+
+  return jax.jit(split)
