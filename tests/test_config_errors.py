@@ -137,3 +137,13 @@ def test_entry_points_print_the_error_before_any_work(tmp_path, module, config, 
   assert result.returncode == 1, result.stderr[-3000:]
   assert result.stderr.strip().splitlines()[-1] == message, result.stderr[-3000:]
   assert not (workdir / 'tokenizer').exists()
+
+
+def test_a_config_saved_before_sharding_still_passes_and_a_bad_shard_size_fails():
+  """A reloaded workdir's config.json may lack the fields added with sharded caches."""
+  from encoders.configs.data import get_data_config  # pylint: disable=g-import-not-at-top
+  saved = get_data_config()
+  del saved['shard_documents'], saved['tokenizer_max_documents']
+  validate.check_pipeline(saved)
+  with pytest.raises(ConfigError, match=r'config\.data\.shard_documents=0: must be an integer'):
+    validate.check_pipeline(get_data_config(shard_documents=0))

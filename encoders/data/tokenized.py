@@ -24,6 +24,7 @@ from encoders.data import examples as examples_lib
 from encoders.data import tokenizer as tokenizer_lib
 
 SPLITTER_VERSION = 1
+SHARD_DOCUMENTS = 100_000  # config.data.shard_documents of configs saved before it existed.
 _ARRAYS = ('token_ids', 'word_starts', 'sentence_offsets', 'document_offsets')
 
 # Sentence ends: terminal punctuation, closing quotes / brackets, then whitespace; or a newline.
@@ -191,7 +192,7 @@ def load_shards(data_config, tokenizer: tokenizer_lib.Tokenizer, split: str,
   split_folder = os.path.join(cache_dir_of(data_config), corpus.dataset_key(data_config, builder),
                               f'{split_name}-{tokenizer.fingerprint}-splitter{SPLITTER_VERSION}')
   ranges = shard_ranges(corpus.num_documents(data_config, split, builder),
-                        data_config.get('shard_documents', 100_000))
+                        data_config.get('shard_documents', SHARD_DOCUMENTS))
   shards = []
   for shard_id in host_shard_ids(len(ranges), process_index, process_count):
     folder = os.path.join(split_folder, f'shard-{shard_id:05d}-of-{len(ranges):05d}')

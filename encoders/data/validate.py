@@ -40,10 +40,10 @@ def check_pipeline(data: ml_collections.ConfigDict, prefix: str = 'config.data')
         f'must be None (derived from mask_rate) or in [1, seq_length={data.seq_length}]')
   check('dupe_factor', data.dupe_factor >= 1, 'must be >= 1')
   check('shuffle_seed', 0 <= data.shuffle_seed < 2**32, 'must be in [0, 2**32)')
-  check('shard_documents', isinstance(data.shard_documents, int) and data.shard_documents >= 1,
-        'must be an integer >= 1')
-  check('tokenizer_max_documents', isinstance(data.tokenizer_max_documents, int)
-        and data.tokenizer_max_documents >= 1, 'must be an integer >= 1')
+  # Configs saved before these fields existed (a reloaded workdir) lack them: defaults apply.
+  for field in ('shard_documents', 'tokenizer_max_documents'):
+    if field in data:
+      check(field, isinstance(data[field], int) and data[field] >= 1, 'must be an integer >= 1')
   check('num_workers', data.num_workers >= 0, 'must be >= 0')
   check('prefetch', data.prefetch >= 0, 'must be >= 0')
 
