@@ -46,12 +46,17 @@ class MemorySampler(threading.Thread):
 
   def run(self):
     while not self._stopping:
-      with open('/proc/self/status') as status:
-        fields = dict(line.split(':', 1) for line in status)
-      kib = lambda name: int(fields[name].split()[0]) / 1024
-      self.samples.append((time.perf_counter() - self._start, self.phase, kib('RssAnon'),
-                           kib('RssFile')))
+      self.sample()
       time.sleep(0.2)
+
+  def sample(self):
+    """Records one sample now (also called at each phase's start and end, so a phase shorter
+    than the sampling period still has samples)."""
+    with open('/proc/self/status') as status:
+      fields = dict(line.split(':', 1) for line in status)
+    kib = lambda name: int(fields[name].split()[0]) / 1024
+    self.samples.append((time.perf_counter() - self._start, self.phase, kib('RssAnon'),
+                         kib('RssFile')))
 
   def stop(self):
     self._stopping = True
@@ -107,8 +112,10 @@ def run_size(gigabytes: float, scratch: str, sampler: MemorySampler) -> dict:
 
   def phase(name, work):
     sampler.phase = f'{gigabytes:g}GB {name}'
+    sampler.sample()
     begin = time.perf_counter()
     value = work()
+    sampler.sample()
     phases[name] = dict(seconds=round(time.perf_counter() - begin, 1))
     return value
 
