@@ -245,6 +245,8 @@ def test_minilm_teacher_distils_through_hidden_states():
     (dict(distill__kl_positions='some'), 'kl_positions'),
     (dict(distill__temperature=0.0), 'temperature'),
     (dict(distill__teacher_layers=(0, 9)), 'teacher_layers'),
+    # An embedding the teacher has at another shape would keep its random init: fail instead.
+    (dict(model__max_position_embeddings=32), 'position_embeddings'),
     (dict(data__tokenizer_path=None), 'tokenizer_path is not set'),
 ])
 def test_bad_distillation_configs_fail_at_start_naming_the_field(teacher_dir, change, message):

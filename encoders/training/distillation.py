@@ -184,6 +184,7 @@ class Distillation:
       if len(self.layers) != s.num_layers or not all(0 <= i < t.num_layers for i in self.layers):
         raise ConfigError(f'config.distill.teacher_layers={self.layers}: need {s.num_layers} '
                           f'indices of the teacher\'s {t.num_layers} layers.')
+      self._check_teacher_start()
 
   def _inputs(self, batch):
     return (batch['input_ids'], batch['segment_ids'], batch['position_ids'],
@@ -223,24 +224,53 @@ class Distillation:
 
   def init_from_frozen(self, params, frozen):
     """The student's start (pure): embeddings, MLM head and `self.layers` copied from the
-    teacher where names and shapes match; anything else keeps its random init."""
+    teacher. `_check_teacher_start` made sure at start that every encoder parameter has its
+    teacher counterpart; a head the teacher lacks (MiniLM has no MLM head) keeps its init."""
     if not self.init_from_teacher:
       return params
     teacher = flax.traverse_util.flatten_dict(_unrolled(frozen))
     student = flax.traverse_util.flatten_dict(_unrolled(params))
-    copied, kept = {}, []
+    sources, kept = self._sources(student, teacher)
+    if kept:
+      logging.info('Student parameters not in the teacher (random init): %s',
+                   ['/'.join(path) for path in kept])
+    copied = {path: teacher[source].astype(student[path].dtype) for path, source in sources.items()}
+    result = flax.traverse_util.unflatten_dict({**student, **copied})
+    return _stacked(result) if _is_stacked(params) else result
+
+  def _sources(self, student: dict, teacher: dict) -> tuple[dict, list]:
+    """({student path: teacher path} where the teacher has the parameter with that name and
+    shape (student layer i reads teacher layer self.layers[i]), [student paths it lacks]),
+    over flattened, unrolled parameter trees (values or shapes)."""
+    sources, missing = {}, []
     for path, value in student.items():
       source = path
       if path[:2] == ('encoder', 'layers'):
         source = path[:2] + (f'layer_{self.layers[int(path[2].removeprefix("layer_"))]}',) + path[3:]
       if source in teacher and teacher[source].shape == value.shape:
-        copied[path] = teacher[source].astype(value.dtype)
+        sources[path] = source
       else:
-        kept.append('/'.join(path))
-    if kept:
-      logging.info('Student parameters not in the teacher (random init): %s', kept)
-    result = flax.traverse_util.unflatten_dict({**student, **copied})
-    return _stacked(result) if _is_stacked(params) else result
+        missing.append(path)
+    return sources, missing
+
+  def _check_teacher_start(self) -> None:
+    """Fails at start when a student encoder parameter (embeddings or layers) has no teacher
+    parameter of its name and shape: it would silently keep its random init. (A stored run
+    started so, from teacher layers under random embeddings; it was only logged.)"""
+    batch = {name: jnp.zeros((1, 8), jnp.int32)
+             for name in ('input_ids', 'segment_ids', 'position_ids', 'token_type_ids')}
+    batch['masked_positions'] = jnp.zeros((1, 2), jnp.int32)
+    flat = lambda tree: flax.traverse_util.flatten_dict(_unrolled(nn.meta.unbox(tree)))
+    student = jax.eval_shape(lambda: flat(self.init(jax.random.key(0), batch)))
+    teacher = jax.eval_shape(lambda: flat(self.init_frozen(jax.random.key(0), batch)))
+    _, missing = self._sources(student, teacher)
+    missing = ['/'.join(path) for path in missing if path[0] == 'encoder']
+    if missing:
+      raise ConfigError(
+          f'config.distill.init_from_teacher=True, but the teacher {self.teacher.path!r} has no '
+          f'parameter of the name and shape of these student parameters: {missing[:8]}'
+          f'{" ..." if len(missing) > 8 else ""} ({len(missing)} in all). Match the student to '
+          'the teacher (family, sizes) or set config.distill.init_from_teacher=False.')
 
   def denominators(self, batch) -> dict[str, jax.Array]:
     tokens = jnp.maximum(jnp.sum(batch['segment_ids'] > 0).astype(jnp.float32), 1.0)
