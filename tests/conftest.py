@@ -9,7 +9,7 @@ import pytest
 
 from encoders import hf_interop
 
-_FIGURES = []  # (test id, figure, formatted value, bound)
+_FIGURES = []  # (test node id, figure, formatted value, bound)
 
 
 @pytest.fixture(scope='session')
@@ -25,7 +25,7 @@ def minilm_dir() -> str:
 def record_figure(request):
   """record_figure(name, value, bound[, fmt]): keeps a figure for the end-of-run table (and junit XML)."""
   def record(name: str, value: float, bound: str, fmt: str = '.3e') -> None:
-    _FIGURES.append((request.node.nodeid.split('::', 1)[-1], name, format(float(value), fmt), bound))
+    _FIGURES.append((request.node.nodeid, name, format(float(value), fmt), bound))
     request.node.user_properties.append((name, float(value)))
   return record
 
@@ -34,9 +34,14 @@ def pytest_terminal_summary(terminalreporter):
   if not _FIGURES:
     return
   terminalreporter.section('parity figures')
-  width = max(len(test) for test, *_ in _FIGURES)
+  short = lambda node_id: node_id.split('::', 1)[-1]
+  width = max(len(short(test)) for test, *_ in _FIGURES)
   for test, name, value, bound in _FIGURES:
-    terminalreporter.write_line(f'{test:<{width}}  {name:<14} {value:>10}  (bound {bound})')
+    terminalreporter.write_line(f'{short(test):<{width}}  {name:<14} {value:>10}  (bound {bound})')
+  if os.environ.get('PARITY_FIGURES_OUT'):  # e.g. docs/parity/figures.md, which the README cites.
+    rows = [f'| {test} | {name} | {value} | {bound} |' for test, name, value, bound in _FIGURES]
+    with open(os.environ['PARITY_FIGURES_OUT'], 'w') as f:
+      f.write('| test | figure | value | bound |\n|---|---|---:|---|\n' + '\n'.join(rows) + '\n')
 
 
 # What points gcsfs (epath), google-cloud-storage and tensorstore (orbax) at the emulator; gcsfs's
