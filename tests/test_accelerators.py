@@ -3,7 +3,6 @@ with a config error; on GPU, attention runs cuDNN's fused kernel where that supp
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +47,8 @@ def test_pretraining_that_asks_for_gpus_on_this_cpu_stops_at_start(tmp_path, mon
   _no_work(monkeypatch)
   config = training_util.tiny_config(train__synthetic_data=False)
   config.mesh.platform = 'gpu'
-  start = time.perf_counter()
-  with pytest.raises(ConfigError) as error:
+  with pytest.raises(ConfigError) as error:  # _no_work: before any data or state is built.
     trainer.train_and_evaluate(config, str(tmp_path))
-  assert time.perf_counter() - start < 1.0
   message = str(error.value)
   assert "config.mesh.platform='gpu' asks for GPU devices, but JAX" in message
   assert 'runs on CPU' in message and 'pip install -r requirements-gpu.txt' in message

@@ -4,7 +4,6 @@ once the tokenizer had been trained and the corpus tokenized."""
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -20,7 +19,7 @@ from tests import training_util
 def no_work(monkeypatch):
   """Training a tokenizer, building a corpus or tokenizing it fails the test."""
   for module, name in ((tokenizer, 'train'), (corpus, 'get_builder'),
-                       (tokenized, 'load_tokenized_corpus')):
+                       (tokenized, 'load_tokenized_corpus'), (tokenized, 'load_shards')):
     monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail(f'{name} ran before the check'))
 
 
@@ -58,14 +57,10 @@ def test_a_good_config_passes(no_work):
 
 @pytest.mark.parametrize('overrides, message', PRETRAINING)
 def test_pretraining_stops_at_start_naming_the_field(tmp_path, no_work, overrides, message):
-  trainer.eval_config(_pretraining_config())  # Imports done; what follows is the check alone.
   config = _pretraining_config(**overrides)
-  start = time.perf_counter()
   with pytest.raises(ConfigError) as error:
     trainer.train_and_evaluate(config, str(tmp_path))
-  seconds = time.perf_counter() - start
   assert message in str(error.value)
-  assert seconds < 0.5, seconds
   assert os.listdir(tmp_path) == []
 
 
@@ -98,11 +93,9 @@ FINETUNING = [
 def test_finetuning_data_errors_name_the_field(tmp_path, no_work, fields, message):
   fields = dict(fields)
   config = _finetuning_config(fields.pop('task', 'topic_tiny'), **fields)
-  start = time.perf_counter()
   with pytest.raises(ConfigError) as error:
     validate.check_data_config(config)
   assert message in str(error.value)
-  assert time.perf_counter() - start < 0.5
 
 
 @pytest.mark.parametrize('fields, message', FINETUNING[:3])
