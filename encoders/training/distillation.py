@@ -22,6 +22,7 @@ only: alpha_ce must be 0.
   config.data.tokenizer_path = the teacher's tokenizer (checked: same vocabulary)
 """
 import dataclasses
+import functools
 import logging
 
 import flax
@@ -201,20 +202,24 @@ class Distillation:
     params = self.teacher.model.init(rng, *self._inputs(batch))['params']
     return params if self.teacher.has_mlm_head else {'encoder': params}
 
+  @functools.cached_property
+  def _teacher_shapes(self):
+    """The teacher model's parameter shapes and dtypes (unboxed), in its own tree."""
+    model = self.teacher.model
+    return nn.meta.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']))
+
   def load_frozen(self):
     """The teacher's parameters as host arrays, in `init_frozen`'s tree and dtypes."""
-    model = self.teacher.model
-    shapes = nn.meta.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']))
     if self.teacher.kind == 'hf':
-      params = hf_interop.load_params(self.teacher.path, model)
+      params = hf_interop.load_params(self.teacher.path, self.teacher.model)
       return params if self.teacher.has_mlm_head else {'encoder': params}
     manager, step = finetune_init.pretraining_checkpoint(self.teacher.path)
     state, _ = checkpointing.restore(manager, step, None, with_data=False)
     manager.close()
     saved = flax.traverse_util.flatten_dict(state['params'])
     params = {}
-    for path, shape in flax.traverse_util.flatten_dict(shapes).items():
+    for path, shape in flax.traverse_util.flatten_dict(self._teacher_shapes).items():
       if path not in saved or saved[path].shape != shape.shape:
         raise ValueError(f'{self.teacher.path}: the checkpoint lacks {"/".join(path)} '
                          f'{shape.shape} of the teacher model.')
@@ -262,7 +267,8 @@ class Distillation:
     batch['masked_positions'] = jnp.zeros((1, 2), jnp.int32)
     flat = lambda tree: flax.traverse_util.flatten_dict(_unrolled(nn.meta.unbox(tree)))
     student = jax.eval_shape(lambda: flat(self.init(jax.random.key(0), batch)))
-    teacher = jax.eval_shape(lambda: flat(self.init_frozen(jax.random.key(0), batch)))
+    teacher = self._teacher_shapes  # In init_frozen's tree:
+    teacher = jax.eval_shape(flat, teacher if self.teacher.has_mlm_head else {'encoder': teacher})
     _, missing = self._sources(student, teacher)
     missing = ['/'.join(path) for path in missing if path[0] == 'encoder']
     if missing:
