@@ -1,4 +1,4 @@
-"""DeBERTa's ablations (He et al. 2021, Table 5: -c2p, -p2c, -EMD) and DeBERTa-v3's embedding
+"""DeBERTa's ablations (He et al. 2021, Table 4: -c2p, -p2c, -EMD) and DeBERTa-v3's embedding
 sharing (He et al. 2023: ES, NES, GDES under RTD), against BERT at the same size and steps.
 
   python -m experiments.ablate_deberta --out /tmp/ablate_deberta                 # tiny, 2 seeds
@@ -15,15 +15,34 @@ schedule (encoders/adaptation/finetune_ablation.py: 100 steps of 32 x 128; RTD's
 still sit at the all-original prior that early, docs/deberta_v3_rtd/); paper is
 configs/deberta.py:base (the release's mlm.sh; rtd.sh's base rate is the same 1e-4).
 
-The papers' downstream numbers are not entered yet (PAPER is empty: they were not
-available to check offline); the cells name the tables they belong to.
+The papers' dev numbers stand beside ours (PAPER). Their two groups do not compare with each
+other: DeBERTa's Table 4 pretrains base models on Wikipedia + BookCorpus for 1M steps of 256,
+DeBERTaV3's sharing comparison (its base models with RTD) on the same data for 125k steps of
+2,048, and its MLM reference row is Table 4's DeBERTa-base.
 """
 from encoders.adaptation import finetune_ablation
 from encoders.configs import deberta as deberta_configs
 from encoders.training import sweep
 
-# The papers' dev numbers per cell, as printed: {cell name: {column: value}}. Empty until checked.
-PAPER: dict[str, dict] = {}
+FULL = 'DeBERTa: c2c+c2p+p2c, EMD (T4)'
+# The papers' dev numbers per cell, as printed: He et al. 2021 (arXiv 2006.03654v6), Table 4
+# (MNLI-m/mm accuracy, SQuAD F1/EM, RACE accuracy; BERT's row is RoBERTa-ReImp-base, RoBERTa
+# re-pretrained on the ablation's data and steps), and He et al. 2023 (arXiv 2111.09543), the
+# embedding-sharing comparison of DeBERTa-base with RTD (MNLI-m/mm, SQuAD 2.0 F1/EM).
+PAPER = {
+    FULL: {'MNLI-m/mm': '86.3/86.2', 'SQuAD1.1': '92.1/86.1', 'SQuAD2.0': '82.5/79.3', 'RACE': 71.7},
+    '-c2p (T4)': {'MNLI-m/mm': '85.9/85.7', 'SQuAD1.1': '91.6/85.8', 'SQuAD2.0': '81.3/78.3',
+                  'RACE': 69.3},
+    '-p2c (T4)': {'MNLI-m/mm': '86.0/85.8', 'SQuAD1.1': '91.7/85.7', 'SQuAD2.0': '80.8/77.6',
+                  'RACE': 69.6},
+    '-EMD (T4)': {'MNLI-m/mm': '86.1/86.1', 'SQuAD1.1': '91.8/85.8', 'SQuAD2.0': '81.3/78.0',
+                  'RACE': 70.3},
+    'v3 RTD, ES (v3)': {'MNLI-m/mm': '88.8/88.4', 'SQuAD2.0': '86.3/83.5'},
+    'v3 RTD, NES (v3)': {'MNLI-m/mm': '88.3/87.9', 'SQuAD2.0': '85.3/82.7'},
+    'v3 RTD, GDES (v3)': {'MNLI-m/mm': '89.3/89.0', 'SQuAD2.0': '87.2/84.5'},
+    'BERT, same size and steps': {'MNLI-m/mm': '84.9/85.1', 'SQuAD1.1': '91.1/84.8',
+                                  'SQuAD2.0': '79.5/76.0', 'RACE': 66.8},
+}
 RTD_SHARING = {'es': 'ES', 'nes': 'NES', 'gdes': 'GDES'}
 # BERT on DeBERTa's config: the fields in which BERT differs (EncoderConfig ignores the rest).
 BERT = {'model.family': 'bert', 'model.type_vocab_size': 2, 'model.layer_norm_eps': 1e-12}
@@ -40,27 +59,28 @@ def base_config(scale: str):
 
 
 def cells(scale, base):
-  """Table 5's rows, v3's sharing rows and BERT, all at the scale's one learning rate."""
+  """Table 4's rows, v3's sharing rows and BERT, all at the scale's one learning rate."""
   del scale
-  rows = [('DeBERTa: c2c+c2p+p2c, EMD (T5)', {}),
-          ('-c2p (T5)', {'model.pos_att_type': ('p2c',)}),
-          ('-p2c (T5)', {'model.pos_att_type': ('c2p',)}),
-          ('-EMD (T5)', {'model.emd': False})]
+  rows = [(FULL, {}),
+          ('-c2p (T4)', {'model.pos_att_type': ('p2c',)}),
+          ('-p2c (T4)', {'model.pos_att_type': ('c2p',)}),
+          ('-EMD (T4)', {'model.emd': False})]
   rows += [(f'v3 RTD, {name} (v3)', {'model.objective': 'rtd', 'model.embedding_sharing': sharing})
            for sharing, name in RTD_SHARING.items()]
   rows.append(('BERT, same size and steps', BERT))
   for _, overrides in rows:  # Every cell is a valid config (a typo raises here, not mid-sweep).
     sweep.apply_overrides(base, overrides)
-  return [sweep.Cell(name, overrides, PAPER.get(name, {})) for name, overrides in rows]
+  return [sweep.Cell(name, overrides, PAPER[name]) for name, overrides in rows]
 
 
 ABLATION = finetune_ablation.Ablation(
-    name='deberta', title='DeBERTa: disentangled attention terms and EMD (T5), v3 embedding '
+    name='deberta', title='DeBERTa: disentangled attention terms and EMD (T4), v3 embedding '
                           'sharing under RTD, BERT at the same size and steps',
-    paper='He et al. 2021, DeBERTa (arXiv 2006.03654), Table 5 (ablations of DeBERTa-base) and '
-          'He et al. 2023, DeBERTaV3 (arXiv 2111.09543), ES/NES/GDES; papers\' numbers not '
-          'entered yet. Ours: validation MLM loss/accuracy (RTD rows: the generator\'s), '
-          'test_accuracy/test_macro_f1 from the topic task',
+    paper='He et al. 2021, DeBERTa (arXiv 2006.03654v6), Table 4 (ablations of DeBERTa-base, '
+          '1M steps of 256; the BERT row\'s numbers are its RoBERTa-ReImp-base) and He et al. '
+          '2023, DeBERTaV3 (arXiv 2111.09543), ES/NES/GDES with RTD (base, 125k steps of 2,048); '
+          'dev scores. Ours: validation MLM loss/accuracy (RTD rows: the generator\'s, half the '
+          'depth), the discriminator\'s rtd_recall, test_accuracy/test_macro_f1 from the topic task',
     metrics=('mlm_loss', 'mlm_accuracy', 'rtd_recall', 'test_accuracy', 'test_macro_f1'),
     cells=cells, base_config=base_config,
     smoke_cells=len(RTD_SHARING) + 5)  # Every cell: --cell picks one.

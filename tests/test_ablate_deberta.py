@@ -39,9 +39,9 @@ def test_each_cell_builds_the_model_it_names():
       assert (model.type_vocab_size, model.num_layers, model.hidden_size) == (2, 4, 128)
       continue
     assert type(objective.model).__module__ == 'encoders.deberta'
-    terms = {'-c2p (T5)': ('p2c',), '-p2c (T5)': ('c2p',)}.get(name, ('p2c', 'c2p'))
+    terms = {'-c2p (T4)': ('p2c',), '-p2c (T4)': ('c2p',)}.get(name, ('p2c', 'c2p'))
     assert model.pos_att_type == terms
-    assert model.emd == (name != '-EMD (T5)')
+    assert model.emd == (name != '-EMD (T4)')
 
 
 def test_tiny_is_deberta_tiny_on_the_ablations_schedule_and_paper_is_base():
