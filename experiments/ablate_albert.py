@@ -1,6 +1,6 @@
 """ALBERT's cross-layer sharing and sentence-level loss (Lan et al. 2020, Tables 4 and 5).
 
-  python -m experiments.ablate_albert --out /tmp/ablate_albert                 # tiny, 2 seeds
+  python -m experiments.ablate_albert --out /tmp/ablate_albert                 # tiny, 3 seeds
   python -m experiments.ablate_albert --out /tmp/ablate_albert_smoke --smoke   # minutes
   python -m experiments.ablate_albert --out DIR --scale=paper --mode=print     # ALBERT-base
 
@@ -19,8 +19,9 @@ Each cell shows its encoder's exact parameter count (embeddings, the E -> H mapp
 layers and the pooler, as transformers' AlbertModel counts them; pretraining heads excluded),
 from the shapes of the family's Encoder (jax.eval_shape, nothing allocated). Scales: smoke is
 a 2-layer width-32 model (two layers, or the sharing modes would all be one model), all six
-cells, one seed; tiny is configs/albert.py:tiny on the ablations' tiny schedule
-(encoders/adaptation/finetune_ablation.py: 100 steps of 32 x 128); paper is configs/albert.py:base
+cells, one seed; quick and tiny are configs/albert.py:tiny on the ablations' schedules
+(encoders/adaptation/finetune_ablation.py: 100 or TINY_STEPS steps of 32 x 128; the stored
+table is quick's); paper is configs/albert.py:base
 (batch 4096, 125k steps, LAMB), as the paper's ALBERT-base.
 """
 import flax.linen as nn

@@ -1,13 +1,14 @@
 """Batch size at an equal number of training tokens (RoBERTa, Liu et al. 2019, Table 3).
 
-  python -m experiments.ablate_batch_size --out /tmp/ablate_batch_size     # tiny, 2 seeds
+  python -m experiments.ablate_batch_size --out /tmp/ablate_batch_size     # tiny, 3 seeds
   python -m experiments.ablate_batch_size --out /tmp/abs_smoke --smoke
 
 Batches in the paper's ratio 256 : 2K : 8K with steps 1M : 125K : 31K and peak learning rates
 1e-4 : 7e-4 : 1e-3. Large batches go through gradient accumulation
-(`train.grad_accum_steps`), so they fit the memory of the smallest. Tiny scale: batches
-8 / 64 / 256 for 512 / 64 / 16 steps (the same 4096 sequences), learning rates 2x the
-paper's (tiny models train at larger rates), warm-up 1% of the steps (BERT's 10k of 1M).
+(`train.grad_accum_steps`), so they fit the memory of the smallest. Quick scale: batches
+8 / 64 / 256 for 512 / 64 / 16 steps (the same 4096 sequences); tiny: the same batches for
+40 x those steps (tiny's base runs 40 x quick's); learning rates 2x the paper's (tiny models
+train at larger rates), warm-up 1% of the steps (BERT's 10k of 1M).
 Reported: validation MLM perplexity and topic accuracy.
 """
 
@@ -31,8 +32,9 @@ def cells(scale, base):
   for name, (batch, steps, lr, ppl, mnli, sst2) in PAPER.items():
     if scale == 'paper':
       accum = batch // 256  # Micro-batches of the smallest batch.
-    elif scale == 'tiny':
-      batch, steps, lr = batch // TINY_SCALE, 512 * 256 // batch, 2 * lr
+    elif scale in ('quick', 'tiny'):  # 4096 sequences per 100 base steps.
+      batch, lr = batch // TINY_SCALE, 2 * lr
+      steps = 512 * 8 // batch * base.train.num_steps // 100
       accum = max(1, batch // 64)  # Micro-batches of at most 64 rows.
     else:
       (batch, steps), lr, accum = SMOKE_BATCHES[name], 10 * lr, 1 if name != '8K' else 2

@@ -1,7 +1,8 @@
 """DeBERTa's ablations (He et al. 2021, Table 4: -c2p, -p2c, -EMD) and DeBERTa-v3's embedding
 sharing (He et al. 2023: ES, NES, GDES under RTD), against BERT at the same size and steps.
 
-  python -m experiments.ablate_deberta --out /tmp/ablate_deberta                 # tiny, 2 seeds
+  python -m experiments.ablate_deberta --out /tmp/ablate_deberta                 # tiny, 3 seeds
+  python -m experiments.ablate_deberta --out DIR --scale=quick --seeds=2         # docs/ablations/deberta
   python -m experiments.ablate_deberta --out /tmp/ablate_deberta_smoke --smoke   # minutes
   python -m experiments.ablate_deberta --out DIR --scale=paper --mode=print      # DeBERTa-base
 
@@ -10,9 +11,10 @@ with each embedding sharing (the discriminator is fine-tuned; its row's MLM numb
 its generator's, half its depth, so they do not compare with the MLM rows), and BERT
 (learned absolute positions, no EMD, LayerNorm eps 1e-12, two token types) on the same
 data, tokenizer, size and steps. Scales: smoke is a 2-layer width-32 model, a few steps,
-every cell (--cell runs one); tiny is configs/deberta.py:tiny (4 x 128) on the ablations' tiny
-schedule (encoders/adaptation/finetune_ablation.py: 100 steps of 32 x 128; RTD's discriminator may
-still sit at the all-original prior that early, docs/deberta_v3_rtd/); paper is
+every cell (--cell runs one); quick and tiny are configs/deberta.py:tiny (4 x 128) on the
+ablations' schedules (encoders/adaptation/finetune_ablation.py: 100 or TINY_STEPS steps of
+32 x 128; at quick's 100, RTD's discriminator may still sit at the all-original prior,
+docs/deberta_v3_rtd/; the stored table, docs/ablations/deberta, is quick's); paper is
 configs/deberta.py:base (the release's mlm.sh; rtd.sh's base rate is the same 1e-4).
 
 The papers' dev numbers stand beside ours (PAPER). Their two groups do not compare with each

@@ -1,6 +1,6 @@
 """Masking-rate ablation (Wettig et al. 2022, "Should You Mask 15% in Masked Language Modeling?").
 
-  python -m experiments.ablate_masking_rate --out /tmp/ablate_masking_rate            # tiny, 2 seeds
+  python -m experiments.ablate_masking_rate --out /tmp/ablate_masking_rate            # tiny, 3 seeds
   python -m experiments.ablate_masking_rate --out /tmp/ablate_mr_smoke --smoke         # minutes
   python -m experiments.ablate_masking_rate --out gs://... --scale=paper --mode=print  # one job per run
 

@@ -1,6 +1,6 @@
 """Input format and next-sentence prediction (RoBERTa Table 2; BERT Table 5 "No NSP").
 
-  python -m experiments.ablate_nsp --out /tmp/ablate_nsp          # tiny, 2 seeds
+  python -m experiments.ablate_nsp --out /tmp/ablate_nsp          # tiny, 3 seeds
   python -m experiments.ablate_nsp --out /tmp/ablate_nsp_smoke --smoke
 
 RoBERTa's four formats: SEGMENT-PAIR + NSP, SENTENCE-PAIR + NSP, FULL-SENTENCES and

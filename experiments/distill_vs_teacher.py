@@ -1,7 +1,7 @@
 """DistilBERT's question at tiny scale: how much of its teacher does a distilled student keep,
 and at what speed? (Sanh et al. 2019, Tables 1, 3 and 4.)
 
-  python -m experiments.distill_vs_teacher --out /tmp/distill_vs_teacher          # tiny, 2 seeds
+  python -m experiments.distill_vs_teacher --out /tmp/distill_vs_teacher          # tiny, 3 seeds
   python -m experiments.distill_vs_teacher --out /tmp/distill_smoke --smoke       # minutes
 
 The teacher is configs/distilbert.py:distil_minilm's (all-MiniLM-L6-v2, installed from PyPI: 6 x 384);
@@ -69,7 +69,8 @@ def base_config(scale: str, teacher: str | None) -> ml_collections.ConfigDict:
   """configs/distilbert.py:distil_minilm on a schedule this CPU affords: smoke is 1 layer and
   a few steps; tiny 150 steps of 16 x 64 tokens (~6 s a step at load ~6 on 2 cores)."""
   config = distilbert_configs.get_config('distil_minilm')
-  schedule = finetune_ablation.pretrain_config(scale)
+  # Quick's settings (logging, warm-up 10) under its own steps below, at tiny too.
+  schedule = finetune_ablation.pretrain_config('smoke' if scale == 'smoke' else 'quick')
   config.train, config.checkpoint = schedule.train, schedule.checkpoint
   config.optimizer.warmup_steps = schedule.optimizer.warmup_steps
   config.train.progress_bar = False

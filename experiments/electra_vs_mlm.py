@@ -1,6 +1,6 @@
 """ELECTRA vs BERT-MLM at equal pretraining compute (Clark et al. 2020, Table 1).
 
-  python -m experiments.electra_vs_mlm --out /tmp/electra_vs_mlm               # tiny, 2 seeds
+  python -m experiments.electra_vs_mlm --out /tmp/electra_vs_mlm               # tiny, 3 seeds
   python -m experiments.electra_vs_mlm --out /tmp/evm_smoke --smoke             # minutes
   python -m experiments.electra_vs_mlm --out DIR --scale=paper --mode=print    # ELECTRA-Small
 
@@ -27,7 +27,9 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 # ELECTRA steps per compute budget. Paper: ELECTRA-Small's 1M steps (1.4e18 FLOPs) and two
 # earlier budgets of the same recipe.
-BUDGETS = {'smoke': (4,), 'tiny': (100, 200), 'paper': (250_000, 500_000, 1_000_000)}
+BUDGETS = {'smoke': (4,), 'quick': (100, 200),
+           'tiny': (finetune_ablation.TINY_STEPS // 2, finetune_ablation.TINY_STEPS),
+           'paper': (250_000, 500_000, 1_000_000)}
 # BERT-MLM on the same model and data: BERT's corruption of the predicted tokens, no NSP.
 BERT = {'model.family': 'bert', 'data.mask_token_prob': 0.8, 'data.random_token_prob': 0.1}
 PAPER_COLUMN = 'GLUE dev, Small, 1.4e18 FLOPs'
@@ -35,7 +37,7 @@ PAPER = {'ELECTRA': 79.9, 'BERT (MLM)': 75.1}
 
 
 def base_config(scale: str):
-  """ELECTRA's recipe at the scale's size, on the ablations' schedule (tiny: 100-step runs)."""
+  """ELECTRA's recipe at the scale's size, on the ablations' schedule (its steps per cell: BUDGETS)."""
   schedule = finetune_ablation.pretrain_config(scale)
   config = electra_configs.get_config('small' if scale == 'paper' else 'tiny')
   if scale != 'paper':

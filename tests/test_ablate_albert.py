@@ -55,11 +55,12 @@ def test_paper_scale_counts_are_albert_base_and_the_papers():
     assert abs(count / 1e6 - printed[sharing]) < 0.7  # The paper rounds (89.65M is "89M").
 
 
-def test_tiny_is_albert_tiny_on_the_ablations_schedule():
-  config, schedule = ablate_albert.base_config('tiny'), finetune_ablation.pretrain_config('tiny')
+@pytest.mark.parametrize('scale,steps', [('quick', 100), ('tiny', finetune_ablation.TINY_STEPS)])
+def test_tiny_is_albert_tiny_on_the_ablations_schedule(scale, steps):
+  config, schedule = ablate_albert.base_config(scale), finetune_ablation.pretrain_config(scale)
   assert config.model.to_dict() == albert_configs.get_config('tiny').model.to_dict()
   assert config.train.to_dict() == schedule.train.to_dict()
-  assert (config.train.num_steps, config.train.batch_size, config.data.seq_length) == (100, 32, 128)
+  assert (config.train.num_steps, config.train.batch_size, config.data.seq_length) == (steps, 32, 128)
   assert config.optimizer.warmup_steps == schedule.optimizer.warmup_steps
   assert (config.data.masking, config.data.tokenizer) == ('ngram', 'unigram')
 

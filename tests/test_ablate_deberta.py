@@ -44,11 +44,12 @@ def test_each_cell_builds_the_model_it_names():
     assert model.emd == (name != '-EMD (T4)')
 
 
-def test_tiny_is_deberta_tiny_on_the_ablations_schedule_and_paper_is_base():
-  config, schedule = ablate_deberta.base_config('tiny'), finetune_ablation.pretrain_config('tiny')
+@pytest.mark.parametrize('scale,steps', [('quick', 100), ('tiny', finetune_ablation.TINY_STEPS)])
+def test_tiny_is_deberta_tiny_on_the_ablations_schedule_and_paper_is_base(scale, steps):
+  config, schedule = ablate_deberta.base_config(scale), finetune_ablation.pretrain_config(scale)
   assert config.model.to_dict() == deberta_configs.get_config('tiny').model.to_dict()
   assert config.train.to_dict() == schedule.train.to_dict()
-  assert (config.train.num_steps, config.train.batch_size, config.data.seq_length) == (100, 32, 128)
+  assert (config.train.num_steps, config.train.batch_size, config.data.seq_length) == (steps, 32, 128)
   assert ablate_deberta.base_config('paper').to_dict() == deberta_configs.get_config('base').to_dict()
   for name, (config, _) in built('paper').items():  # rtd.sh's base rate is mlm.sh's.
     assert config.optimizer.learning_rate == 1e-4, name

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from encoders.adaptation import finetune_ablation
+from encoders.configs import bert as bert_configs
 from encoders.training import checkpointing, sweep
 from experiments import ablate_batch_size, ablate_masking_rate, ablate_masking_strategy, ablate_nsp
 from tests import training_util
@@ -46,7 +47,16 @@ def test_masking_rate_by_rate_plot_reads_each_corruption_and_rate(tmp_path):
   assert os.path.getsize(path) > 1000
 
 
-@pytest.mark.parametrize('scale', ['tiny', 'paper'])
+def test_tiny_is_the_main_command_at_tiny_steps():
+  """docs/tiny_signal measured configs/bert.py:tiny run for TINY_STEPS steps: tiny is that run."""
+  tiny, main = finetune_ablation.pretrain_config('tiny'), bert_configs.get_config('tiny')
+  for section in ('model', 'data', 'optimizer'):
+    assert tiny[section].to_dict() == main[section].to_dict(), section
+  assert (tiny.train.num_steps, tiny.train.batch_size) == (finetune_ablation.TINY_STEPS, 32)
+  assert finetune_ablation.pretrain_config('quick').train.num_steps == 100
+
+
+@pytest.mark.parametrize('scale', ['quick', 'tiny', 'paper'])
 def test_batch_size_cells_train_on_equal_tokens(scale):
   base = finetune_ablation.pretrain_config(scale)
   cells = ablate_batch_size.cells(scale, base)
@@ -67,6 +77,12 @@ def test_masking_strategy_and_nsp_cells(monkeypatch):
   strategy = {c.name: c.overrides for c in ablate_masking_strategy.cells('tiny', base)}
   assert strategy['dynamic']['data.static_masking'] is False
   assert strategy['static (dupe_factor=10)']['data.dupe_factor'] == 10
+  # The same epochs over the corpus at both small scales: its fraction grows with the steps.
+  quick = finetune_ablation.pretrain_config('quick')
+  fractions = {scale: ablate_masking_strategy.cells(scale, config)[1].overrides['data.train_split']
+               for scale, config in (('quick', quick), ('tiny', base))}
+  assert fractions == {'quick': 'train[:1.5%]',
+                       'tiny': f'train[:{1.5 * finetune_ablation.TINY_STEPS / 100:g}%]'}
   tokens = {'segment_pair_nsp': 120.0, 'sentence_pair_nsp': 40.0}
   monkeypatch.setattr(finetune_ablation, 'mean_tokens_per_row',
                       lambda config: tokens[config.data.input_format])
@@ -106,6 +122,7 @@ def test_smoke_run_writes_csv_table_and_plot(name, paper, tmp_path, compilation_
   assert len(rows) == 2  # Smoke: the first two cells, one seed.
   for row in rows:
     assert 0.0 <= float(row['test_accuracy']) <= 1.0 and np.isfinite(float(row['mlm_loss']))
+    assert 0.0 < float(row['probe_macro']) < 100.0  # The suite's linear probes ran on the encoder.
   markdown = (tmp_path / 'results.md').read_text()
   assert paper in markdown and 'paper: ' in markdown
   assert (tmp_path / 'results.png').stat().st_size > 1000

@@ -282,7 +282,8 @@ def test_distill_vs_teacher_prints_one_job_per_row_and_seed(tmp_path):
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   out = str(tmp_path / 'out')
   result = subprocess.run(
-      [sys.executable, '-m', 'experiments.distill_vs_teacher', f'--out={out}', '--mode=print'],
+      [sys.executable, '-m', 'experiments.distill_vs_teacher', f'--out={out}', '--mode=print',
+       '--seeds=2'],
       cwd=training_util.ROOT, env=training_util.env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   jobs = [line for line in result.stdout.splitlines() if 'experiments.distill_vs_teacher' in line]

@@ -11,7 +11,7 @@ from experiments import electra_vs_mlm
 from tests import training_util
 
 
-@pytest.mark.parametrize('scale', ['tiny', 'paper'])
+@pytest.mark.parametrize('scale', ['quick', 'tiny', 'paper'])
 def test_cells_give_both_models_the_same_training_flops(scale):
   base = electra_vs_mlm.base_config(scale)
   cells = electra_vs_mlm.cells(scale, base)

@@ -2,14 +2,20 @@
 
 A run pretrains a variant of the base config with `training.trainer.train_and_evaluate`,
 optionally validates its MLM loss at a fixed masking rate (config.eval_data; Wettig et al.
-evaluate every masking rate at 15%), and fine-tunes it on the Wikipedia topic task
+evaluate every masking rate at 15%), scores the frozen encoder with the offline suite's linear
+probes (encoders/adaptation/suite.py: `probe_macro` in the table, each task's `probe_<task>`
+in results.csv; not at the quick scale), and fine-tunes it on the Wikipedia topic task
 (encoders/adaptation/finetune.py). An ablation script is a base config plus a list of cells
-(encoders/training/sweep.py), at one of three scales:
+(encoders/training/sweep.py), at one of four scales:
 
   smoke  minutes: a 1-layer width-32 model, a few steps, the first two cells, one seed.
-  tiny   BERT tiny (2 x 128) on the embedded corpus, 100 steps of 32 x 128 tokens, fine-tuned on
-         2000 topic records: ~2 minutes per run on a quiet 2-core CPU (measured 9-17 minutes
-         per run at load average 8-13).
+  quick  BERT tiny (2 x 128) on the embedded corpus, 100 steps of 32 x 128 tokens, fine-tuned on
+         2000 topic records: ~2 minutes per run on a quiet 2-core CPU. Too early for pretraining
+         to show downstream (the suite's probes score it below random init).
+  tiny   the same at TINY_STEPS steps (the main command's run): the fewest steps measured at
+         which the pretrained encoder beats random init on the suite's probes by far more
+         than the seeds' spread (docs/tiny_signal/). About 35 minutes per run on a quiet
+         2-core CPU.
   paper  the paper's model size, batch and steps (for TPU VMs; set data.dataset to a real corpus).
 
 All runs of a sweep share one tokenizer (trained once into <out>/tokenizer), so the tokenized
@@ -26,15 +32,26 @@ import ml_collections
 import numpy as np
 
 from encoders import paths
-from encoders.adaptation import finetune
+from encoders.adaptation import finetune, suite
 from encoders.configs import bert
 from encoders.configs import finetune as finetune_configs
 from encoders.data import pipeline
+from encoders.data import suite as suite_data
 from encoders.data import tokenizer as tokenizer_lib
 from encoders.training import checkpointing, metrics, sweep, trainer
 
-SCALES = ('smoke', 'tiny', 'paper')
+SCALES = ('smoke', 'quick', 'tiny', 'paper')
+# Steps of the tiny scale (32 x 128 tokens each; warm-up and decay as configs/bert.py:tiny, whose
+# 4,000 steps these are). The suite's probe macro average (docs/tiny_signal/, 3 head seeds):
+# random init 26.7 ± 0.2; pretrained 24.6 ± 0.4 at 500 steps, 26.7 ± 0.1 at 1,000, 27.1 ± 0.1
+# at 2,000 and 32.9 ± 0.1 at 4,000, the first clearly above it.
+TINY_STEPS = 4000
 PAIR_FORMATS = trainer.PAIR_FORMATS
+
+# The suite's probe per scale: (training articles, dev and test articles each; 0: all), or None:
+# no probe (quick: its 100-step encoders score below random init). Tiny and paper probe as
+# experiments/evaluate.py's defaults do, so their scores compare with docs/evaluate.
+PROBE_ARTICLES = {'smoke': (60, 40), 'quick': None, 'tiny': (2000, 0), 'paper': (2000, 0)}
 
 SMOKE_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64,
                    max_position_embeddings=64)
@@ -69,10 +86,13 @@ def pretrain_config(scale: str) -> ml_collections.ConfigDict:
     train.update(batch_size=8, num_steps=4, log_every=2, eval_every=1000, eval_steps=1)
     config.optimizer.warmup_steps = 1
     ckpt.every_steps = 1000
-  elif scale == 'tiny':  # ~2 minutes per run (pretraining + fine-tuning) on a quiet 2-core CPU.
+  elif scale == 'quick':
     train.update(batch_size=32, num_steps=100, log_every=20, eval_every=100, eval_steps=8)
     config.optimizer.warmup_steps = 10
     ckpt.every_steps = 100
+  elif scale == 'tiny':  # configs/bert.py:tiny (the main command) at TINY_STEPS steps.
+    train.update(num_steps=TINY_STEPS, log_every=50, eval_every=TINY_STEPS // 4, eval_steps=8)
+    ckpt.every_steps = TINY_STEPS // 4
   ckpt.async_save = False
   return config
 
@@ -95,7 +115,7 @@ def finetune_config(scale: str) -> ml_collections.ConfigDict:
     data.update(max_length=32, max_windows=1, max_examples=48)
     train.update(batch_size=8, num_epochs=1.0, eval_batch_size=16, log_every=2)
     config.optimizer.learning_rate = 1e-3
-  elif scale == 'tiny':  # The recipe that lifted BERT-tiny off chance level (lr 2e-4, 1 epoch did not).
+  elif scale in ('quick', 'tiny'):  # The recipe that lifted BERT-tiny off chance level (lr 2e-4, 1 epoch did not).
     data.update(max_length=64, max_windows=1, max_examples=2000)
     train.update(batch_size=32, num_epochs=2.0)
     config.head.pooling = 'mean'
@@ -125,9 +145,19 @@ def last_metrics(workdir: str, prefix: str) -> dict[str, float]:
   return {k.removeprefix(prefix + '/'): v for k, v in records[-1].items() if k != 'step'}
 
 
+def probe(pretrain_dir: str, articles: tuple[int, int]) -> dict[str, float]:
+  """{'probe_<task>': score, 'probe_macro': their mean} in percent: the suite's linear probes
+  (head seed 0) on the frozen encoder of `pretrain_dir`, over suite_data.article_splits(*articles)."""
+  splits = suite_data.article_splits(*articles)
+  summary = suite.run(pretrain_dir, 'probe', 1, list(suite_data.TASKS), splits)['summary']
+  return {f'probe_{name}': stats['mean'] for name, stats in summary.items()}
+
+
 def pretrain_and_finetune(pretrain: ml_collections.ConfigDict, tune: ml_collections.ConfigDict,
-                          workdir: str, seed: int, eval_mask_rate: float | None) -> dict:
-  """Pretrains `pretrain` in <workdir>/pretrain, fine-tunes on the topic task; returns metrics.
+                          workdir: str, seed: int, eval_mask_rate: float | None,
+                          probe_articles: tuple[int, int] | None = None) -> dict:
+  """Pretrains `pretrain` in <workdir>/pretrain, probes it with the suite (given
+  `probe_articles`, see `probe`), fine-tunes on the topic task; returns metrics.
 
   With `eval_mask_rate`, validation masks at that rate with 80/10/10 (config.eval_data) and
   `train_mlm_loss` is the last logged training MLM loss at the run's own rate.
@@ -159,6 +189,8 @@ def pretrain_and_finetune(pretrain: ml_collections.ConfigDict, tune: ml_collecti
     result.update({f'mlm_loss_at_{tag}': validation['mlm_loss'],
                    f'mlm_accuracy_at_{tag}': validation['mlm_accuracy'],
                    'train_mlm_loss': last_metrics(pretrain_dir, 'train')['mlm_loss']})
+  if probe_articles is not None:
+    result.update(probe(pretrain_dir, probe_articles))
   tune = ml_collections.ConfigDict(tune.to_dict())
   tune.seed = seed
   tune.init_from = pretrain_dir
@@ -173,7 +205,8 @@ def define_flags() -> None:
   flags.DEFINE_enum('scale', 'tiny', SCALES, 'Model / data / steps scale.')
   flags.DEFINE_bool('smoke', False, 'Same as --scale=smoke: a minutes-scale check.')
   flags.DEFINE_string('out', None, 'Output directory (results, tables, plots, runs).')
-  flags.DEFINE_integer('seeds', 2, 'Seeds per cell (0, 1, ...).')
+  flags.DEFINE_integer('seeds', 3, 'Seeds per cell (0, 1, ...); the stored quick-scale tables '
+                       'ran 2.')
   sweep.define_job_flags()
   flags.adopt_module_key_flags(sweep)  # --help lists them.
   flags.DEFINE_multi_string('set', [], 'Base pretraining override, e.g. train.num_steps=1000.')
@@ -224,7 +257,8 @@ def main(ablation: Ablation) -> str:
   def run_fn(cell: sweep.Cell, seed: int) -> dict:
     config = sweep.apply_overrides(base, cell.overrides)
     workdir = os.path.join(out, 'runs', sweep.run_name(cell, seed))
-    return pretrain_and_finetune(config, tune, workdir, seed, ablation.eval_mask_rate)
+    return pretrain_and_finetune(config, tune, workdir, seed, ablation.eval_mask_rate,
+                                 PROBE_ARTICLES[scale])
 
   def command_fn(cell: sweep.Cell, seed: int) -> list[str]:
     script = ablation.module or f'experiments.ablate_{ablation.name}'
@@ -237,7 +271,8 @@ def main(ablation: Ablation) -> str:
     return ''
   all_cells = cells if scale == 'smoke' else all_cells
   report_seeds = seeds if scale == 'smoke' else list(range(f.seeds))
-  markdown = sweep.report(all_cells, report_seeds, out, ablation.metrics,
+  probed = ('probe_macro',) if PROBE_ARTICLES[scale] else ()
+  markdown = sweep.report(all_cells, report_seeds, out, (*ablation.metrics, *probed),
                           f'{ablation.title} (scale={scale})', ablation.paper)
   print(markdown)
   if ablation.extra_plot:
