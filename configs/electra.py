@@ -49,7 +49,8 @@ def get_model_config(size: str) -> ml_collections.ConfigDict:
   # heads = max(1, hidden // 64), MLP = 4 * hidden, layers = num_layers.
   add_generator_fields(model, fraction)
   # Which losses train the shared embeddings (encoders/electra.py EMBEDDING_GRADIENTS): both, as
-  # the paper; 'mlm' lets the discriminator read them through stop_gradient.
+  # the paper; 'mlm' lets the discriminator read them through stop_gradient; 'gdes' adds
+  # DeBERTa-v3's delta, a word table of the discriminator's own that only RTD trains.
   model.embedding_gradients = 'mlm+rtd'
   return model
 

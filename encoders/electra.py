@@ -26,13 +26,19 @@ import jax.numpy as jnp
 from encoders.bert import default_inputs, embeddings_project, project
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import MaskedLMHead, gather_positions
-from encoders.layers import Dense, Embeddings, TransformerStack, activation, attention_mask
+from encoders.layers import (Dense, Embeddings, TransformerStack, activation, attention_mask,
+                             zeros_init)
 
 # config.model.embedding_gradients: which losses train the shared embeddings.
 #   mlm+rtd  both (ELECTRA: the released code's one `electra/embeddings` scope);
 #   mlm      only the generator's MLM loss: the discriminator reads them through stop_gradient
-#            (as DeBERTa-v3's GDES reads the generator's table, without GDES's delta).
-EMBEDDING_GRADIENTS = ('mlm+rtd', 'mlm')
+#            (as DeBERTa-v3's GDES reads the generator's table, without GDES's delta);
+#   gdes     only MLM, and the discriminator adds a zero-initialised word table of its own
+#            (`discriminator_word_delta`, which only RTD trains) to the stopped word vectors,
+#            before the shared LayerNorm: DeBERTa-v3's gradient-disentangled embedding sharing
+#            over ELECTRA's shared block. Fine-tuning and export fold the delta into the
+#            discriminator's word table (`discriminator_as_encoder`).
+EMBEDDING_GRADIENTS = ('mlm+rtd', 'mlm', 'gdes')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,12 +156,36 @@ class ElectraPair(PairOutputs):
     self.generator_predictions = MaskedLMHead(c.embedding)
     self.discriminator_encoder = ProjectedStack(c.discriminator)
     self.discriminator_predictions = DiscriminatorHead(c.discriminator)
+    if c.embedding_gradients == 'gdes':
+      e = c.embedding
+      self.discriminator_word_delta = nn.Embed(
+          e.vocab_size, e.hidden_size, dtype=e.compute_dtype, param_dtype=e.storage_dtype,
+          embedding_init=zeros_init(('vocab', 'embed')))
+
+  def _gdes_embedded(self, input_ids, position_ids, token_type_ids, deterministic):
+    """The shared block's output with stop_gradient on its parameters and the delta added to
+    the word vectors before its LayerNorm: LN(sg(E_word) + delta + sg(E_pos + E_type))."""
+    e = self.embeddings
+    stopped = jax.lax.stop_gradient
+    x = (stopped(e.word_embeddings(input_ids)) + self.discriminator_word_delta(input_ids)
+         + stopped(e.position_embeddings(position_ids + self.config.embedding.position_offset)
+                   + e.token_type_embeddings(token_type_ids)))  # [batch, length, embedding]
+    if self.is_initializing():
+      e.layer_norm(x)  # Creates the shared LayerNorm's parameters when this runs first.
+    norm = stopped(e.layer_norm.variables['params'])
+    x = e.layer_norm.clone(parent=None).apply({'params': norm}, x)
+    x = e.dropout(x, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
   def _encode(self, stack, input_ids, segment_ids, position_ids, token_type_ids, deterministic):
     segment_ids, position_ids, token_type_ids = default_inputs(
         input_ids, segment_ids, position_ids, token_type_ids)
-    embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic)
-    if stack is self.discriminator_encoder and self.config.embedding_gradients == 'mlm':
+    gradients = self.config.embedding_gradients
+    if stack is self.discriminator_encoder and gradients == 'gdes':
+      embedded = self._gdes_embedded(input_ids, position_ids, token_type_ids, deterministic)
+    else:
+      embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic)
+    if stack is self.discriminator_encoder and gradients == 'mlm':
       embedded = jax.lax.stop_gradient(embedded)
     return stack(embedded, attention_mask(segment_ids), deterministic)
 
@@ -176,6 +206,16 @@ class ElectraPair(PairOutputs):
     return self.discriminator_predictions(hidden)
 
 
+def with_word_delta(params: dict) -> dict:
+  """The discriminator's embeddings: the shared block, its word table plus the GDES delta
+  (`discriminator_word_delta`) when the pair has one."""
+  if 'discriminator_word_delta' not in params:
+    return params['embeddings']
+  delta = params['discriminator_word_delta']['embedding']
+  words = params['embeddings']['word_embeddings']['embedding']
+  return {**params['embeddings'], 'word_embeddings': {'embedding': words + delta}}
+
+
 def discriminator_as_encoder(params: dict) -> dict:
   """ElectraPair params -> {'encoder': ...}: the discriminator as a BERT encoder (fine-tuning).
 
@@ -185,6 +225,6 @@ def discriminator_as_encoder(params: dict) -> dict:
   has the same projection.
   """
   discriminator = params['discriminator_encoder']
-  return {'encoder': {'embeddings': params['embeddings'],
+  return {'encoder': {'embeddings': with_word_delta(params),
                       **{name: discriminator[name] for name in ('embeddings_project', 'layers')
                          if name in discriminator}}}

@@ -30,7 +30,7 @@ from etils import epath
 from encoders import paths
 from encoders.config import ConfigError
 from encoders.configs import electra as electra_configs
-from encoders.electra import ElectraConfig, ElectraPair
+from encoders.electra import ElectraConfig, ElectraPair, with_word_delta
 from encoders.layers import stack_layers, unroll_layers
 from encoders.hf_interop import (CONFIG_KEYS, ENCODER_RULES, LEAF_NAMES, encoder_fields,
                                  from_hf, read_json, read_tensors, to_hf)
@@ -108,9 +108,12 @@ def _hf_name(path: tuple[str, ...], network: str) -> str:
 
 
 def _network_params(params: dict, network: str) -> dict:
-  """The subtree of `network`: the shared embeddings and its own `<network>_*` modules."""
-  return {name: tree for name, tree in params.items()
-          if name == 'embeddings' or name.startswith(f'{network}_')}
+  """The subtree of `network`: the shared embeddings (the discriminator's with its GDES word
+  delta folded in) and its own `<network>_*` modules."""
+  embeddings = with_word_delta(params) if network == 'discriminator' else params['embeddings']
+  return {'embeddings': embeddings,
+          **{name: tree for name, tree in params.items()
+             if name.startswith(f'{network}_') and name != 'discriminator_word_delta'}}
 
 
 def _unrolled(model: ElectraPair) -> ElectraPair:
@@ -180,6 +183,10 @@ def load_params(model: ElectraPair, discriminator_dir: str | None = None,
   """
   if discriminator_dir is None and generator_dir is None:
     raise ValueError('load_params needs discriminator_dir, generator_dir or both.')
+  if model.config.embedding_gradients == 'gdes':
+    raise ConfigError("model.embedding_gradients='gdes': an HF checkpoint has no GDES delta to "
+                      "read (its discriminator's word table is the generator's plus the delta); "
+                      "import with 'mlm+rtd', one network at a time.")
   if model.config.discriminator.scan_layers:  # HF numbers its layers: read unrolled, then stack.
     return stack_layers(load_params(_unrolled(model), discriminator_dir, generator_dir))
   shapes = _abstract_params(model)

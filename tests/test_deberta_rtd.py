@@ -7,7 +7,6 @@ import functools
 import flax.linen as nn
 import jax
 import numpy as np
-import optax
 import pytest
 import torch
 import transformers
@@ -58,22 +57,9 @@ def train(sharing: str, steps: int = 4):
   batches = [contract_batch(seed) for seed in range(steps)]
   objective = ReplacedTokenDetection(config, pair_class=deberta.RTDPair)
   params = nn.unbox(objective.init(jax.random.key(0), batches[0]))
-  tx = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, opt_state, batch, rtd_weight, rng):
-    objective = ReplacedTokenDetection(config, rtd_weight, pair_class=deberta.RTDPair)
-    grads = jax.grad(lambda p: objective.loss(p, batch, rng, objective.denominators(batch),
-                                              deterministic=True)[0])(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  final = {}
-  for rtd_weight in (50.0, 0.0):
-    trained, opt_state = params, tx.init(params)
-    for i, batch in enumerate(batches):
-      trained, opt_state = step(trained, opt_state, batch, rtd_weight, jax.random.key(i))
-    final[rtd_weight] = jax.device_get(trained)
+  final = training_util.adam_with_and_without_rtd(
+      lambda rtd_weight: ReplacedTokenDetection(config, rtd_weight, pair_class=deberta.RTDPair),
+      params, batches)
   return jax.device_get(params), final
 
 

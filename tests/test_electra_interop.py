@@ -178,3 +178,41 @@ def test_mismatched_pairs_are_refused(hf_pair, tmp_path):
     small = ElectraConfig.from_config({**electra_interop.read_model_config(
         directories['discriminator']), 'num_layers': 1})
     electra_interop.load_params(ElectraPair(small), directories['discriminator'])
+
+
+def test_gdes_discriminator_exports_its_word_table_plus_the_delta(hf_pair, tmp_path, record_figure):
+  """embedding_gradients='gdes': the discriminator reads the shared block with its word vectors
+  plus the delta; its export (and its fine-tuning encoder) fold the delta into the word table,
+  and transformers computes the same logits from it. Import into a GDES pair is refused."""
+  _, _, hf_directories = hf_pair
+  fields = electra_interop.read_model_config(hf_directories['discriminator'],
+                                             hf_directories['generator'])
+  model = ElectraPair(ElectraConfig.from_config({**fields, 'embedding_gradients': 'gdes'}))
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
+  assert shapes['params']['discriminator_word_delta']['embedding'].shape == (60, 24)
+  rng = np.random.default_rng(2)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: (path[-1].key == 'scale') + rng.normal(0, 0.2, x.shape).astype(np.float32),
+      shapes['params'])
+  batch = padded_batch()
+  rtd_ours, _ = our_outputs(model, params, *batch)
+  without_delta = {**params, 'discriminator_word_delta': {'embedding': np.zeros((60, 24), np.float32)}}
+  assert max_error(our_outputs(model, without_delta, *batch)[0], np.asarray(rtd_ours), batch[1]) > 1e-3
+
+  directory = str(tmp_path / 'discriminator')
+  electra_interop.save_checkpoint(directory, model, params, 'discriminator')
+  hf, info = transformers.ElectraForPreTraining.from_pretrained(
+      directory, output_loading_info=True, attn_implementation='eager')
+  assert all(not keys for keys in info.values()), info
+  inputs = {name: torch.from_numpy(array.astype(np.int64)) for name, array in
+            zip(('input_ids', 'attention_mask', 'token_type_ids'), batch)}
+  with torch.no_grad():
+    rtd_hf = hf.eval()(**inputs).logits.numpy()
+  error = max_error(rtd_ours, rtd_hf, batch[1])
+  record_figure('gdes rtd max|diff|', error, f'<= {BOUND}')
+  assert error <= BOUND
+  folded = discriminator_as_encoder(params)['encoder']['embeddings']['word_embeddings']['embedding']
+  np.testing.assert_allclose(folded, params['embeddings']['word_embeddings']['embedding']
+                             + params['discriminator_word_delta']['embedding'], atol=1e-7)
+  with pytest.raises(ConfigError, match="embedding_gradients='gdes'"):
+    electra_interop.load_params(model, hf_directories['discriminator'])

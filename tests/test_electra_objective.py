@@ -13,6 +13,7 @@ from encoders.configs import electra as electra_configs
 from encoders.electra import ElectraConfig
 from encoders.training import electra_objective, synthetic
 from encoders.training.electra_objective import ReplacedTokenDetection, corrupt, roc_auc, rtd_terms
+from tests import training_util
 
 VOCAB = 40
 FORCED = 7  # The token the rigged generator always samples.
@@ -146,6 +147,25 @@ def test_embeddings_learn_only_from_mlm_when_asked():
                with_rtd['embeddings'], mlm_only['embeddings'])
   assert float(optax.tree.norm(mlm_only['embeddings'])) > 0
   assert float(optax.tree.norm(with_rtd['discriminator_encoder'])) > 0
+
+
+def test_gdes_shared_block_learns_only_from_mlm_and_the_delta_only_from_rtd():
+  """embedding_gradients='gdes' over 4 Adam steps with lambda = 50 and lambda = 0 from one init:
+  the shared embeddings and the whole generator end bit-identical (RTD does not reach them);
+  the zero-initialised delta moves with RTD only."""
+  config = dataclasses.replace(CONFIG, embedding_gradients='gdes')
+  batches = [synthetic.make_batch(np.random.default_rng(s), 2, 12, 4, VOCAB, pairs=False)
+             for s in range(4)]
+  params = nn.unbox(ReplacedTokenDetection(config).init(jax.random.key(0), batches[0]))
+  np.testing.assert_array_equal(params['discriminator_word_delta']['embedding'], 0.0)
+  final = training_util.adam_with_and_without_rtd(
+      lambda rtd_weight: ReplacedTokenDetection(config, rtd_weight=rtd_weight), params, batches)
+  for name in ('embeddings', 'generator_encoder', 'generator_predictions'):
+    jax.tree.map(np.testing.assert_array_equal, final[50.0][name], final[0.0][name])
+  assert not np.array_equal(final[0.0]['embeddings']['word_embeddings']['embedding'],
+                            params['embeddings']['word_embeddings']['embedding'])  # MLM trains it.
+  assert np.abs(final[50.0]['discriminator_word_delta']['embedding']).max() > 1e-3
+  np.testing.assert_array_equal(final[0.0]['discriminator_word_delta']['embedding'], 0.0)
 
 
 def test_from_config_validates():

@@ -92,6 +92,31 @@ def train_on_mesh(config, devices=None, steps: int = 3, start_params=None):
   return step_sums, state, run
 
 
+def adam_with_and_without_rtd(make_objective, params, batches: list, learning_rate: float = 1e-2):
+  """An RTD pair's `params` trained one Adam step per batch with lambda = 50 and with lambda = 0
+  (one compiled step for both; `make_objective(rtd_weight)` builds the objective). Returns
+  {lambda: final params} on the host: what each loss reaches shows in what differs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  tx = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(params, opt_state, batch, rtd_weight, rng):
+    objective = make_objective(rtd_weight)
+    grads = jax.grad(lambda p: objective.loss(p, batch, rng, objective.denominators(batch),
+                                              deterministic=True)[0])(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  final = {}
+  for rtd_weight in (50.0, 0.0):
+    trained, opt_state = params, tx.init(params)
+    for i, batch in enumerate(batches):
+      trained, opt_state = step(trained, opt_state, batch, rtd_weight, jax.random.key(i))
+    final[rtd_weight] = jax.device_get(trained)
+  return final
+
+
 def print_report(report: dict) -> None:
   """What a child process hands back to `child_report`."""
   print('REPORT ' + json.dumps(report))
