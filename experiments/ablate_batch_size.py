@@ -41,11 +41,10 @@ def cells(scale, base):
     overrides = {'train.batch_size': batch, 'train.num_steps': steps,
                  'train.grad_accum_steps': accum, 'optimizer.learning_rate': lr,
                  'optimizer.warmup_steps': max(1, steps // 100),
-                 'train.eval_every': steps, 'checkpoint.every_steps': steps,
+                 'train.eval_every': steps, 'checkpoint.every_steps': max(1, steps // 4),
                  'train.log_every': max(1, steps // 10)}
     result.append(sweep.Cell(f'bsz={name} ({batch}x{steps}, lr={lr:g})', overrides,
                              {'perplexity': ppl, 'MNLI-m': mnli, 'SST-2': sst2}))
-  del base
   return result
 
 

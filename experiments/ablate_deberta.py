@@ -17,10 +17,10 @@ ablations' schedules (encoders/adaptation/finetune_ablation.py: 100 or TINY_STEP
 docs/deberta_v3_rtd/; the stored table, docs/ablations/deberta, is quick's); paper is
 configs/deberta.py:base (the release's mlm.sh; rtd.sh's base rate is the same 1e-4).
 
-The papers' dev numbers stand beside ours (PAPER). Their two groups do not compare with each
-other: DeBERTa's Table 4 pretrains base models on Wikipedia + BookCorpus for 1M steps of 256,
-DeBERTaV3's sharing comparison (its base models with RTD) on the same data for 125k steps of
-2,048, and its MLM reference row is Table 4's DeBERTa-base.
+The papers' dev numbers stand beside ours (PAPER). DeBERTa's Table 4 pretrains base models on
+Wikipedia + BookCorpus for 1M steps of 256; DeBERTaV3's sharing comparison (its base models with
+RTD) on the same data for 125k steps of 2,048, as many sequences in larger batches, and it
+compares with Table 4's DeBERTa-base row as its MLM reference.
 """
 from encoders.adaptation import finetune_ablation
 from encoders.configs import deberta as deberta_configs

@@ -9,8 +9,8 @@ the paper's reimplementation. A static run with dupe_factor = 1 (one mask for th
 is added. Static copy e % dupe_factor and the dynamic mask of epoch e are the same draw for
 e < dupe_factor (encoders/data/pipeline.py), so the two differ only after dupe_factor epochs: BERT
 trained ~40 epochs over 10 copies. The quick and tiny scales therefore pretrain on 1.5% of the
-corpus per 100 steps ('train[:1.5%]' at quick, 'train[:60%]' at tiny's 4,000 steps: ~13 epochs)
-so that masks repeat as they did for BERT.
+corpus per 100 steps ('train[:1.5%]' at quick, 'train[:60%]' at tiny's 4,000 steps: the same
+many epochs at both) so that masks repeat as they did for BERT.
 """
 
 from encoders.adaptation import finetune_ablation
@@ -25,7 +25,7 @@ def paper_config(config) -> None:
 
 def cells(scale, base):
   pair = {'data.input_format': 'segment_pair_nsp'}
-  if scale in ('quick', 'tiny'):  # ~13 epochs whatever the steps: 1.5% of the corpus per 100 steps.
+  if scale in ('quick', 'tiny'):  # The same epochs whatever the steps: 1.5% of it per 100 steps.
     pair['data.train_split'] = f'train[:{min(100.0, 1.5 * base.train.num_steps / 100):g}%]'
   return [
       sweep.Cell('static (dupe_factor=10)', {**pair, 'data.static_masking': True, 'data.dupe_factor': 10},

@@ -67,7 +67,8 @@ FINETUNE_LR = 1e-4  # README's topic_minilm rate; kept for every row.
 
 def base_config(scale: str, teacher: str | None) -> ml_collections.ConfigDict:
   """configs/distilbert.py:distil_minilm on a schedule this CPU affords: smoke is 1 layer and
-  a few steps; tiny 150 steps of 16 x 64 tokens (~6 s a step at load ~6 on 2 cores)."""
+  a few steps; tiny 150 steps of 16 x 64 tokens (~6 s a step at load ~6 on 2 cores), and quick
+  the same run."""
   config = distilbert_configs.get_config('distil_minilm')
   # Quick's settings (logging, warm-up 10) under its own steps below, at tiny too.
   schedule = finetune_ablation.pretrain_config('smoke' if scale == 'smoke' else 'quick')

@@ -11,7 +11,8 @@ in results.csv; not at the quick scale), and fine-tunes it on the Wikipedia topi
   smoke  minutes: a 1-layer width-32 model, a few steps, the first two cells, one seed.
   quick  BERT tiny (2 x 128) on the embedded corpus, 100 steps of 32 x 128 tokens, fine-tuned on
          2000 topic records: ~2 minutes per run on a quiet 2-core CPU. Too early for pretraining
-         to show downstream (the suite's probes score it below random init).
+         to show downstream (its topic fine-tuning is below random init's; the suite's probes
+         still score 500-step encoders below random init).
   tiny   the same at TINY_STEPS steps (the main command's run): the fewest steps measured at
          which the pretrained encoder beats random init on the suite's probes by far more
          than the seeds' spread (docs/tiny_signal/). About 35 minutes per run on a quiet
@@ -49,7 +50,7 @@ TINY_STEPS = 4000
 PAIR_FORMATS = trainer.PAIR_FORMATS
 
 # The suite's probe per scale: (training articles, dev and test articles each; 0: all), or None:
-# no probe (quick: its 100-step encoders score below random init). Tiny and paper probe as
+# no probe (quick: too early, see the scales above; not probed). Tiny and paper probe as
 # experiments/evaluate.py's defaults do, so their scores compare with docs/evaluate.
 PROBE_ARTICLES = {'smoke': (60, 40), 'quick': None, 'tiny': (2000, 0), 'paper': (2000, 0)}
 
@@ -278,7 +279,6 @@ def main(ablation: Ablation) -> str:
   if ablation.extra_plot:
     print('Wrote', ablation.extra_plot(scale, base, out, report_seeds))
   return markdown
-
 
 
 def run_script(ablation: Ablation) -> None:
