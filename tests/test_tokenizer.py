@@ -193,3 +193,24 @@ def test_training_is_the_same_in_two_processes(trained_in_two_processes, kind):
   added = tokenizers.Tokenizer.from_str(first.decode()).get_added_tokens_decoder()
   assert [added[i].content for i in sorted(added)] == list(
       tokenizer_lib.SPECIAL_TOKENS[kind].values())  # Training's seed tokens are gone.
+
+
+@pytest.mark.slow
+def test_two_fresh_runs_of_one_command_log_the_same_losses(tmp_path):
+  """The same pretraining command twice, each in a fresh process and workdir that trains its own
+  WordPiece vocabulary on the embedded corpus: every logged loss is identical. With the
+  trainer's hash-map order (before _wordpiece_initial_vocab) the ids differed from step 1."""
+  from tests import training_util  # pylint: disable=g-import-not-at-top
+  real_corpus = dict(train__synthetic_data=False, data__dataset='wiki_offline/en',
+                     data__vocab_size=600, model__vocab_size=600,
+                     data__tokenizer_max_documents=300, train__num_steps=6,
+                     checkpoint__every_steps=1000)
+  workdirs = [str(tmp_path / f'run{i}') for i in range(2)]
+  for workdir in workdirs:  # One after the other: the second must not find the first's files.
+    output = training_util.pretrain(workdir, **real_corpus).communicate(timeout=600)[0]
+    assert 'Plan:' in output, output[-3000:]
+  first, second = (training_util.train_losses(w) for w in workdirs)
+  assert sorted(first) == list(range(1, 7)) and first == second
+  vocabularies = [(tmp_path / f'run{i}' / 'tokenizer' / tokenizer_lib.FILENAME).read_bytes()
+                  for i in range(2)]
+  assert vocabularies[0] == vocabularies[1]
