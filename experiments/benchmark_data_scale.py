@@ -4,7 +4,8 @@
 
 For each size: writes synthetic text files (documents of Zipf-distributed pseudo-words,
 separated by blank lines, in 64 MB files) into a scratch folder, then runs the chain a
-pretraining run runs on a fresh machine, in this process:
+pretraining run runs on a fresh machine, in a fresh process (the corpus is written by another
+one, so neither the writer's heap nor an earlier size's is in the figures):
   build   the TFDS dataset of the files (corpus.TextFiles, streamed, array_record);
   vocab   a WordPiece tokenizer trained on config.data.tokenizer_max_documents of them;
   shards  tokenization into cached shards of config.data.shard_documents documents;
@@ -12,9 +13,11 @@ pretraining run runs on a fresh machine, in this process:
 A thread samples /proc/self/status every 0.2 s: RssAnon (memory the process holds) and
 RssFile (pages of memory-mapped caches the kernel may drop). If the pipeline held a whole
 split, RssAnon would grow with the corpus; the figures show whether it does.
-Writes <out>/results.json (per size and phase: seconds, peak RssAnon and RssFile in MiB) and
-<out>/memory.png.
+Writes <out>/results.json (per size and phase: seconds, RssAnon at the phase's start, peak RssAnon
+and RssFile in MiB) and <out>/memory.png.
 """
+import concurrent.futures
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -38,11 +41,11 @@ _FILE_BYTES = 64 << 20
 
 
 class MemorySampler(threading.Thread):
-  """Samples (seconds, phase, RssAnon MiB, RssFile MiB) of this process."""
+  """Samples (wall-clock seconds, phase, RssAnon MiB, RssFile MiB) of this process."""
 
   def __init__(self):
     super().__init__(daemon=True)
-    self.samples, self.phase, self._start, self._stopping = [], None, time.perf_counter(), False
+    self.samples, self.phase, self._stopping = [], None, False
 
   def run(self):
     while not self._stopping:
@@ -55,7 +58,7 @@ class MemorySampler(threading.Thread):
     with open('/proc/self/status') as status:
       fields = dict(line.split(':', 1) for line in status)
     kib = lambda name: int(fields[name].split()[0]) / 1024
-    self.samples.append((time.perf_counter() - self._start, self.phase, kib('RssAnon'),
+    self.samples.append((time.time(), self.phase, kib('RssAnon'),
                          kib('RssFile')))
 
   def stop(self):
@@ -96,19 +99,24 @@ def write_corpus(folder: str, num_bytes: int, seed: int = 0) -> int:
   return documents
 
 
-def run_size(gigabytes: float, scratch: str, sampler: MemorySampler) -> dict:
+def _in_fresh_process(function, *args):
+  """function(*args) in a new interpreter, whose memory starts from nothing of this one's."""
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    return pool.submit(function, *args).result()
+
+
+def run_pipeline(gigabytes: float, folder: str, num_batches: int) -> tuple[dict, list]:
+  """The pipeline's phases on the corpus in folder/text; returns (result, memory samples)."""
   # pylint: disable=g-import-not-at-top
   import ml_collections
   from encoders.data import corpus, pipeline, tokenized, tokenizer as tokenizer_lib
-  folder = os.path.join(scratch, f'{gigabytes:g}GB')
+  sampler = MemorySampler()
+  sampler.start()
   config = data_config_lib.get_data_config(
       dataset='text_files', text_files=os.path.join(folder, 'text'),
       text_files_split_by='paragraph', data_dir=os.path.join(folder, 'tfds'), prefetch=0)
-  result = dict(gigabytes=gigabytes)
-  start = time.perf_counter()
-  result['documents_written'] = write_corpus(os.path.join(folder, 'text'), int(gigabytes * 1e9))
-  result['write_s'] = time.perf_counter() - start
-  phases = {}
+  result, phases = {}, {}
 
   def phase(name, work):
     sampler.phase = f'{gigabytes:g}GB {name}'
@@ -132,31 +140,47 @@ def run_size(gigabytes: float, scratch: str, sampler: MemorySampler) -> dict:
     batches = pipeline.make_pretraining_iterator(
         ml_collections.ConfigDict(dict(data=config, train=dict(batch_size=_BATCH_SIZE))),
         tokenizer, 'train', process_index=0, process_count=1)
-    for _ in range(_NUM_BATCHES.value):
+    for _ in range(num_batches):
       next(batches)
 
   phase('batches', read_batches)
-  sampler.phase = None
+  sampler.stop()
   for name, values in phases.items():
     rows = [s for s in sampler.samples if s[1] == f'{gigabytes:g}GB {name}']
-    values.update(peak_rss_anon_mib=round(max(r[2] for r in rows)),
+    values.update(start_rss_anon_mib=round(rows[0][2]),
+                  peak_rss_anon_mib=round(max(r[2] for r in rows)),
                   peak_rss_file_mib=round(max(r[3] for r in rows)))
   result['phases'] = phases
+  return result, [s for s in sampler.samples if s[1]]
+
+
+def run_size(gigabytes: float, scratch: str, num_batches: int) -> tuple[dict, list]:
+  """Writes the corpus in one fresh process and runs the pipeline on it in another."""
+  folder = os.path.join(scratch, f'{gigabytes:g}GB')
+  start = time.perf_counter()
+  documents = _in_fresh_process(write_corpus, os.path.join(folder, 'text'), int(gigabytes * 1e9))
+  result = dict(gigabytes=gigabytes, documents_written=documents,
+                write_s=time.perf_counter() - start)
+  measured, samples = _in_fresh_process(run_pipeline, gigabytes, folder, num_batches)
+  result.update(measured)
   shutil.rmtree(folder)
-  return result
+  return result, samples
 
 
-def plot(sampler: MemorySampler, path: str) -> None:
+def plot(samples: list, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   figure, axis = plt.subplots(figsize=(10, 4))
-  rows = [s for s in sampler.samples if s[1]]
-  seconds = np.array([r[0] for r in rows]) / 60
-  axis.plot(seconds, [r[2] for r in rows], label='RssAnon (held by the process)')
-  axis.plot(seconds, [r[3] for r in rows], label='RssFile (mapped caches, droppable)', alpha=0.6)
+  seconds = (np.array([r[0] for r in samples]) - samples[0][0]) / 60
+  anon, mapped = (np.array([r[i] for r in samples]) for i in (2, 3))
+  gaps = np.flatnonzero(np.diff(seconds) > 0.05) + 1  # While the next corpus was written.
+  seconds, anon, mapped = (np.insert(values.astype(float), gaps, np.nan)
+                           for values in (seconds, anon, mapped))
+  axis.plot(seconds, anon, label='RssAnon (held by the process)')
+  axis.plot(seconds, mapped, label='RssFile (mapped caches, droppable)', alpha=0.6)
   starts = {}
-  for r, minute in zip(rows, seconds):
+  for r, minute in zip(samples, seconds[~np.isnan(seconds)]):
     starts.setdefault(r[1], minute)
   for name, minute in starts.items():
     axis.axvline(minute, color='grey', lw=0.5)
@@ -170,22 +194,22 @@ def plot(sampler: MemorySampler, path: str) -> None:
 def main(argv):
   del argv
   scratch = _SCRATCH.value or tempfile.mkdtemp(prefix='data_scale-')
-  sampler = MemorySampler()
-  sampler.start()
-  results = []
+  results, samples = [], []
   for gigabytes in map(float, _GIGABYTES.value):
-    results.append(run_size(gigabytes, scratch, sampler))
-    print(results[-1], flush=True)
-  sampler.stop()
+    result, size_samples = run_size(gigabytes, scratch, _NUM_BATCHES.value)
+    results.append(result)
+    samples += size_samples
+    print(result, flush=True)
   epath.Path(_OUT.value).mkdir(parents=True, exist_ok=True)
   paths.write_json(os.path.join(_OUT.value, 'results.json'), results, indent=1)
-  plot(sampler, os.path.join(_OUT.value, 'memory.png'))
-  print(f'{"GB":>4} {"tokens":>12} {"phase":>8} {"seconds":>8} {"RssAnon MiB":>12} {"RssFile MiB":>12}')
+  plot(samples, os.path.join(_OUT.value, 'memory.png'))
+  print(f'{"GB":>4} {"tokens":>12} {"phase":>8} {"seconds":>8} {"RssAnon MiB at start":>21} '
+        f'{"peak":>6} {"RssFile MiB":>12}')
   for result in results:
     for name, values in result['phases'].items():
       print(f'{result["gigabytes"]:4g} {result["train_tokens"]:12,d} {name:>8} '
-            f'{values["seconds"]:8.1f} {values["peak_rss_anon_mib"]:12d} '
-            f'{values["peak_rss_file_mib"]:12d}')
+            f'{values["seconds"]:8.1f} {values["start_rss_anon_mib"]:21d} '
+            f'{values["peak_rss_anon_mib"]:6d} {values["peak_rss_file_mib"]:12d}')
 
 
 if __name__ == '__main__':

@@ -22,5 +22,8 @@ def test_smoke_run_records_every_phase(tmp_path):
   assert result['shards'] == 1 and result['train_tokens'] > 0
   for phase in result['phases'].values():
     assert 100 < phase['peak_rss_anon_mib'] < 4096
+    assert 0 < phase['start_rss_anon_mib'] <= phase['peak_rss_anon_mib']
+  # The pipeline ran in a process of its own: it starts below the writer's or this one's heap.
+  assert result['phases']['build']['start_rss_anon_mib'] < 400
   assert (out / 'memory.png').stat().st_size > 0
   assert not list((tmp_path / 'scratch').iterdir())  # The corpus and caches are removed.
