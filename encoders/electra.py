@@ -162,29 +162,13 @@ class ElectraPair(PairOutputs):
           e.vocab_size, e.hidden_size, dtype=e.compute_dtype, param_dtype=e.storage_dtype,
           embedding_init=zeros_init(('vocab', 'embed')))
 
-  def _gdes_embedded(self, input_ids, position_ids, token_type_ids, deterministic):
-    """The shared block's output with stop_gradient on its parameters and the delta added to
-    the word vectors before its LayerNorm: LN(sg(E_word) + delta + sg(E_pos + E_type))."""
-    e = self.embeddings
-    stopped = jax.lax.stop_gradient
-    x = (stopped(e.word_embeddings(input_ids)) + self.discriminator_word_delta(input_ids)
-         + stopped(e.position_embeddings(position_ids + self.config.embedding.position_offset)
-                   + e.token_type_embeddings(token_type_ids)))  # [batch, length, embedding]
-    if self.is_initializing():
-      e.layer_norm(x)  # Creates the shared LayerNorm's parameters when this runs first.
-    norm = stopped(e.layer_norm.variables['params'])
-    x = e.layer_norm.clone(parent=None).apply({'params': norm}, x)
-    x = e.dropout(x, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-
   def _encode(self, stack, input_ids, segment_ids, position_ids, token_type_ids, deterministic):
     segment_ids, position_ids, token_type_ids = default_inputs(
         input_ids, segment_ids, position_ids, token_type_ids)
     gradients = self.config.embedding_gradients
-    if stack is self.discriminator_encoder and gradients == 'gdes':
-      embedded = self._gdes_embedded(input_ids, position_ids, token_type_ids, deterministic)
-    else:
-      embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic)
+    gdes = stack is self.discriminator_encoder and gradients == 'gdes'
+    embedded = self.embeddings(input_ids, position_ids, token_type_ids, deterministic,
+                               self.discriminator_word_delta(input_ids) if gdes else None)
     if stack is self.discriminator_encoder and gradients == 'mlm':
       embedded = jax.lax.stop_gradient(embedded)
     return stack(embedded, attention_mask(segment_ids), deterministic)

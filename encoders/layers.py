@@ -215,11 +215,25 @@ class Embeddings(nn.Module):
     self.layer_norm = layer_norm(c, 'layer_norm')
     self.dropout = nn.Dropout(c.hidden_dropout_rate)
 
-  def __call__(self, input_ids, position_ids, token_type_ids, deterministic: bool):
-    x = (self.word_embeddings(input_ids)
-         + self.position_embeddings(position_ids + self.config.position_offset)
-         + self.token_type_embeddings(token_type_ids))  # [batch, length, hidden]
-    x = self.dropout(self.layer_norm(x), deterministic=deterministic)
+  def __call__(self, input_ids, position_ids, token_type_ids, deterministic: bool,
+               word_delta=None):
+    """word_delta [batch, length, hidden]: DeBERTaV3's gradient-disentangled read (GDES) by a
+    network with a word table of its own: every parameter of this block is read under
+    stop_gradient and word_delta is added to its word vectors before the LayerNorm,
+    LN(sg(E_word) + delta + sg(E_pos + E_type))."""
+    words = self.word_embeddings(input_ids)
+    positions = self.position_embeddings(position_ids + self.config.position_offset)
+    types = self.token_type_embeddings(token_type_ids)
+    if word_delta is None:
+      x = self.layer_norm(words + positions + types)  # [batch, length, hidden]
+    else:
+      stopped = jax.lax.stop_gradient
+      x = stopped(words) + word_delta + stopped(positions + types)
+      if self.is_initializing():
+        self.layer_norm(x)  # Creates the LayerNorm's parameters when this read runs first.
+      norm = stopped(self.layer_norm.variables['params'])
+      x = self.layer_norm.clone(parent=None).apply({'params': norm}, x)
+    x = self.dropout(x, deterministic=deterministic)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
   def attend(self, x: jax.Array) -> jax.Array:
