@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 ACTIVATIONS = ('gelu', 'gelu_new', 'relu')
+POSITION_INITS = ('normal', 'sinusoidal')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # dtype='auto': bf16 where it is always the faster one (GPU/TPU matmul units run it at several
 # times the f32 rate). On CPU it depends on the chip (README, "Speed"): with AVX512-BF16, bf16
@@ -47,6 +48,9 @@ class EncoderConfig:
   attention_dropout_rate: float = 0.1  # 0 lets attention run as one fused kernel.
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
+  # Initial absolute position table: 'normal' (BERT's N(0, initializer_range)) or 'sinusoidal'
+  # (the Transformer's sin/cos table scaled to the same per-entry std; still learned).
+  position_init: str = 'normal'
   dtype: str = 'float32'  # Compute dtype of matmuls and activations; 'auto': per backend.
   param_dtype: str = 'float32'  # Storage dtype of parameters.
   remat_policy: str = 'none'  # Rematerialisation of each layer: 'none', 'full' or 'dots'.
@@ -134,6 +138,8 @@ class EncoderConfig:
       fail('embedding_size', 'must be a positive integer, or None for hidden_size.')
     if self.hidden_size % self.num_heads:
       fail('hidden_size', f'is not divisible by {prefix}.num_heads={self.num_heads}.')
+    if self.position_init not in POSITION_INITS:
+      fail('position_init', f'choose one of {POSITION_INITS}.')
     if self.hidden_act not in ACTIVATIONS:
       fail('hidden_act', f'unknown activation; choose one of {ACTIVATIONS}.')
     if self.dtype not in (*DTYPES, 'auto'):

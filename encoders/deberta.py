@@ -135,6 +135,8 @@ class DebertaConfig(EncoderConfig):
     if self.embedding_size not in (None, self.hidden_size):
       fail('embedding_size', "DeBERTa embeds at hidden_size (transformers' bias-free embed_proj "
            'is not supported).')
+    if self.position_init != 'normal':
+      fail('position_init', "DeBERTa's absolute table is BERT's, initialised normal.")
     terms = self.pos_att_type
     if len(set(terms)) != len(terms) or not set(terms) <= set(POSITION_TERMS):
       fail('pos_att_type', f'must be a subset of {POSITION_TERMS} without repeats.')

@@ -24,10 +24,10 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from encoders import bert, layers
 from encoders.config import ConfigError, EncoderConfig
+from encoders.layers import sinusoidal_table
 from encoders.heads import POOLINGS, ClassifierHead
 from encoders.layers import Dense, TransformerStack, layer_norm, normal_init
 
@@ -49,15 +49,13 @@ class DistilBertConfig(EncoderConfig):
       fail('type_vocab_size', 'DistilBERT has no token-type embeddings; it must be 1.')
     if self.projects_embeddings:
       fail('embedding_size', 'DistilBERT embeds at hidden_size; leave it None.')
+    if self.position_init != 'normal':
+      fail('position_init', "DistilBERT's sinusoidal table is model.sinusoidal_pos_embds.")
     for field in ('seq_classif_dropout_rate', 'qa_dropout_rate'):
       if not 0.0 <= getattr(self, field) < 1.0:
         fail(field, 'must be in [0, 1).')
 
 
-def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
-  """transformers' create_sinusoidal_embeddings: [positions, dim], sin at even and cos at odd features."""
-  angles = np.arange(num_positions)[:, None] / np.power(10000, 2 * (np.arange(dim) // 2) / dim)
-  return np.where(np.arange(dim) % 2 == 0, np.sin(angles), np.cos(angles))  # [positions, dim]
 
 
 def _sinusoidal_init(key, shape, dtype=jnp.float32):

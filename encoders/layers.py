@@ -44,6 +44,26 @@ def normal_init(config: EncoderConfig, axes: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
 
+def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
+  """transformers' create_sinusoidal_embeddings: [positions, dim], sin at even and cos at odd features."""
+  angles = np.arange(num_positions)[:, None] / np.power(10000, 2 * (np.arange(dim) // 2) / dim)
+  return np.where(np.arange(dim) % 2 == 0, np.sin(angles), np.cos(angles))  # [positions, dim]
+
+
+def position_init(config: EncoderConfig, axes: tuple[str | None, ...]):
+  """The absolute position table's initializer (config.position_init): BERT's normal, or the
+  sinusoidal table times initializer_range * sqrt(2), whose entries then have the normal's std
+  (sin and cos have RMS 1/sqrt(2)) and whose rows' dot products depend on their distance."""
+  if config.position_init == 'normal':
+    return normal_init(config, axes)
+  scale = config.initializer_range * np.sqrt(2)
+
+  def init(key, shape, dtype=jnp.float32):
+    del key  # Deterministic.
+    return jnp.asarray(sinusoidal_table(*shape) * scale, dtype)
+  return nn.with_logical_partitioning(init, axes)
+
+
 def pad_rows(x: jax.Array, rows: int) -> jax.Array:
   """[n, ...] -> [rows, ...] with zero rows appended (rows >= n)."""
   return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
@@ -209,7 +229,7 @@ class Embeddings(nn.Module):
                               param_dtype=c.storage_dtype)
     self.word_embeddings = embed(c.vocab_size, embedding_init=normal_init(c, ('vocab', 'embed')))
     self.position_embeddings = embed(c.max_position_embeddings,
-                                     embedding_init=normal_init(c, (None, 'embed')))
+                                     embedding_init=position_init(c, (None, 'embed')))
     self.token_type_embeddings = embed(c.type_vocab_size,
                                        embedding_init=normal_init(c, (None, 'embed')))
     self.layer_norm = layer_norm(c, 'layer_norm')

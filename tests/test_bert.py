@@ -193,3 +193,34 @@ def test_attention_dropout_path_equals_fused_path():
                                          rngs={'dropout': jax.random.key(0, impl='rbg')})[0])(params)
 
   np.testing.assert_allclose(run(False), run(True), atol=1e-5)
+
+
+def test_sinusoidal_position_init_changes_only_the_position_table():
+  """position_init='sinusoidal': row p, features 2i and 2i+1 are sin and cos of
+  p / 10000^(2i / dim), times initializer_range * sqrt(2); every other parameter is the one
+  the normal init draws from the same key."""
+  normal = init_params(bert.Encoder(CONFIG))
+  sinusoidal = init_params(bert.Encoder(dataclasses.replace(CONFIG, position_init='sinusoidal')))
+  table = np.asarray(sinusoidal['embeddings']['position_embeddings']['embedding'])
+  positions, dim = CONFIG.max_position_embeddings, CONFIG.hidden_size
+  frequencies = 1.0 / 10000 ** (np.arange(0, dim, 2) / dim)
+  expected = np.zeros((positions, dim))
+  expected[:, 0::2] = np.sin(np.arange(positions)[:, None] * frequencies)
+  expected[:, 1::2] = np.cos(np.arange(positions)[:, None] * frequencies)
+  np.testing.assert_allclose(table, expected * CONFIG.initializer_range * np.sqrt(2), atol=1e-7)
+  flat_normal = dict(jax.tree_util.tree_leaves_with_path(normal))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(sinusoidal):
+    if 'position_embeddings' not in jax.tree_util.keystr(path):
+      np.testing.assert_array_equal(leaf, flat_normal[path])
+
+
+@pytest.mark.parametrize('family', ['bert', 'deberta', 'distilbert'])
+def test_position_init_errors(family):
+  from encoders import families  # pylint: disable=g-import-not-at-top
+  config_class = families.get(family).config_class
+  fields = {**dataclasses.asdict(CONFIG), 'type_vocab_size': 1 if family == 'distilbert' else 2}
+  with pytest.raises(ConfigError, match=r"position_init='uniform'"):
+    config_class.from_config({**fields, 'position_init': 'uniform'})
+  if family != 'bert':  # Their absolute tables do not read the field: a silent no-op otherwise.
+    with pytest.raises(ConfigError, match=r"position_init='sinusoidal'"):
+      config_class.from_config({**fields, 'position_init': 'sinusoidal'})
