@@ -1,7 +1,10 @@
 """Collects the validation metrics of the ELECTRA-tiny runs into validation.csv and plots RTD recall,
 RTD loss (against the all-original prior's entropy) and the discriminator's class-logit gap per step.
 
-  PYTHONPATH=. python docs/electra_lr/collect.py base_5e-4 disc_layers4 ...
+  PYTHONPATH=. python docs/electra_lr/collect.py base_5e-4 disc_layers4 emb_mlm long_5e-4 lr_2e-4
+  PYTHONPATH=. python docs/electra_lr/collect.py --name=section6 deberta_v3 deberta_v3_absolute ...
+
+writes validation.csv and rtd_vs_step.png, or with --name=X, X.csv and X.png.
 
 Reads docs/electra_lr/runs/<name>/metrics.jsonl (copied from workdirs/electra_lr_<name>).
 """
@@ -31,9 +34,11 @@ def validation_rows(name: str) -> list[dict]:
   return rows
 
 
-def main(names):
+def main(args):
+  output = args[0].removeprefix('--name=') if args[0].startswith('--name=') else None
+  names = args[1:] if output else args
   runs = {name: validation_rows(name) for name in names}
-  with open(os.path.join(HERE, 'validation.csv'), 'w', newline='') as f:
+  with open(os.path.join(HERE, f'{output or "validation"}.csv'), 'w', newline='') as f:
     writer = csv.DictWriter(f, ['run', 'step', *COLUMNS])
     writer.writeheader()
     for rows in runs.values():
@@ -49,13 +54,14 @@ def main(names):
     axes[2].plot(steps, [r['rtd_logit_replaced'] - r['rtd_logit_original'] for r in rows],
                  marker='.', label=name)
   axes[0].set(title='validation RTD recall (step 0, random init: 0.75-0.78)', xlabel='step',
-              ylim=(-0.005, 0.1))
+              ylim=(-0.005, max(0.1, 1.1 * max(r['rtd_recall'] for rows in runs.values()
+                                               for r in rows[1:]))))
   axes[1].set(title="validation RTD loss (dotted: the all-original prior's entropy)", xlabel='step',
               ylim=(0.25, 0.5))
   axes[2].set(title='mean logit: replaced - original tokens', xlabel='step')
   axes[0].legend(fontsize=8)
   figure.tight_layout()
-  figure.savefig(os.path.join(HERE, 'rtd_vs_step.png'), dpi=110)
+  figure.savefig(os.path.join(HERE, f'{output or "rtd_vs_step"}.png'), dpi=110)
 
 
 if __name__ == '__main__':

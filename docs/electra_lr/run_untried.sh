@@ -3,13 +3,17 @@
 # 2's command (ELECTRA-tiny at lr 5e-4, 600-step schedule, validation every 50 steps), one seed
 # each, one run at a time on the 2-core VM; each run's metrics.jsonl is copied to runs/<name>.
 # As run: docs/electra_lr/run_untried.sh gdes gen_half lambda_10 warmup_400 deberta_shape_gdes
+# then (section 6: DeBERTa-v3 tiny's recipe, one part at a time):
+#   docs/electra_lr/run_untried.sh deberta_v3 deberta_data_gdes
+#   docs/electra_lr/run_untried.sh deberta_v3_absolute & docs/electra_lr/run_untried.sh deberta_shape_gdes_emb128
+#   docs/electra_lr/run_untried.sh sinusoidal & docs/electra_lr/run_untried.sh deberta_shape_gdes_sinusoidal
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
 export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
-run() {  # name, overrides...
+run() {  # name, overrides...; $CONFIG (default ELECTRA-tiny) is the family config.
   local name=$1; shift
-  python -m experiments.pretrain --config configs/electra.py:tiny --workdir "workdirs/electra_lr_$name" \
+  python -m experiments.pretrain --config "${CONFIG:-configs/electra.py:tiny}" --workdir "workdirs/electra_lr_$name" \
       --config.optimizer.learning_rate=5e-4 --config.train.num_steps=600 --config.train.eval_every=50 \
       --config.train.log_every=10 --config.checkpoint.every_steps=100 --config.train.progress_bar=False \
       "$@" 2>&1 | grep -E '^step|^Plan' > "workdirs/electra_lr_$name.log"
@@ -28,6 +32,30 @@ for spec in "${@:-gen_half lambda_10 warmup_400}"; do
       deberta_shape_gdes) run deberta_shape_gdes --config.model.num_layers=4 \
           --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
           --config.model.embedding_gradients=gdes ;;
+      # DeBERTa-v3 tiny itself (GDES, its attention and RTD head, its data) at 5e-4, not 1e-3.
+      deberta_v3) CONFIG=configs/deberta.py:tiny,objective=rtd run deberta_v3 ;;
+      # ... with BERT's attention: no relative positions, absolute ones added at the input
+      # (and so no EMD, which would add them a second time).
+      deberta_v3_absolute) CONFIG=configs/deberta.py:tiny,objective=rtd run deberta_v3_absolute \
+          --config.model.relative_attention=False --config.model.position_biased_input=True \
+          --config.model.emd=False ;;
+      # deberta_shape_gdes with embeddings as wide as the encoders (128; ELECTRA-tiny's are 64).
+      deberta_shape_gdes_emb128) run deberta_shape_gdes_emb128 --config.model.num_layers=4 \
+          --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
+          --config.model.embedding_gradients=gdes --config.model.embedding_size=128 ;;
+      # ELECTRA-tiny with its absolute position table initialised sinusoidal (same std, learned).
+      sinusoidal) run sinusoidal --config.model.position_init=sinusoidal ;;
+      deberta_shape_gdes_sinusoidal) run deberta_shape_gdes_sinusoidal --config.model.num_layers=4 \
+          --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
+          --config.model.embedding_gradients=gdes --config.model.position_init=sinusoidal ;;
+      # deberta_shape_gdes with DeBERTa-v3 tiny's data: whole-word n-gram masking (80/10/10),
+      # full_sentences rows, a cased unigram vocabulary.
+      deberta_data_gdes) run deberta_data_gdes --config.model.num_layers=4 \
+          --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
+          --config.model.embedding_gradients=gdes --config.data.masking=ngram \
+          --config.data.mask_token_prob=0.8 --config.data.random_token_prob=0.1 \
+          --config.data.input_format=full_sentences --config.data.short_seq_prob=0.1 \
+          --config.data.tokenizer=unigram --config.data.lowercase=False ;;
     esac
   done
 done
