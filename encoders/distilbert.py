@@ -27,9 +27,9 @@ import jax.numpy as jnp
 
 from encoders import bert, layers
 from encoders.config import ConfigError, EncoderConfig
-from encoders.layers import sinusoidal_table
 from encoders.heads import POOLINGS, ClassifierHead
-from encoders.layers import Dense, TransformerStack, layer_norm, normal_init
+from encoders.layers import (Dense, TransformerStack, layer_norm, normal_init,
+                             sinusoidal_table)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +54,6 @@ class DistilBertConfig(EncoderConfig):
     for field in ('seq_classif_dropout_rate', 'qa_dropout_rate'):
       if not 0.0 <= getattr(self, field) < 1.0:
         fail(field, 'must be in [0, 1).')
-
-
 
 
 def _sinusoidal_init(key, shape, dtype=jnp.float32):

@@ -207,8 +207,12 @@ def test_two_fresh_runs_of_one_command_log_the_same_losses(tmp_path):
                      checkpoint__every_steps=1000)
   workdirs = [str(tmp_path / f'run{i}') for i in range(2)]
   for workdir in workdirs:  # One after the other: the second must not find the first's files.
-    output = training_util.pretrain(workdir, **real_corpus).communicate(timeout=600)[0]
-    assert 'Plan:' in output, output[-3000:]
+    run = training_util.pretrain(workdir, **real_corpus)
+    try:
+      output = run.communicate(timeout=600)[0]
+    finally:
+      run.kill()  # No-op once it has exited; a timed-out run does not outlive the test.
+    assert run.returncode == 0, output[-3000:]
   first, second = (training_util.train_losses(w) for w in workdirs)
   assert sorted(first) == list(range(1, 7)) and first == second
   vocabularies = [(tmp_path / f'run{i}' / 'tokenizer' / tokenizer_lib.FILENAME).read_bytes()

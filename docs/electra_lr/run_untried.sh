@@ -1,7 +1,8 @@
 #!/bin/bash
 # Issue 18, item 3: the changes section 3 of results.md had not tried, one at a time, on section
 # 2's command (ELECTRA-tiny at lr 5e-4, 600-step schedule, validation every 50 steps), one seed
-# each, one run at a time on the 2-core VM; each run's metrics.jsonl is copied to runs/<name>.
+# each, on the 2-core VM (one or two at a time, as below); each run's metrics.jsonl is copied
+# to runs/<name>.
 # As run: docs/electra_lr/run_untried.sh gdes gen_half lambda_10 warmup_400 deberta_shape_gdes
 # then (section 6: DeBERTa-v3 tiny's recipe, one part at a time):
 #   docs/electra_lr/run_untried.sh deberta_v3 deberta_data_gdes
