@@ -22,7 +22,7 @@ clipping at 1.0), lr 1e-4 with 10,000 warm-up steps then linear decay to 0, batc
 NGramMaskGenerator, max_ngram 3; ours is ALBERT's 'ngram' masking), rows of contiguous
 text across documents (its prepare_data.py; our 'full_sentences'), EMD with 2 runs of the
 last layer (apps/models/masked_language_model.py). The release tokenizes with its 128K
-SentencePiece model; ours trains a SentencePiece-style unigram model, cased as v3's.
+SentencePiece model; ours trains a unigram model with SentencePiece's trainer, cased as v3's.
 The paper's own base runs (v1 Table 8) used batch 2K; this is the released script.
 `tiny` is a 4-layer, width-128 model on BERT tiny's schedule for the embedded corpus.
 

@@ -180,13 +180,9 @@ def trained_in_two_processes(tmp_path_factory):
                       for i in range(2)) for kind in tokenizer_lib.KINDS}
 
 
-# Rust hash maps are seeded per process, so the two trainings run in two processes.
-@pytest.mark.parametrize('kind', [
-    'wordpiece', 'bpe',
-    pytest.param('unigram', marks=pytest.mark.xfail(
-        reason='HF Unigram training sums EM statistics in hash-map order '
-               '(encoders/data/tokenizer.py)')),
-])
+# Rust hash maps are seeded per process, so the two trainings run in two processes. (HF's
+# Unigram trainer failed here: it sums its EM statistics in hash-map order.)
+@pytest.mark.parametrize('kind', tokenizer_lib.KINDS)
 def test_training_is_the_same_in_two_processes(trained_in_two_processes, kind):
   first, second = trained_in_two_processes[kind]
   assert first == second
@@ -218,3 +214,23 @@ def test_two_fresh_runs_of_one_command_log_the_same_losses(tmp_path):
   vocabularies = [(tmp_path / f'run{i}' / 'tokenizer' / tokenizer_lib.FILENAME).read_bytes()
                   for i in range(2)]
   assert vocabularies[0] == vocabularies[1]
+
+
+@pytest.mark.parametrize('lowercase', [True, False])
+def test_unigram_segments_as_sentencepiece_does(lowercase):
+  """The trained 'unigram' tokenizer (a `tokenizers` Unigram model over SentencePiece's pieces
+  and scores) cuts text into the pieces SentencePiece's own encoder gives for the same model,
+  on our normalized, whitespace-split words."""
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  texts = _articles(300)
+  specials = list(tokenizer_lib.SPECIAL_TOKENS['unigram'].values())
+  reference = sentencepiece.SentencePieceProcessor(model_proto=tokenizer_lib.sentencepiece_unigram(
+      texts, specials, 1000, lowercase))
+  ours = tokenizer_lib.train('unigram', texts, 1000, lowercase)
+  assert ours.vocab_size == reference.get_piece_size()
+  backend = ours.backend
+  for text in SENTENCES + _articles(340)[300:]:  # Unseen articles too.
+    words = [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(
+        backend.normalizer.normalize_str(text))]
+    expected = reference.encode(' '.join(w.removeprefix('▁') for w in words), out_type=str)
+    assert backend.encode(text, add_special_tokens=False).tokens == expected

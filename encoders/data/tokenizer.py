@@ -5,16 +5,18 @@ Three kinds, each set up as its paper's released tokenizer:
   '##' continuations; [PAD]=0, [UNK], [CLS], [SEP], [MASK].
 - 'bpe' (RoBERTa, GPT-2 style byte-level BPE): no prefix space, so a document's first word
   has no 'Ġ'; <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>.
-- 'unigram' (ALBERT / DeBERTa, SentencePiece style): NFKD + strip accents + lowercase,
+- 'unigram' (ALBERT / DeBERTa, trained by SentencePiece): NFKD + strip accents + lowercase,
   Metaspace pre-tokenizer; <pad>=0, <unk>=1, [CLS]=2, [SEP]=3, [MASK]=4 (ALBERT's order).
 
 A tokenizer is a `tokenizer.json` in a directory: trained once and reused (it is never retrained
 behind a run's back), or loaded from an HF checkpoint directory (`tokenizer.json`, `vocab.txt`
-for BERT, `vocab.json` + `merges.txt` for RoBERTa). WordPiece and BPE training give the same
-file in every process; Unigram training does not (HF's trainer sums its EM statistics in the
-order of a hash map seeded per process, and the last bits of its scores differ).
+for BERT, `vocab.json` + `merges.txt` for RoBERTa). Training gives the same file in every
+process: WordPiece's trainer is given its initial tokens in a fixed order
+(_wordpiece_initial_vocab), and Unigram is trained by SentencePiece, not by HF's trainer,
+which sums its EM statistics in the order of a hash map seeded per process.
 """
 import hashlib
+import io
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ from typing import Iterable
 
 import jax
 import numpy as np
+import sentencepiece
 import tokenizers
 from etils import epath
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -80,23 +83,23 @@ def train(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool,
   specials = list(SPECIAL_TOKENS[kind].values())
   # HF's progress bars print empty lines to stdout when it is not a terminal, and stdout may be
   # a job list (`ablate_* --mode=print > jobs.txt`); training takes seconds.
-  if kind == 'wordpiece':
-    texts = texts if isinstance(texts, (list, tuple)) else list(texts)  # Read twice.
-    seeds = _wordpiece_initial_vocab(texts, specials, lowercase, num_texts)
-    tok = tokenizers.Tokenizer(models.WordPiece(unk_token='[UNK]'))
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=seeds,
-                                        show_progress=False)
-  elif kind == 'bpe':
-    tok = tokenizers.Tokenizer(models.BPE())
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+  if kind == 'unigram':
+    tok = _sentencepiece_unigram(texts, specials, vocab_size, lowercase)
   else:
-    tok = tokenizers.Tokenizer(models.Unigram())
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                      unk_token='<unk>', show_progress=False)
-  _set_pipeline(tok, kind, lowercase)
-  tok.train_from_iterator(texts, trainer, length=num_texts)
+    if kind == 'wordpiece':
+      texts = texts if isinstance(texts, (list, tuple)) else list(texts)  # Read twice.
+      seeds = _wordpiece_initial_vocab(texts, specials, lowercase, num_texts)
+      tok = tokenizers.Tokenizer(models.WordPiece(unk_token='[UNK]'))
+      trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=seeds,
+                                          show_progress=False)
+    else:
+      tok = tokenizers.Tokenizer(models.BPE())
+      trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                    min_frequency=2,
+                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                    show_progress=False)
+    _set_pipeline(tok, kind, lowercase)
+    tok.train_from_iterator(texts, trainer, length=num_texts)
   _set_pipeline(tok, kind, lowercase)
   if kind == 'bpe':  # BPE has no <unk> at work (bytes cover everything) but keeps its id.
     tok.model.unk_token = None
@@ -105,6 +108,48 @@ def train(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool,
   saved['added_tokens'] = [t for t in saved['added_tokens'] if t['content'] in specials]
   # Reloaded so that its fingerprint equals that of the saved file (float printing differs).
   return Tokenizer(tokenizers.Tokenizer.from_str(json.dumps(saved)))
+
+
+def _sentencepiece_unigram(texts: Iterable[str], specials: list[str], vocab_size: int,
+                           lowercase: bool) -> tokenizers.Tokenizer:
+  """A `tokenizers` Unigram model with the pieces and scores of `sentencepiece_unigram`."""
+  trained = sentencepiece.SentencePieceProcessor(
+      model_proto=sentencepiece_unigram(texts, specials, vocab_size, lowercase))
+  vocab = [(trained.id_to_piece(i), trained.get_score(i)) for i in range(trained.get_piece_size())]
+  tok = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=1, byte_fallback=False))
+  tok.add_special_tokens(specials)
+  return tok
+
+
+def sentencepiece_unigram(texts: Iterable[str], specials: list[str], vocab_size: int,
+                          lowercase: bool) -> bytes:
+  """The model (serialized proto) SentencePiece's unigram trainer learns from `texts`, run
+  through our unigram normalizer and pre-tokenizer first (SentencePiece then only splits at
+  the spaces, marking each word's start with its '▁' as Metaspace does).
+
+  The special tokens take ids 0..4: pad and unk as SentencePiece's own, the others as its
+  user-defined symbols. SentencePiece gives the same pieces and scores in every process (it
+  sums its EM statistics in a fixed order); HF's UnigramTrainer does not.
+  """
+  tok = tokenizers.Tokenizer(models.Unigram())
+  _set_pipeline(tok, 'unigram', lowercase)
+
+  def word_runs():  # Words of each text, 256 at a time: SentencePiece only counts words.
+    for text in texts:
+      words = [w.removeprefix('▁') for w, _ in
+               tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))]
+      for start in range(0, len(words), 256):
+        yield ' '.join(words[start:start + 256])
+
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=word_runs(), model_writer=model, model_type='unigram',
+      vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
+      pad_id=0, pad_piece=specials[0], unk_id=1, unk_piece=specials[1], bos_id=-1, eos_id=-1,
+      user_defined_symbols=specials[2:], normalization_rule_name='identity',
+      add_dummy_prefix=True, split_by_whitespace=True, remove_extra_whitespaces=True,
+      max_sentence_length=1 << 20, num_threads=os.cpu_count() or 1, minloglevel=2)
+  return model.getvalue()
 
 
 def _wordpiece_initial_vocab(texts, specials: list[str], lowercase: bool,
