@@ -110,6 +110,11 @@ def train(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool,
   return Tokenizer(tokenizers.Tokenizer.from_str(json.dumps(saved)))
 
 
+# SentencePiece splits its EM sums over this many threads and adds them in thread order: a fixed
+# count (not the machine's cores) gives the same vocabulary on every machine.
+_SENTENCEPIECE_THREADS = 8
+
+
 def _sentencepiece_unigram(texts: Iterable[str], specials: list[str], vocab_size: int,
                            lowercase: bool) -> tokenizers.Tokenizer:
   """A `tokenizers` Unigram model with the pieces and scores of `sentencepiece_unigram`."""
@@ -128,8 +133,9 @@ def sentencepiece_unigram(texts: Iterable[str], specials: list[str], vocab_size:
   the spaces, marking each word's start with its '▁' as Metaspace does).
 
   The special tokens take ids 0..4: pad and unk as SentencePiece's own, the others as its
-  user-defined symbols. SentencePiece gives the same pieces and scores in every process (it
-  sums its EM statistics in a fixed order); HF's UnigramTrainer does not.
+  user-defined symbols. SentencePiece gives the same pieces and scores in every process and on
+  every machine (it sums its EM statistics in a fixed order over _SENTENCEPIECE_THREADS
+  threads); HF's UnigramTrainer does not.
   """
   tok = tokenizers.Tokenizer(models.Unigram())
   _set_pipeline(tok, 'unigram', lowercase)
@@ -148,7 +154,7 @@ def sentencepiece_unigram(texts: Iterable[str], specials: list[str], vocab_size:
       pad_id=0, pad_piece=specials[0], unk_id=1, unk_piece=specials[1], bos_id=-1, eos_id=-1,
       user_defined_symbols=specials[2:], normalization_rule_name='identity',
       add_dummy_prefix=True, split_by_whitespace=True, remove_extra_whitespaces=True,
-      max_sentence_length=1 << 20, num_threads=os.cpu_count() or 1, minloglevel=2)
+      max_sentence_length=1 << 20, num_threads=_SENTENCEPIECE_THREADS, minloglevel=2)
   return model.getvalue()
 
 
