@@ -38,7 +38,12 @@ def _wait_for_checkpoint(process, workdir: str, timeout: float = 300) -> int:
 
 
 def _finish(process) -> str:
-  output, _ = process.communicate(timeout=600)
+  """Waits for `process` (at most 10 minutes; a timed-out one is killed, not left running)
+  and checks that it succeeded; returns its output."""
+  try:
+    output, _ = process.communicate(timeout=600)
+  finally:
+    process.kill()  # No-op once it has exited.
   assert process.returncode == 0, output[-5000:]
   return output
 

@@ -197,18 +197,14 @@ def test_two_fresh_runs_of_one_command_log_the_same_losses(tmp_path):
   WordPiece vocabulary on the embedded corpus: every logged loss is identical. With the
   trainer's hash-map order (before _wordpiece_initial_vocab) the ids differed from step 1."""
   from tests import training_util  # pylint: disable=g-import-not-at-top
+  from tests.test_checkpointing import _finish  # pylint: disable=g-import-not-at-top
   real_corpus = dict(train__synthetic_data=False, data__dataset='wiki_offline/en',
                      data__vocab_size=600, model__vocab_size=600,
                      data__tokenizer_max_documents=300, train__num_steps=6,
                      checkpoint__every_steps=1000)
   workdirs = [str(tmp_path / f'run{i}') for i in range(2)]
   for workdir in workdirs:  # One after the other: the second must not find the first's files.
-    run = training_util.pretrain(workdir, **real_corpus)
-    try:
-      output = run.communicate(timeout=600)[0]
-    finally:
-      run.kill()  # No-op once it has exited; a timed-out run does not outlive the test.
-    assert run.returncode == 0, output[-3000:]
+    _finish(training_util.pretrain(workdir, **real_corpus))
   first, second = (training_util.train_losses(w) for w in workdirs)
   assert sorted(first) == list(range(1, 7)) and first == second
   vocabularies = [(tmp_path / f'run{i}' / 'tokenizer' / tokenizer_lib.FILENAME).read_bytes()
