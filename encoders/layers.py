@@ -18,8 +18,16 @@ import numpy as np
 
 from encoders.config import EncoderConfig
 
+
+def gelu(x: jax.Array) -> jax.Array:
+  """BERT's exact GELU in its erf form, x/2 (1 + erf(x/sqrt 2)), as HF's BERT and torch compute
+  it. (flax's nn.gelu(approximate=False) computes x/2 erfc(-x/sqrt 2), within 1e-6 of this; XLA:CPU
+  runs erfc 2.6x slower: 5.3 against 2.0 ms over a [4096, 1536] f32 block on an AVX2 core pair.)"""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(2 ** -0.5, x.dtype)))
+
+
 ACTIVATIONS: dict[str, Callable] = {
-    'gelu': functools.partial(nn.gelu, approximate=False),  # BERT's exact erf form.
+    'gelu': gelu,
     'gelu_new': functools.partial(nn.gelu, approximate=True),
     'relu': nn.relu,
 }
@@ -308,21 +316,44 @@ def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
 
   'cudnn' (the fused flash-attention kernel of `jax.nn.dot_product_attention`) on GPU when it
   supports them: compute dtype bf16/fp16, no attention dropout (the kernel has none here),
-  head_dim % 8 == 0 and <= CUDNN_MAX_HEAD_DIM, an even sequence length. SPELLED_OUT (our
-  softmax between two `matmul`s accumulating in f32) on CPU in bf16/fp16: XLA:CPU runs
-  dot_product_attention's half-precision products at f32 speed, and the spelled-out form took
-  12-13% less CPU time for a bf16 MiniLM forward at batch 32 x 128 and 1 x 512
-  (benchmarks/cpu_attention.py, docs/sentence/inference/cpu_attention.txt; the product-level
-  cause in benchmarks/cpu_matmul.py). Else 'xla', which is also what the default (None)
-  runs, so f32 on CPU, and TPU, compute exactly what they did.
+  head_dim % 8 == 0 and <= CUDNN_MAX_HEAD_DIM, an even sequence length. SPELLED_OUT
+  (`spelled_out_attention`) on CPU in every precision: XLA:CPU runs dot_product_attention's
+  products in the [batch, length, heads, head_dim] layout it is given, and the head-major
+  spelled-out form took 2.7x less time for MiniLM's attention in f32 at 32 x 128 (12 against
+  33 ms; benchmarks/cpu_attention.py, docs/sentence/inference_avx2/cpu_attention.txt; in bf16
+  the fused form's half-precision products also run at f32 speed, benchmarks/cpu_matmul.py).
+  Else 'xla', which is also what the default (None) runs, so GPU in f32 and TPU compute
+  exactly what they did.
   """
   half = jnp.dtype(dtype) in CUDNN_DTYPES
   if (backend == 'gpu' and half and not dropout
       and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM and length % 2 == 0):
     return 'cudnn'
-  if backend == 'cpu' and half:
+  if backend == 'cpu':
     return SPELLED_OUT
   return 'xla'
+
+
+def spelled_out_attention(query, key, value, mask, dtype, dropout: Callable = lambda w: w,
+                          sow: Callable = lambda probs: None) -> jax.Array:
+  """Softmax attention between two `matmul`s, head-major, normalised after the value product.
+
+  query/key/value [batch, length, heads, head_dim], mask [batch, 1, query, key] bool ->
+  context [batch, query, heads, head_dim] in `dtype`. The products run over [batch, heads,
+  length, head_dim] operands, and each query's weights are divided by their sum once, on
+  the context (flash attention's order: a pass over [batch, heads, query, key] less).
+  `dropout` drops weights before the value product, which equals dropping the normalised
+  probabilities (the sum is a per-row scale); `sow` receives the probabilities.
+  """
+  q, k, v = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))  # [batch, heads, length, head_dim]
+  scores = matmul('bhqd,bhkd->bhqk', q, k, dtype) * q.shape[-1] ** -0.5  # f32
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  # The shift cancels in weights / total, so it needs no gradient.
+  weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+  total = jnp.sum(weights, axis=-1, keepdims=True)  # [batch, heads, query, 1]
+  sow(weights / total)
+  context = matmul('bhqk,bhkd->bhqd', dropout(weights), v, dtype) / total
+  return jnp.swapaxes(context, 1, 2).astype(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -331,9 +362,10 @@ class SelfAttention(nn.Module):
   Without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`, as
   cuDNN's fused flash attention on GPU where that supports the settings
   (`attention_implementation`), else as XLA's (which fuses it); with dropout (neither
-  fused form has it), and in half precision on CPU, it spells the softmax out. Applied with
-  the 'intermediates' collection mutable (analysis/), it also spells it out and sows the
-  weights as 'attention_weights' ([batch, heads, query, key], f32); otherwise nothing changes.
+  fused form has it), and on CPU, it runs `spelled_out_attention`. Applied with the
+  'intermediates' collection mutable (analysis/), it also spells it out and sows the
+  probabilities as 'attention_weights' ([batch, heads, query, key], f32); otherwise nothing
+  changes.
   """
   config: EncoderConfig
 
@@ -352,12 +384,11 @@ class SelfAttention(nn.Module):
       context = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                              implementation=implementation)
     else:
-      scores = matmul('bqhd,bkhd->bhqk', query, key, c.compute_dtype) * c.head_dim ** -0.5
-      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, query, key], f32
-      self.sow('intermediates', 'attention_weights', probs)
-      probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=not dropout)
-      context = matmul('bhqk,bkhd->bqhd', probs, value, c.compute_dtype).astype(c.compute_dtype)
+      drop = nn.Dropout(c.attention_dropout_rate)
+      context = spelled_out_attention(
+          query, key, value, mask, c.compute_dtype,
+          dropout=lambda weights: drop(weights, deterministic=not dropout),
+          sow=lambda probs: self.sow('intermediates', 'attention_weights', probs))
     context = nn.with_logical_constraint(context, ('batch', 'length', 'heads', 'kv'))
     return HeadProjection(c, to_heads=False, name='output')(context)  # [batch, length, hidden]
 
