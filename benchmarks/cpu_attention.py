@@ -1,13 +1,14 @@
 """Which attention form is faster on this CPU: a MiniLM-shaped forward, fused or spelled out.
 
-  python -m benchmarks.cpu_attention > docs/sentence/inference/cpu_attention.txt
+  python -m benchmarks.cpu_attention > docs/sentence/inference_avx2/cpu_attention.txt
 
 Runs all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads) under jax.jit in each precision
 with SelfAttention forced to `jax.nn.dot_product_attention` (XLA's fused form, 'xla') and to the
 spelled-out softmax between two f32-accumulating `layers.matmul`s (SPELLED_OUT), in alternating
 rounds. Reports the median over calls of wall time and of this process's CPU time (all threads):
 CPU time is the fairer figure when other jobs share the machine. layers.attention_implementation
-picks the spelled-out form for bf16 on CPU from this comparison.
+picks the spelled-out form on CPU, in every precision, from this comparison (the AVX-512
+machine's run, docs/sentence/inference/cpu_attention.txt, predates the head-major form).
 """
 import time
 

@@ -18,16 +18,8 @@ import numpy as np
 
 from encoders.config import EncoderConfig
 
-
-def gelu(x: jax.Array) -> jax.Array:
-  """BERT's exact GELU in its erf form, x/2 (1 + erf(x/sqrt 2)), as HF's BERT and torch compute
-  it. (flax's nn.gelu(approximate=False) computes x/2 erfc(-x/sqrt 2), within 1e-6 of this; XLA:CPU
-  runs erfc 2.6x slower: 5.3 against 2.0 ms over a [4096, 1536] f32 block on an AVX2 core pair.)"""
-  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(2 ** -0.5, x.dtype)))
-
-
 ACTIVATIONS: dict[str, Callable] = {
-    'gelu': gelu,
+    'gelu': functools.partial(nn.gelu, approximate=False),  # BERT's exact erf form.
     'gelu_new': functools.partial(nn.gelu, approximate=True),
     'relu': nn.relu,
 }
@@ -318,12 +310,12 @@ def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
   supports them: compute dtype bf16/fp16, no attention dropout (the kernel has none here),
   head_dim % 8 == 0 and <= CUDNN_MAX_HEAD_DIM, an even sequence length. SPELLED_OUT
   (`spelled_out_attention`) on CPU in every precision: XLA:CPU runs dot_product_attention's
-  products in the [batch, length, heads, head_dim] layout it is given, and the head-major
-  spelled-out form took 2.7x less time for MiniLM's attention in f32 at 32 x 128 (12 against
-  33 ms; benchmarks/cpu_attention.py, docs/sentence/inference_avx2/cpu_attention.txt; in bf16
-  the fused form's half-precision products also run at f32 speed, benchmarks/cpu_matmul.py).
-  Else 'xla', which is also what the default (None) runs, so GPU in f32 and TPU compute
-  exactly what they did.
+  products in the [batch, length, heads, head_dim] layout it is given, and a MiniLM forward
+  with the head-major spelled-out form took 4-11% less time in f32 and bf16 at 32 x 128 and
+  1 x 512 (f32 at 32 x 128: 735 against 783 ms; benchmarks/cpu_attention.py,
+  docs/sentence/inference_avx2/cpu_attention.txt; in bf16 the fused form's half-precision
+  products also run at f32 speed, benchmarks/cpu_matmul.py). Else 'xla', which is also what
+  the default (None) runs, so GPU in f32 and TPU compute exactly what they did.
   """
   half = jnp.dtype(dtype) in CUDNN_DTYPES
   if (backend == 'gpu' and half and not dropout

@@ -95,7 +95,7 @@ def test_launchers_jax_platforms_refuses_the_cpu(tmp_path, module, config, jax_p
     ('gpu', jnp.bfloat16, False, 256, 128, 'xla'),  # Over 128.
     ('gpu', jnp.bfloat16, False, 64, 127, 'xla'),  # Odd length with a mask (a bias) in training.
     ('cpu', jnp.bfloat16, False, 64, 128, layers.SPELLED_OUT),  # XLA:CPU's bf16 products.
-    ('cpu', jnp.float32, False, 64, 128, layers.SPELLED_OUT),  # Head-major: 2.7x faster.
+    ('cpu', jnp.float32, False, 64, 128, layers.SPELLED_OUT),  # Head-major: the faster form.
     ('tpu', jnp.bfloat16, False, 64, 128, 'xla'),
 ])
 def test_attention_implementation(backend, dtype, dropout, head_dim, length, expected):

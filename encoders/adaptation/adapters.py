@@ -15,17 +15,18 @@ adapter leaves the model's output exactly unchanged. Trained: the adapters, ever
 LayerNorm of the encoder (`trains`) and the task head; everything else is frozen.
 """
 import dataclasses
+import functools
 from typing import ClassVar
 
 import flax
 import jax
 import jax.numpy as jnp
 
-from encoders import layers
 from encoders.config import ConfigError
 
 PLACEMENTS = {'houlsby': ('attention/output', 'mlp/output'), 'pfeiffer': ('mlp/output',)}
-ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': layers.gelu, 'swish': jax.nn.swish}
+ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': functools.partial(jax.nn.gelu, approximate=False),
+               'swish': jax.nn.swish}
 INIT_STD = 1e-2
 
 
