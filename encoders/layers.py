@@ -311,11 +311,12 @@ def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
   head_dim % 8 == 0 and <= CUDNN_MAX_HEAD_DIM, an even sequence length. SPELLED_OUT
   (`spelled_out_attention`) on CPU in every precision: XLA:CPU runs dot_product_attention's
   products in the [batch, length, heads, head_dim] layout it is given, and a MiniLM forward
-  with the head-major spelled-out form took 4-11% less time in f32 and bf16 at 32 x 128 and
-  1 x 512 (f32 at 32 x 128: 735 against 783 ms; benchmarks/cpu_attention.py,
+  with the head-major spelled-out form took 4-11% less CPU time in f32 and bf16 at 32 x 128
+  and 1 x 512 (wall time in f32 at 32 x 128: 735 against 783 ms; benchmarks/cpu_attention.py,
   docs/sentence/inference_avx2/cpu_attention.txt; in bf16 the fused form's half-precision
   products also run at f32 speed, benchmarks/cpu_matmul.py). Else 'xla', which is also what
-  the default (None) runs, so GPU in f32 and TPU compute exactly what they did.
+  the default (None) runs. (With attention dropout, or sowing the weights, every backend
+  spells it out.)
   """
   half = jnp.dtype(dtype) in CUDNN_DTYPES
   if (backend == 'gpu' and half and not dropout
@@ -327,7 +328,7 @@ def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
 
 
 def spelled_out_attention(query, key, value, mask, dtype, dropout: Callable = lambda w: w,
-                          sow: Callable = lambda probs: None) -> jax.Array:
+                          sow: Callable | None = None) -> jax.Array:
   """Softmax attention between two `matmul`s, head-major, normalised after the value product.
 
   query/key/value [batch, length, heads, head_dim], mask [batch, 1, query, key] bool ->
@@ -335,7 +336,7 @@ def spelled_out_attention(query, key, value, mask, dtype, dropout: Callable = la
   length, head_dim] operands, and each query's weights are divided by their sum once, on
   the context (flash attention's order: a pass over [batch, heads, query, key] less).
   `dropout` drops weights before the value product, which equals dropping the normalised
-  probabilities (the sum is a per-row scale); `sow` receives the probabilities.
+  probabilities (the sum is a per-row scale); `sow`, if given, receives the probabilities.
   """
   q, k, v = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))  # [batch, heads, length, head_dim]
   scores = matmul('bhqd,bhkd->bhqk', q, k, dtype) * q.shape[-1] ** -0.5  # f32
@@ -343,7 +344,8 @@ def spelled_out_attention(query, key, value, mask, dtype, dropout: Callable = la
   # The shift cancels in weights / total, so it needs no gradient.
   weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
   total = jnp.sum(weights, axis=-1, keepdims=True)  # [batch, heads, query, 1]
-  sow(weights / total)
+  if sow is not None:
+    sow(weights / total)
   context = matmul('bhqk,bhkd->bhqd', dropout(weights), v, dtype) / total
   return jnp.swapaxes(context, 1, 2).astype(dtype)
 
@@ -351,10 +353,10 @@ def spelled_out_attention(query, key, value, mask, dtype, dropout: Callable = la
 class SelfAttention(nn.Module):
   """Bidirectional multi-head self-attention with a boolean mask.
 
-  Without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`, as
-  cuDNN's fused flash attention on GPU where that supports the settings
-  (`attention_implementation`), else as XLA's (which fuses it); with dropout (neither
-  fused form has it), and on CPU, it runs `spelled_out_attention`. Applied with the
+  On GPU and TPU without attention dropout (or at eval) it runs `jax.nn.dot_product_attention`,
+  as cuDNN's fused flash attention on GPU where that supports the settings
+  (`attention_implementation`), else as XLA's (which fuses it); with dropout (neither fused
+  form has it), and on CPU, it runs `spelled_out_attention`. Applied with the
   'intermediates' collection mutable (analysis/), it also spells it out and sows the
   probabilities as 'attention_weights' ([batch, heads, query, key], f32); otherwise nothing
   changes.
@@ -380,7 +382,8 @@ class SelfAttention(nn.Module):
       context = spelled_out_attention(
           query, key, value, mask, c.compute_dtype,
           dropout=lambda weights: drop(weights, deterministic=not dropout),
-          sow=lambda probs: self.sow('intermediates', 'attention_weights', probs))
+          sow=(lambda probs: self.sow('intermediates', 'attention_weights', probs))
+          if self.is_mutable_collection('intermediates') else None)
     context = nn.with_logical_constraint(context, ('batch', 'length', 'heads', 'kv'))
     return HeadProjection(c, to_heads=False, name='output')(context)  # [batch, length, hidden]
 

@@ -179,6 +179,14 @@ def test_spelled_out_attention_is_softmax_attention():
   np.testing.assert_allclose(np.asarray(dropped), _numpy_attention(q, k, v, mask, keep)[0],
                              atol=1e-5, rtol=1e-5)
 
+  # bf16: the definition on operands rounded to bf16, up to the weights' and the output's
+  # roundings to bf16 (2**-8 relative each).
+  half = layers.spelled_out_attention(q, k, v, mask, jnp.bfloat16)
+  assert half.dtype == jnp.bfloat16
+  rounded = [np.asarray(jnp.asarray(t, jnp.bfloat16), np.float32) for t in (q, k, v)]
+  np.testing.assert_allclose(np.asarray(half, np.float32), _numpy_attention(*rounded, mask)[0],
+                             atol=2.0 ** -6 * np.abs(v).max(), rtol=2.0 ** -7)
+
   cotangent = rng.normal(size=q.shape).astype(np.float32)
   def loss(attend):
     return lambda q, k, v: jnp.sum(attend(q, k, v) * cotangent)

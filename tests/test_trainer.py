@@ -212,8 +212,8 @@ def _loss_and_grads(config):
   return float(value), np.concatenate([np.ravel(g) for g in leaves]), run
 
 
-# Without attention dropout, attention is jax.nn.dot_product_attention; with it, the
-# spelled-out softmax, whose two einsums go through layers.matmul's bf16 backward too.
+# With attention dropout the softmax is spelled out (on CPU it is without it too), and its two
+# einsums go through layers.matmul's bf16 backward.
 @pytest.mark.parametrize('dropout', [0.0, 0.1])
 def test_bfloat16_compute_keeps_float32_params_and_gives_the_f32_gradients(dropout):
   rates = dict(model__hidden_dropout_rate=dropout, model__attention_dropout_rate=dropout)
