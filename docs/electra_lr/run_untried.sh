@@ -8,6 +8,7 @@
 #   docs/electra_lr/run_untried.sh deberta_v3 deberta_data_gdes
 #   docs/electra_lr/run_untried.sh deberta_v3_absolute & docs/electra_lr/run_untried.sh deberta_shape_gdes_emb128
 #   docs/electra_lr/run_untried.sh sinusoidal & docs/electra_lr/run_untried.sh deberta_shape_gdes_sinusoidal
+# then (section 7): docs/electra_lr/run_untried.sh batch128 (beside one ablation sweep)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
@@ -28,6 +29,8 @@ for spec in "${@:-gen_half lambda_10 warmup_400}"; do
       lambda_10) run lambda_10 --config.model.rtd_weight=10.0 ;;
       warmup_400) run warmup_400 --config.optimizer.warmup_steps=400 ;;
       gdes) run gdes --config.model.embedding_gradients=gdes ;;
+      # ELECTRA-Small's batch (128 x 128; its lr 5e-4 is set for that batch, tiny's is 32).
+      batch128) run batch128 --config.train.batch_size=128 ;;
       # DeBERTa-v3 tiny's shape, where its GDES recovered (docs/deberta_v3_rtd): a 4-layer
       # discriminator, a generator of its width at half its depth, GDES.
       deberta_shape_gdes) run deberta_shape_gdes --config.model.num_layers=4 \
