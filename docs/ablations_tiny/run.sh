@@ -1,0 +1,25 @@
+#!/bin/bash
+# Issue 18, item 2: the five ablations at the tiny scale (encoders/adaptation/finetune_ablation.py:
+# BERT-tiny, 4,000 steps of 32 x 128 tokens, probed by the suite and fine-tuned on topic), 3 seeds.
+# Seed-major: every cell's seed 0 first (--seeds=1), then seed 1 (--seeds=2), then seed 2; a
+# sweep skips the runs whose result exists, so rerunning a line resumes it (a killed run resumes
+# from its last checkpoint). Run as two queues at a time on the 2-core VM, niced; each finished
+# run's result is copied to docs/ablations_tiny/<ablation>/results/ by the last line.
+#   docs/ablations_tiny/run.sh A 1 & docs/ablations_tiny/run.sh B 1    # then 2, then 3
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. .venv/bin/activate
+export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+WORK=workdirs/ablations_tiny
+queue=$1 seeds=$2
+case $queue in
+  A) ablations="masking_strategy nsp masking_rate" ;;
+  B) ablations="batch_size electra_vs_mlm" ;;
+esac
+for name in $ablations; do
+  module=experiments.ablate_$name
+  [ "$name" = electra_vs_mlm ] && module=experiments.electra_vs_mlm
+  nice -n 5 python -m $module --out=$WORK/$name --seeds=$seeds >> $WORK/$name.log 2>&1
+  mkdir -p docs/ablations_tiny/$name/results
+  cp $WORK/$name/results/*.json docs/ablations_tiny/$name/results/
+done
