@@ -13,7 +13,7 @@ Reported: validation MLM perplexity and topic accuracy.
 """
 
 from encoders.adaptation import finetune_ablation
-from encoders.training import sweep
+from encoders.training import findings, sweep
 
 # name: (paper batch, paper steps, paper lr, perplexity, MNLI-m, SST-2) -- RoBERTa Table 3.
 PAPER = {'256': (256, 1_000_000, 1e-4, 3.99, 84.7, 92.7),
@@ -21,6 +21,17 @@ PAPER = {'256': (256, 1_000_000, 1e-4, 3.99, 84.7, 92.7),
          '8K': (8192, 31_000, 1e-3, 3.77, 84.6, 92.8)}
 TINY_SCALE = 32  # Paper batch / tiny batch.
 SMOKE_BATCHES = {'256': (8, 8), '2K': (16, 4), '8K': (32, 2)}  # batch, steps
+
+FINDINGS = (
+    findings.Finding('2K-sequence batches beat 256 at equal tokens', 'RoBERTa Table 3',
+                     better='bsz=2K .*', worse='bsz=256 .*', metric='mlm_perplexity',
+                     lower_is_better=True),
+    findings.Finding('8K-sequence batches beat 256 at equal tokens', 'RoBERTa Table 3',
+                     better='bsz=8K .*', worse='bsz=256 .*', metric='mlm_perplexity',
+                     lower_is_better=True),
+    findings.Finding('2K-sequence batches beat 256 at equal tokens', 'RoBERTa Table 3',
+                     better='bsz=2K .*', worse='bsz=256 .*', metric='probe_topic'),
+)
 
 
 def paper_config(config) -> None:
@@ -52,7 +63,7 @@ ABLATION = finetune_ablation.Ablation(
     name='batch_size', title='Batch size at equal training tokens',
     paper='Liu et al. 2019, RoBERTa, Table 3 (BERT-base, BookCorpus+Wikipedia, ppl on held-out data)',
     metrics=('mlm_perplexity', 'test_accuracy', 'test_macro_f1'), cells=cells,
-    paper_config=paper_config)
+    paper_config=paper_config, findings=FINDINGS)
 
 
 if __name__ == '__main__':

@@ -23,12 +23,21 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from encoders import paths
 from encoders.adaptation import finetune_ablation
-from encoders.training import sweep
+from encoders.training import findings, sweep
 
 RATES = (0.15, 0.30, 0.40, 0.60, 0.80)
 CORRUPTIONS = {'80/10/10': (0.8, 0.1), '[MASK] only': (1.0, 0.0)}  # name: (mask, random) probs.
 PLOTTED = {'mlm_loss_at_15': 'validation MLM loss at 15% masking', 'test_accuracy': 'topic test accuracy'}
 PAPER = {0.15: '100% (reference)', 0.40: '> 15% (best)', 0.80: '~95% of 15%'}
+
+FINDINGS = (  # BERT-large's result; Section 4: smaller models prefer lower rates.
+    findings.Finding('Masking 40% beats 15%', 'Wettig et al. 2022, Table 1',
+                     better=r'rate=0\.40 80/10/10', worse=r'rate=0\.15 80/10/10',
+                     metric='probe_topic'),
+    findings.Finding('Masking 80% keeps most of 15%\'s performance, below it',
+                     'Wettig et al. 2022, Table 1', better=r'rate=0\.15 80/10/10',
+                     worse=r'rate=0\.80 80/10/10', metric='probe_topic'),
+)
 
 
 def paper_config(config) -> None:
@@ -93,7 +102,7 @@ ABLATION = finetune_ablation.Ablation(
     paper='Wettig et al. 2022, "Should You Mask 15% in Masked Language Modeling?" (abstract, '
           'Sec. 3 / Table 1: BERT-large, efficient recipe); relative fine-tuning performance',
     metrics=('mlm_loss_at_15', 'train_mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells,
-    paper_config=paper_config, eval_mask_rate=0.15, extra_plot=plot_by_rate)
+    paper_config=paper_config, eval_mask_rate=0.15, extra_plot=plot_by_rate, findings=FINDINGS)
 
 
 if __name__ == '__main__':

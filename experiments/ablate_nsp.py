@@ -11,7 +11,7 @@ the single-segment formats pack their rows full.
 """
 
 from encoders.adaptation import finetune_ablation
-from encoders.training import sweep
+from encoders.training import findings, sweep
 
 FORMATS = {  # name: (input_format, sentence loss weight, paper numbers)
     'SEGMENT-PAIR + NSP': ('segment_pair_nsp', 1.0, {
@@ -26,6 +26,20 @@ FORMATS = {  # name: (input_format, sentence loss weight, paper numbers)
     'SEGMENT-PAIR, No NSP (BERT)': ('segment_pair_nsp', 0.0, {
         'BERT T5 MNLI-m': 83.9, 'BERT T5 SQuAD 1.1': 87.9}),
 }
+
+FINDINGS = (
+    findings.Finding('Pairs of segments beat pairs of single sentences (both with NSP)',
+                     'RoBERTa Table 2', better=r'SEGMENT-PAIR \+ NSP', worse=r'SENTENCE-PAIR \+ NSP',
+                     metric='probe_topic'),
+    findings.Finding('Full sentences without NSP match or beat SEGMENT-PAIR + NSP',
+                     'RoBERTa Table 2', better='FULL-SENTENCES', worse=r'SEGMENT-PAIR \+ NSP',
+                     metric='probe_topic'),
+    findings.Finding('Rows from one document beat rows that cross documents',
+                     'RoBERTa Table 2', better='DOC-SENTENCES', worse='FULL-SENTENCES',
+                     metric='probe_topic'),
+    findings.Finding('Removing NSP hurts', 'BERT Table 5', better=r'SEGMENT-PAIR \+ NSP',
+                     worse=r'SEGMENT-PAIR, No NSP \(BERT\)', metric='probe_topic'),
+)
 
 
 def paper_config(config) -> None:
@@ -55,7 +69,8 @@ ABLATION = finetune_ablation.Ablation(
     name='nsp', title='Input format and NSP at equal tokens per step',
     paper='Liu et al. 2019, RoBERTa, Table 2 (BERT-base size, BookCorpus+Wikipedia); Devlin et '
           'al. 2019, BERT, Table 5 (BERT_BASE vs No NSP)',
-    metrics=('mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells, paper_config=paper_config)
+    metrics=('mlm_loss', 'test_accuracy', 'test_macro_f1'), cells=cells, paper_config=paper_config,
+    findings=FINDINGS)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ import pytest
 
 from encoders.adaptation import finetune_ablation
 from encoders.configs import bert as bert_configs
-from encoders.training import checkpointing, sweep
+from encoders.training import checkpointing, findings, sweep
 from experiments import ablate_batch_size, ablate_masking_rate, ablate_masking_strategy, ablate_nsp
 from tests import training_util
 
@@ -125,6 +125,7 @@ def test_smoke_run_writes_csv_table_and_plot(name, paper, tmp_path, compilation_
     assert 0.0 < float(row['probe_macro']) < 100.0  # The suite's linear probes ran on the encoder.
   markdown = (tmp_path / 'results.md').read_text()
   assert paper in markdown and 'paper: ' in markdown
+  assert findings.rule() in markdown and '**pending**' in markdown  # One seed: no verdict yet.
   assert (tmp_path / 'results.png').stat().st_size > 1000
   if name == 'masking_rate':
     assert (tmp_path / 'by_rate.png').stat().st_size > 1000

@@ -61,6 +61,8 @@ RULES = (
     Rule(r'^python -m experiments\.(electra_vs_mlm|ablate_albert|distill_vs_teacher|'
          r'ablate_deberta|ablate_masking_strategy) ', 'check',
          reason='sweeps of many training runs; their tests run their smoke form'),
+    Rule(r'^python -m experiments\.ablation_verdicts --results docs/ablations_tiny$', 'check',
+         reason="rewrites the stored verdicts; tests/test_findings.py runs it on a copy's layout"),
     Rule(r'^python -m experiments\.ablate_nsp .*--mode=print > jobs\.txt$', 'run'),
     Rule(r'^python launch/run_commands\.py jobs\.txt ', 'dry'),
     Rule(r'^python -m experiments\.ablate_nsp --scale=paper --out=gs://', 'skip',

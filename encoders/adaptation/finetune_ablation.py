@@ -29,6 +29,7 @@ import tempfile
 from typing import Callable
 
 from absl import app, flags
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -40,6 +41,7 @@ from encoders.data import pipeline
 from encoders.data import suite as suite_data
 from encoders.data import tokenizer as tokenizer_lib
 from encoders.training import checkpointing, metrics, sweep, trainer
+from encoders.training import findings as findings_lib
 
 SCALES = ('smoke', 'quick', 'tiny', 'paper')
 # Steps of the tiny scale (32 x 128 tokens each; warm-up and decay as configs/bert.py:tiny, whose
@@ -72,6 +74,8 @@ class Ablation:
   # (scale, base, out, seeds) -> path of a plot of its own, drawn after the report; None: none.
   extra_plot: Callable[[str, ml_collections.ConfigDict, str, list[int]], str] | None = None
   smoke_cells: int = 2  # Cells a smoke run runs (the first ones; more when cells differ in kind).
+  # The papers' findings this sweep tests, each judged by `findings.verdict` under the report.
+  findings: tuple[findings_lib.Finding, ...] = ()
 
 
 def pretrain_config(scale: str) -> ml_collections.ConfigDict:
@@ -275,6 +279,11 @@ def main(ablation: Ablation) -> str:
   probed = ('probe_macro',) if PROBE_ARTICLES[scale] else ()
   markdown = sweep.report(all_cells, report_seeds, out, (*ablation.metrics, *probed),
                           f'{ablation.title} (scale={scale})', ablation.paper)
+  if ablation.findings:
+    records = sweep.collect(all_cells, report_seeds, out)
+    markdown += '\n' + findings_lib.rule() + '\n' + findings_lib.markdown(
+        [findings_lib.verdict(f, records) for f in ablation.findings])
+    epath.Path(out, 'results.md').write_text(markdown)
   print(markdown)
   if ablation.extra_plot:
     print('Wrote', ablation.extra_plot(scale, base, out, report_seeds))
