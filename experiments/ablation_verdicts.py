@@ -37,8 +37,9 @@ def read_records(results_dir: str, name: str) -> list[dict]:
   return [json.loads(path.read_text()) for path in sorted(folder.glob('*.json'))]
 
 
-def plot(judged: list[tuple[str, dict]], path: str) -> None:
-  """delta / SE of every finding with an SE, coloured by verdict, the +-2 SE bounds marked."""
+def plot(judged: list[tuple[str, dict]], path: str) -> int:
+  """delta / SE of every finding judged with a spread, coloured by verdict, the +-2 SE bounds
+  marked; returns the number of findings drawn."""
   rows = [(f'{name}: {r["finding"].claim} [{r["finding"].metric}]', r)
           for name, r in judged if not math.isnan(r['se']) and r['se'] > 0]
   figure, ax = plt.subplots(figsize=(9, 1.0 + 0.35 * max(1, len(rows))))
@@ -53,6 +54,7 @@ def plot(judged: list[tuple[str, dict]], path: str) -> None:
   figure.tight_layout()
   paths.save_figure(figure, path, dpi=110)
   plt.close(figure)
+  return len(rows)
 
 
 def parse_args(argv):
@@ -76,7 +78,7 @@ def main(argv=None) -> str:
     sections += [f'## {ablation.title} ({ablation.name}: {len(records)} runs)', '',
                  findings.markdown(results)]
   markdown = '\n'.join(sections)
-  epath.Path(args.results, 'verdicts.md').write_text(markdown)
+  paths.write_atomic(os.path.join(args.results, 'verdicts.md'), markdown)
   plot(judged, os.path.join(args.results, 'verdicts.png'))
   print(markdown)
   return markdown
