@@ -112,10 +112,11 @@ def cells(config: ml_collections.ConfigDict, teacher_has_head: bool) -> list[swe
              sweep.Cell('MLM only, teacher init', mlm_only)]
   else:
     rows += [sweep.Cell('- L_mlm', {**full, 'distill.alpha_mlm': 0.0}),
-             sweep.Cell('MLM only, teacher init (= - L_cos)', mlm_only)]
+             sweep.Cell('MLM only, teacher init (= - L_cos)', mlm_only, PAPER['- L_cos'])]
   rows += [sweep.Cell('MLM only, random init', {**mlm_only, 'distill.init_from_teacher': False}),
            sweep.Cell('no pretraining', {})]
-  return [dataclasses.replace(c, paper=PAPER.get(c.name.split(' (')[0], {})) for c in rows]
+  return [c if c.paper else dataclasses.replace(c, paper=PAPER.get(c.name.split(' (')[0], {}))
+          for c in rows]
 
 
 def encoder_parameters(encoder: nn.Module) -> int:

@@ -293,3 +293,15 @@ def test_distill_vs_teacher_prints_one_job_per_row_and_seed(tmp_path):
   for row in rows:
     assert any(f'--cell={row}' in job or f"'--cell={row}'" in job for job in jobs), (row, jobs)
   assert not os.path.exists(out) or not os.listdir(out)
+
+
+@pytest.mark.parametrize('teacher_has_head', [False, True])
+def test_each_ablation_row_carries_its_paper_number(teacher_has_head):
+  """Sanh et al. Table 4: '- L_cos' is -1.38 GLUE, whichever name the row has; with an MLM head
+  'MLM only, teacher init' is a row of its own, which the paper has no number for."""
+  from experiments import distill_vs_teacher  # pylint: disable=g-import-not-at-top
+  rows = {c.name: c.paper.get('GLUE') for c in distill_vs_teacher.cells(
+      distill_vs_teacher.base_config('smoke', None), teacher_has_head)}
+  l_cos = '- L_cos' if teacher_has_head else 'MLM only, teacher init (= - L_cos)'
+  assert (rows[l_cos], rows['- L_mlm']) == ('-1.38', '-0.41')
+  assert rows.get('MLM only, teacher init') is None and rows['no pretraining'] is None
