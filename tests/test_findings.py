@@ -1,6 +1,7 @@
 """Findings' verdicts: the rule's arithmetic, the cells each ablation's findings name, the report."""
 import json
 import math
+import os
 import statistics
 
 import pytest
@@ -9,6 +10,7 @@ from encoders.adaptation import finetune_ablation
 from encoders.training import findings, sweep
 from experiments import (ablate_batch_size, ablate_masking_rate, ablate_masking_strategy,
                          ablate_nsp, ablation_verdicts, electra_vs_mlm)
+from tests import training_util
 
 HIGHER = findings.Finding('a beats b', 'test', better='a', worse='b', metric='score')
 
@@ -103,7 +105,8 @@ def _tiny_cell_names(monkeypatch) -> dict[str, list[str]]:
 def test_every_finding_names_two_cells_of_its_tiny_sweep_and_a_reported_metric(monkeypatch):
   names = _tiny_cell_names(monkeypatch)
   # Every sweep's run records pretrain_and_finetune's metrics; this stored run is one of them.
-  stored = json.loads(open('docs/ablations_tiny/masking_strategy/results/dynamic__seed0.json').read())
+  stored = json.loads(open(os.path.join(
+      training_util.ROOT, 'docs/ablations_tiny/masking_strategy/results/dynamic__seed0.json')).read())
   for ablation in ablation_verdicts.ABLATIONS:
     assert ablation.findings, ablation.name
     for finding in ablation.findings:
