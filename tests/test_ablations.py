@@ -126,6 +126,7 @@ def test_smoke_run_writes_csv_table_and_plot(name, paper, tmp_path, compilation_
   markdown = (tmp_path / 'results.md').read_text()
   assert paper in markdown and 'paper: ' in markdown
   assert findings.rule() in markdown and '**pending**' in markdown  # One seed: no verdict yet.
+  assert '| probe_topic | probe_macro |' in markdown  # The findings' downstream metric is a column.
   assert (tmp_path / 'results.png').stat().st_size > 1000
   if name == 'masking_rate':
     assert (tmp_path / 'by_rate.png').stat().st_size > 1000

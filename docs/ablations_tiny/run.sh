@@ -3,9 +3,9 @@
 # BERT-tiny, 4,000 steps of 32 x 128 tokens, probed by the suite and fine-tuned on topic), 3 seeds.
 # Seed-major: every cell's seed 0 first (--seeds=1), then seed 1 (--seeds=2), then seed 2; a
 # sweep skips the runs whose result exists, so rerunning a line resumes it (a killed run resumes
-# from its last checkpoint). Run as two queues at a time on the 2-core VM, niced; each finished
-# run's result is copied to docs/ablations_tiny/<ablation>/results/, and the verdicts on the
-# papers' findings (experiments/ablation_verdicts.py) are rewritten from them, by the last lines.
+# from its last checkpoint). Run as two queues at a time on the 2-core VM, niced. The last lines
+# copy each finished run's result and the sweep's table to docs/ablations_tiny/<ablation>/ and
+# rewrite the verdicts on the papers' findings from them (experiments/ablation_verdicts.py).
 #   docs/ablations_tiny/run.sh A 1 & docs/ablations_tiny/run.sh B 1    # then 2, then 3
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,5 +23,6 @@ for name in $ablations; do
   nice -n 5 python -m $module --out=$WORK/$name --seeds=$seeds >> $WORK/$name.log 2>&1
   mkdir -p docs/ablations_tiny/$name/results
   cp $WORK/$name/results/*.json docs/ablations_tiny/$name/results/
+  cp $WORK/$name/results.{csv,md,png} docs/ablations_tiny/$name/
   python -m experiments.ablation_verdicts --results docs/ablations_tiny > /dev/null
 done
