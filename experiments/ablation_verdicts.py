@@ -8,8 +8,6 @@ by the one rule of encoders/training/findings.py, and writes verdicts.md (a tabl
 ablation) and verdicts.png (delta / SE per judged finding) into --results.
 """
 import argparse
-import json
-import math
 import os
 
 from etils import epath
@@ -34,14 +32,14 @@ def read_records(results_dir: str, name: str) -> list[dict]:
   folder = epath.Path(results_dir) / name / 'results'
   if not folder.exists():
     return []
-  return [json.loads(path.read_text()) for path in sorted(folder.glob('*.json'))]
+  return [paths.read_json(path) for path in sorted(folder.glob('*.json'))]
 
 
 def plot(judged: list[tuple[str, dict]], path: str) -> int:
   """delta / SE of every finding judged with a spread, coloured by verdict, the +-2 SE bounds
   marked; returns the number of findings drawn."""
   rows = [(f'{name}: {r["finding"].claim} [{r["finding"].metric}]', r)
-          for name, r in judged if not math.isnan(r['se']) and r['se'] > 0]
+          for name, r in judged if r['se'] > 0]  # False for a NaN SE too.
   figure, ax = plt.subplots(figsize=(9, 1.0 + 0.35 * max(1, len(rows))))
   for y, (label, r) in enumerate(rows):
     ax.barh(y, r['delta'] / r['se'], color=COLORS.get(r['verdict'], 'tab:blue'))
