@@ -137,6 +137,20 @@ def test_head_statistics_from_first_principles():
   np.testing.assert_allclose(stats['next'][0], [0.1875, 0.0])
 
 
+def test_uniform_attention_baseline_from_first_principles():
+  # Two texts of 4 and 2 real tokens: uniform weights over the real keys give entropy ln(n) and
+  # 1/n on the previous token for every query but the first, averaged over the 6 real queries.
+  input_ids = np.array([[101, 7, 8, 102], [101, 102, 0, 0]])
+  segment_ids = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])
+  weights = attention.uniform_weights(segment_ids)
+  assert weights.shape == (1, 2, 1, 4, 4)
+  np.testing.assert_allclose(weights[0, 1, 0, 0], [0.5, 0.5, 0.0, 0.0])
+  stats = attention.head_statistics(weights, input_ids, segment_ids, 101, 102)
+  np.testing.assert_allclose(stats['entropy'], [[(4 * np.log(4) + 2 * np.log(2)) / 6]])
+  np.testing.assert_allclose(stats['previous'], [[(3 * 0.25 + 1 * 0.5) / 6]])
+  np.testing.assert_allclose(stats['cls'], [[(4 * 0.25 + 2 * 0.5) / 6]])
+
+
 def test_title_mentions_mark_the_tokens_that_overlap_them(minilm):
   text = 'Albert Einstein was born in Ulm. Einstein developed relativity.'
   spans = texts.title_spans('Albert Einstein (physicist)', text)

@@ -40,6 +40,14 @@ def head_statistics(weights: np.ndarray, input_ids: np.ndarray, segment_ids: np.
   return {name: (value * queries).sum(axis=(1, 3)) / count for name, value in per_query.items()}
 
 
+def uniform_weights(segment_ids: np.ndarray) -> np.ndarray:
+  """[1, batch, 1, query, key]: every query's weight spread evenly over its text's real keys,
+  the attention a head has before it learns anything (its head_statistics are the baseline)."""
+  real = (segment_ids > 0).astype(np.float32)  # [batch, key]
+  weights = real / real.sum(-1, keepdims=True)
+  return np.broadcast_to(weights[:, None, :], real.shape + real.shape[-1:])[None, :, None]
+
+
 def plot_grid(weights: np.ndarray, tokens: list[str], title: str):
   """One text's weights [layers, heads, query, key] as a layers x heads grid of heat maps."""
   num_layers, num_heads = weights.shape[:2]
@@ -79,19 +87,22 @@ def plot_statistics(statistics: dict[str, np.ndarray], title: str):
 
 
 def corpus_statistics(subject: subject_lib.Subject, texts: list[str], max_length: int = 128,
-                      batch_size: int = 16) -> dict[str, np.ndarray]:
-  """head_statistics over many texts, a batch at a time: {statistic: [layers, heads]}."""
+                      batch_size: int = 16) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """head_statistics over many texts, a batch at a time: ({statistic: [layers, heads]},
+  {statistic: its value under uniform attention over the same texts})."""
   tokenizer = subject.tokenizer
   encoded = subject_lib.encode(tokenizer, texts, max_length, length=max_length)
-  totals, count = {}, 0
+  totals, uniform_totals, count = {}, {}, 0
   for batch in forward.batches(encoded, batch_size):
     weights = forward.run(subject, batch).attention
     queries = int((batch.segment_ids > 0).sum())
-    for name, value in head_statistics(weights, batch.input_ids, batch.segment_ids,
-                                       tokenizer.cls_id, tokenizer.sep_id).items():
-      totals[name] = totals.get(name, 0.0) + value * queries
+    for sums, batch_weights in ((totals, weights), (uniform_totals, uniform_weights(batch.segment_ids))):
+      for name, value in head_statistics(batch_weights, batch.input_ids, batch.segment_ids,
+                                         tokenizer.cls_id, tokenizer.sep_id).items():
+        sums[name] = sums.get(name, 0.0) + value * queries
     count += queries
-  return {name: total / count for name, total in totals.items()}
+  uniform = {name: float(total.item()) / count for name, total in uniform_totals.items()}
+  return {name: total / count for name, total in totals.items()}, uniform
 
 
 def write(subject: subject_lib.Subject, texts: list[str], out: str, max_length: int = 128,
@@ -108,9 +119,11 @@ def write(subject: subject_lib.Subject, texts: list[str], out: str, max_length: 
     files.save_figure(folder / f'attention_{i}.png',
                       plot_grid(weights[:, i], tokens, f'{subject.name}: "{texts[i][:70]}"'))
   all_texts = list(texts) + list(statistics_texts)
-  statistics = corpus_statistics(subject, all_texts, max_length)
+  statistics, uniform = corpus_statistics(subject, all_texts, max_length)
   files.save_figure(folder / 'head_statistics.png', plot_statistics(
-      statistics, f'{subject.name}: head statistics over {len(all_texts)} texts'))
+      statistics, f'{subject.name}: head statistics over {len(all_texts)} texts (uniform '
+      f'attention: entropy {uniform["entropy"]:.2f}, previous {uniform["previous"]:.3f})'))
   result = {name: value.round(4).tolist() for name, value in statistics.items()}
+  result['uniform'] = {name: round(value, 4) for name, value in uniform.items()}
   files.save_json(folder / 'head_statistics.json', result)
   return result
