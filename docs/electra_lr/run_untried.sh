@@ -9,6 +9,7 @@
 #   docs/electra_lr/run_untried.sh deberta_v3_absolute & docs/electra_lr/run_untried.sh deberta_shape_gdes_emb128
 #   docs/electra_lr/run_untried.sh sinusoidal & docs/electra_lr/run_untried.sh deberta_shape_gdes_sinusoidal
 # then (section 7): docs/electra_lr/run_untried.sh batch128 (beside one ablation sweep)
+# then (section 8): docs/electra_lr/run_untried.sh small_shape (beside one ablation sweep)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
@@ -31,6 +32,11 @@ for spec in "${@:-gen_half lambda_10 warmup_400}"; do
       gdes) run gdes --config.model.embedding_gradients=gdes ;;
       # ELECTRA-Small's batch (128 x 128; its lr 5e-4 is set for that batch, tiny's is 32).
       batch128) run batch128 --config.train.batch_size=128 ;;
+      # ELECTRA-Small's shape (12 layers, 256 wide, 4 heads, 128-wide embeddings, a generator of
+      # 1/4 its width) on tiny's data, batch and schedule: is the fall a matter of the tiny shape?
+      small_shape) run small_shape --config.model.num_layers=12 --config.model.hidden_size=256 \
+          --config.model.num_heads=4 --config.model.intermediate_size=1024 \
+          --config.model.embedding_size=128 ;;
       # DeBERTa-v3 tiny's shape, where its GDES recovered (docs/deberta_v3_rtd): a 4-layer
       # discriminator, a generator of its width at half its depth, GDES.
       deberta_shape_gdes) run deberta_shape_gdes --config.model.num_layers=4 \
