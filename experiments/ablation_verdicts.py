@@ -9,6 +9,7 @@ ablation) and verdicts.png (delta / SE per judged finding) into --results.
 """
 import argparse
 import os
+import textwrap
 
 from etils import epath
 import matplotlib
@@ -38,19 +39,23 @@ def read_records(results_dir: str, name: str) -> list[dict]:
 def plot(judged: list[tuple[str, dict]], path: str) -> int:
   """delta / SE of every finding judged with a spread, coloured by verdict, the +-2 SE bounds
   marked; returns the number of findings drawn."""
-  rows = [(f'{name}: {r["finding"].claim} [{r["finding"].metric}]', r)
+  rows = [(textwrap.fill(f'{name}: {r["finding"].claim} [{r["finding"].metric}]', 60), r)
           for name, r in judged if r['se'] > 0]  # False for a NaN SE too.
-  figure, ax = plt.subplots(figsize=(9, 1.0 + 0.35 * max(1, len(rows))))
+  figure, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * max(1, len(rows))))
   for y, (label, r) in enumerate(rows):
-    ax.barh(y, r['delta'] / r['se'], color=COLORS.get(r['verdict'], 'tab:blue'))
+    ratio = r['delta'] / r['se']
+    ax.barh(y, ratio, color=COLORS.get(r['verdict'], 'tab:blue'))
+    ax.text(ratio, y, f' {r["verdict"]} ', va='center', ha='left' if ratio >= 0 else 'right',
+            fontsize=7)
   ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+  ax.margins(x=0.25)
   for bound in (-findings.Z, findings.Z):
     ax.axvline(bound, color='black', linestyle='--', linewidth=0.8)
   ax.set_xlabel("delta / SE (positive: the paper's direction)")
   ax.set_title('Findings judged' if rows else 'No finding has 2+ seeds per cell yet')
   ax.invert_yaxis()
   figure.tight_layout()
-  paths.save_figure(figure, path, dpi=110)
+  paths.save_figure(figure, path, dpi=110, bbox_inches='tight')
   plt.close(figure)
   return len(rows)
 
