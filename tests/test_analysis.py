@@ -146,9 +146,9 @@ def test_uniform_attention_baseline_from_first_principles():
   assert weights.shape == (1, 2, 1, 4, 4)
   np.testing.assert_allclose(weights[0, 1, 0, 0], [0.5, 0.5, 0.0, 0.0])
   stats = attention.head_statistics(weights, input_ids, segment_ids, 101, 102)
-  np.testing.assert_allclose(stats['entropy'], [[(4 * np.log(4) + 2 * np.log(2)) / 6]])
-  np.testing.assert_allclose(stats['previous'], [[(3 * 0.25 + 1 * 0.5) / 6]])
-  np.testing.assert_allclose(stats['cls'], [[(4 * 0.25 + 2 * 0.5) / 6]])
+  np.testing.assert_allclose(stats['entropy'], [[(4 * np.log(4) + 2 * np.log(2)) / 6]], rtol=1e-6)
+  np.testing.assert_allclose(stats['previous'], [[(3 * 0.25 + 1 * 0.5) / 6]], rtol=1e-6)
+  np.testing.assert_allclose(stats['cls'], [[(4 * 0.25 + 2 * 0.5) / 6]], rtol=1e-6)
 
 
 def test_title_mentions_mark_the_tokens_that_overlap_them(minilm):

@@ -1,6 +1,6 @@
 """Has a checkpoint's absolute position table learned an order? For each WORKDIR:STEP, the rows
 the model reads (the first data.seq_length), centred: the mean cosine between neighbouring
-rows (0 for a random table, near 1 for a smooth one) and the table's RMS. A markdown table:
+rows (0 for a random table, near 1 for a smooth one) and the std of its entries. Markdown:
 
   PYTHONPATH=. python docs/electra_lr/position_tables.py WORKDIR:STEP ... > OUT.md
 """
@@ -20,7 +20,7 @@ def neighbour_cosine(table: np.ndarray) -> float:
 
 
 def main(specs: list[str]) -> None:
-  print('| workdir | step | neighbour cosine | RMS |\n|---|---:|---:|---:|')
+  print('| workdir | step | neighbour cosine | std |\n|---|---:|---:|---:|')
   for spec in specs:
     workdir, step = spec.rsplit(':', 1)
     config, _, params = reload.load_workdir(workdir, int(step))

@@ -44,7 +44,7 @@ def uniform_weights(segment_ids: np.ndarray) -> np.ndarray:
   """[1, batch, 1, query, key]: every query's weight spread evenly over its text's real keys,
   the attention a head has before it learns anything (its head_statistics are the baseline)."""
   real = (segment_ids > 0).astype(np.float32)  # [batch, key]
-  weights = real / real.sum(-1, keepdims=True)
+  weights = real / np.maximum(real.sum(-1, keepdims=True), 1.0)  # An empty row: all zero.
   return np.broadcast_to(weights[:, None, :], real.shape + real.shape[-1:])[None, :, None]
 
 
