@@ -12,8 +12,8 @@ import sys
 import jax
 import numpy as np
 
-from encoders.data import pipeline, tokenizer as tokenizer_lib
-from encoders.training import electra_objective, objectives, reload, trainer
+from encoders.training import electra_objective, objectives, reload
+from experiments.rtd_diagnostics import validation_batches
 
 SHUFFLE_SEED = 0
 
@@ -39,7 +39,7 @@ def shuffle_words(batch: dict, tokenizer, rng: np.random.Generator) -> dict:
 
 def evaluate(objective, params, batches) -> dict[str, float]:
   """Mean MLM loss (and RTD loss and ROC AUC for an RTD objective) over `batches`."""
-  is_rtd = hasattr(objective, 'loss_terms')
+  is_rtd = isinstance(objective, electra_objective.ReplacedTokenDetection)
   forward = jax.jit(objective.forward if is_rtd else objective.apply, static_argnums=3)
   mlm, rtd, logits, replaced = [], [], [], []
   for batch in batches:
@@ -69,11 +69,7 @@ def main(specs: list[str]) -> None:
     workdir, step = spec.rsplit(':', 1)
     config, _, params = reload.load_workdir(workdir, int(step))
     objective = objectives.make_objective(config, sentence_head=False)
-    tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
-    validation = trainer.eval_config(config)
-    iterator = pipeline.make_pretraining_iterator(validation, tokenizer, validation.data.eval_split,
-                                                  num_epochs=1)
-    batches = [b for _, b in zip(range(config.train.eval_steps), iterator)]
+    tokenizer, batches = validation_batches(config, workdir)
     rng = np.random.default_rng(SHUFFLE_SEED)
     plain = evaluate(objective, params, batches)
     shuffled = evaluate(objective, params, [shuffle_words(b, tokenizer, rng) for b in batches])
