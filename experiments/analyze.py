@@ -8,19 +8,23 @@ checkpoint directory (default: the installed all-MiniLM-L6-v2). Outputs go to --
   python -m experiments.analyze probe --model workdirs/bert_tiny --num_train 800
   python -m experiments.analyze token_loss --model workdirs/bert_tiny --baseline_step 3200
   python -m experiments.analyze health --model workdirs/bert_tiny --baseline_step 3200
+  python -m experiments.analyze word_order --model workdirs/bert_tiny
 
 health writes the norms per layer over every saved step of --model (a workdir, without --step)
 and, with a baseline, the comparison of the two checkpoints and the loss between them.
+word_order scores a workdir's checkpoint on its own validation batches as they are and with each
+row's words shuffled (a pretraining workdir only: it needs the run's objective and data).
 """
 import json
 
 from absl import app, flags, logging
 
 from encoders import hf_interop
-from encoders.analysis import attention, health, hidden_states, probing, subject, texts, token_loss
+from encoders.analysis import (attention, health, hidden_states, probing, subject, texts,
+                               token_loss, word_order)
 from experiments import cli
 
-COMMANDS = ('attention', 'hidden', 'probe', 'token_loss', 'health')
+COMMANDS = ('attention', 'hidden', 'probe', 'token_loss', 'health', 'word_order')
 DEFAULT_SENTENCES = (
     'The river flows through the capital of France and into the sea.',
     'He was a famous American singer and songwriter.',
@@ -58,6 +62,12 @@ def main(argv):
     raise app.UsageError(f'Give one command: {" | ".join(COMMANDS)}.')
   command, out = argv[1], _OUT.value or f'analysis_out/{argv[1]}'
   model_path = _MODEL.value or hf_interop.installed_minilm_dir()
+  if command == 'word_order':
+    if subject.is_hf_dir(model_path):
+      raise app.UsageError('word_order needs a pretraining workdir (--model): it reads the run\'s '
+                           'objective and validation batches, which an HF directory does not have.')
+    print(json.dumps(word_order.write(model_path, out, _STEP.value), indent=1))
+    return
   model = subject.load(model_path, _STEP.value)
   count = lambda default: _NUM_TEXTS.value or default
   if command == 'attention':

@@ -18,8 +18,7 @@ import numpy as np
 import optax
 
 from encoders import paths
-from encoders.data import pipeline, tokenizer as tokenizer_lib
-from encoders.training import objectives, reload, trainer
+from encoders.training import objectives, reload
 from encoders.training import electra_objective
 
 FLAGS = flags.FLAGS
@@ -37,19 +36,10 @@ def binary_entropy(p: float) -> float:
   return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
 
 
-def validation_batches(config, workdir: str):
-  """(tokenizer, the first config.train.eval_steps validation batches), as validation reads them."""
-  tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
-  validation = trainer.eval_config(config)
-  iterator = pipeline.make_pretraining_iterator(validation, tokenizer, validation.data.eval_split,
-                                                num_epochs=1)
-  return tokenizer, [batch for _, batch in zip(range(config.train.eval_steps), iterator)]
-
-
 def diagnose(config, workdir: str, params: dict) -> dict:
   """The checkpoint's numbers over the validation batches (see the module docstring)."""
   objective = objectives.make_objective(config, sentence_head=False)
-  _, batches = validation_batches(config, workdir)
+  _, batches = reload.validation_batches(config, workdir)
   outputs_and_gradients = electra_objective.gradients_by_loss(objective)
   logits, replaced, top_probability, correct, grads = [], [], [], [], []
   for batch in batches:

@@ -7,11 +7,11 @@ import torch
 import transformers
 
 from encoders.analysis import (attention, forward, health, hidden_states, probing, subject,
-                               texts, token_loss)
+                               texts, token_loss, word_order)
 from encoders import bert, deberta, families, hf_interop
 from encoders.config import EncoderConfig
 from encoders.data import tokenizer as tokenizer_lib
-from encoders.training import trainer
+from encoders.training import metrics, objectives, reload, trainer
 from tests import training_util
 
 SENTENCES = ['The river flows through the capital of France.', 'Hello!',
@@ -211,21 +211,79 @@ def test_interpolation_ends_reproduce_each_checkpoints_own_loss(small_tokenizer)
   assert losses[1] not in direct
 
 
-def test_a_trained_workdir_loads_at_every_step_and_its_run_norms(tmp_path, small_tokenizer):
-  small_tokenizer.save(str(tmp_path / 'tokenizer_source'))
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory, small_tokenizer):
+  """A BERT-tiny workdir trained 4 steps on the embedded corpus, checkpoints at steps 2 and 4."""
+  workdir = tmp_path_factory.mktemp('trained')
+  small_tokenizer.save(str(workdir / 'tokenizer_source'))
   config = training_util.tiny_config(train__num_steps=4, checkpoint__every_steps=2,
                                      model__vocab_size=small_tokenizer.vocab_size,
                                      model__num_layers=2)
-  config.data.tokenizer_path = str(tmp_path / 'tokenizer_source')
-  trainer.train_and_evaluate(config, str(tmp_path))
-  rows = health.run_norms(str(tmp_path))
+  config.data.tokenizer_path = str(workdir / 'tokenizer_source')
+  trainer.train_and_evaluate(config, str(workdir))
+  return str(workdir)
+
+
+def test_a_trained_workdir_loads_at_every_step_and_its_run_norms(trained_workdir):
+  rows = health.run_norms(trained_workdir)
   assert [row['step'] for row in rows] == [2, 4] and rows[0]['update_norms'] is None
-  first, last = subject.load(str(tmp_path), 2), subject.load(str(tmp_path))
+  first, last = subject.load(trained_workdir, 2), subject.load(trained_workdir)
   assert last.name.endswith('@4') and first.has_mlm_head
   expected = health.group_norms(health.difference(first.params, last.params))
   assert rows[1]['update_norms'] == expected and expected['total'] > 0
   weights, _ = attention.attention_maps(last, SENTENCES[:2])
   assert weights.shape[:3] == (2, 2, 2)
+
+
+def test_word_shuffle_keeps_each_segments_tokens_and_moves_masks_with_them():
+  cls, sep, pad = 2, 3, 0
+  # Row 0: two packed texts (segments 1 and 2), the first a pair (token types 0 and 1); row 1 one text.
+  input_ids = np.array([[cls, 10, 11, 12, 13, sep, 14, 15, sep, cls, 16, 17, 18, sep, pad, pad],
+                        [cls, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, sep, pad, pad, pad, pad]])
+  segment_ids = np.array([[1] * 9 + [2] * 5 + [0] * 2, [1] * 12 + [0] * 4])
+  token_type_ids = np.array([[0] * 6 + [1] * 3 + [0] * 7, [0] * 16])
+  masked_positions = np.array([[1, 7, 11], [2, 5, 10]])
+  batch = dict(input_ids=input_ids, segment_ids=segment_ids, token_type_ids=token_type_ids,
+               position_ids=np.tile(np.arange(16), (2, 1)), masked_positions=masked_positions)
+  shuffled = word_order.shuffle_words(batch, (cls, sep), np.random.default_rng(0))
+  moved = shuffled['input_ids']
+  for name in ('segment_ids', 'token_type_ids', 'position_ids'):
+    assert shuffled[name] is batch[name]
+  fixed = np.isin(input_ids, (cls, sep)) | (segment_ids == 0)
+  assert (moved[fixed] == input_ids[fixed]).all()
+  groups = segment_ids * 10 + token_type_ids
+  for row in range(2):
+    for group in np.unique(groups[row][~fixed[row]]):
+      places = (groups[row] == group) & ~fixed[row]
+      assert sorted(moved[row][places]) == sorted(input_ids[row][places])
+  rows = np.arange(2)[:, None]
+  np.testing.assert_array_equal(moved[rows, shuffled['masked_positions']],
+                                input_ids[rows, masked_positions])
+  assert (moved[1] != input_ids[1]).sum() >= 6  # 10 movable tokens: a permutation moved most.
+  assert (batch['input_ids'] == input_ids).all() and batch['masked_positions'] is masked_positions
+
+
+def test_word_order_is_blind_without_positions_and_as_is_equals_the_runs_validation(
+    trained_workdir):
+  result = word_order.measure(trained_workdir)
+  logged = [row for row in metrics.read_jsonl(trained_workdir) if 'eval/mlm_loss' in row]
+  assert result['step'] == 4 and logged[-1]['step'] == 4
+  np.testing.assert_allclose(result['as_is']['mlm_loss'], logged[-1]['eval/mlm_loss'], rtol=1e-5)
+
+  config, _, params = reload.load_workdir(trained_workdir)
+  objective = objectives.make_objective(config, sentence_head=False)
+  tokenizer, batches = reload.validation_batches(config, trained_workdir)
+  shuffled = [word_order.shuffle_words(b, (tokenizer.cls_id, tokenizer.sep_id),
+                                       np.random.default_rng(1)) for b in batches]
+  table = params['encoder']['embeddings']['position_embeddings']['embedding']
+  def losses(scale):  # (as is, shuffled) MLM loss with the position table times `scale`.
+    scaled = jax.tree.map(lambda x: x, params)
+    scaled['encoder']['embeddings']['position_embeddings']['embedding'] = table * scale
+    return [word_order.objective_losses(objective, scaled, b)['mlm_loss'] for b in (batches, shuffled)]
+  blind = losses(0.0)  # Without positions, self-attention and the MLM head are permutation-equivariant.
+  np.testing.assert_allclose(blind[0], blind[1], rtol=1e-5)
+  reading = losses(50.0)  # A position table that matters: the shuffle changes the loss.
+  assert abs(reading[1] - reading[0]) > 100 * abs(blind[1] - blind[0]) + 1e-3
 
 
 def test_pca_and_pooling_against_sklearn_and_numpy():

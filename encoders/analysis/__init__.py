@@ -1,4 +1,5 @@
-"""Look inside trained encoders: attention, hidden states, probes, per-token loss, checkpoint health.
+"""Look inside trained encoders: attention, hidden states, probes, per-token loss, checkpoint health,
+word order.
 
 Everything works on a `Subject` (encoders/analysis/subject.py): the model, params and tokenizer of
 one of our workdirs (any saved step) or of an HF checkpoint directory, rebuilt unrolled and without

@@ -1,9 +1,12 @@
 """Reload a trained workdir for analysis: `load_workdir(workdir, step=None) -> (config, model, params)`,
-and `encode_texts(config, workdir, texts)` -> the model's inputs, with the workdir's tokenizer.
+`encode_texts(config, workdir, texts)` -> the model's inputs, with the workdir's tokenizer, and
+`validation_batches(config, workdir)` -> the held-out batches its validation reads.
 
 The parameters are restored onto this host's local devices (sharded over them along
 the fsdp axis by the run's logical-axis rules), whatever mesh wrote the checkpoint.
 """
+import itertools
+
 import jax
 import ml_collections
 import numpy as np
@@ -14,16 +17,24 @@ from encoders.training import checkpointing, objectives, optimizer, sharding, tr
 from encoders.training import state as state_lib
 
 
+def latest_step(workdir: str) -> int:
+  """The last complete checkpoint's step in `workdir`."""
+  manager = checkpointing.make_manager(workdir, read_only=True)
+  step = manager.latest_step()
+  manager.close()
+  if step is None:
+    raise FileNotFoundError(f'No complete checkpoint in {checkpointing.checkpoint_dir(workdir)}.')
+  return step
+
+
 def load_workdir(workdir: str, step: int | None = None):
   """(config, model, params) of checkpoint `step` (default: the latest) in `workdir`.
 
   `model` is the flax module (e.g. EncoderForPreTraining); call it as
   `model.apply({'params': params}, input_ids, segment_ids, ...)`.
   """
+  step = latest_step(workdir) if step is None else step
   manager = checkpointing.make_manager(workdir, read_only=True)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No complete checkpoint in {checkpointing.checkpoint_dir(workdir)}.')
   config = checkpointing.restore_config(manager, step)
   devices = jax.local_devices()
   fsdp = int(np.gcd(len(devices), config.model.hidden_size))
@@ -58,3 +69,11 @@ def encode_texts(config, workdir: str, texts: list[str], max_length: int | None 
   position_ids = (np.arange(length, dtype=np.int32)[None] * segment_ids).astype(np.int32)
   return dict(input_ids=input_ids, segment_ids=segment_ids, position_ids=position_ids,
               token_type_ids=np.zeros_like(input_ids))
+
+
+def validation_batches(config, workdir: str):
+  """(tokenizer, the first config.train.eval_steps batches that the run's validation reads)."""
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
+  make_eval_iterator = trainer.make_eval_iterators(
+      config, workdir, config.data.input_format in trainer.PAIR_FORMATS, tokenizer)
+  return tokenizer, list(itertools.islice(make_eval_iterator(), config.train.eval_steps))

@@ -201,10 +201,9 @@ def make_iterators(config, workdir: str, sentence_head: bool):
   """(train iterator, function returning a fresh eval iterator) for this process; the eval
   iterator reads config.data with config.eval_data's overrides."""
   index, count = jax.process_index(), jax.process_count()
-  validation = eval_config(config)
   if config.train.synthetic_data:
     return (synthetic.SyntheticIterator(config, 'train', index, count, sentence_head),
-            lambda: synthetic.SyntheticIterator(validation, 'validation', index, count, sentence_head))
+            make_eval_iterators(config, workdir, sentence_head))
   # pylint: disable-next=g-import-not-at-top
   from encoders.data import pipeline, tokenizer as tokenizer_lib
   tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
@@ -212,6 +211,22 @@ def make_iterators(config, workdir: str, sentence_head: bool):
     raise ConfigError(f'config.model.vocab_size={config.model.vocab_size} but the tokenizer has '
                       f'{tokenizer.vocab_size} tokens: set --config.model.vocab_size='
                       f'{tokenizer.vocab_size} (and config.data.vocab_size).')
+  make_eval_iterator = make_eval_iterators(config, workdir, sentence_head, tokenizer)
+  train_iterator = pipeline.make_pretraining_iterator(
+      config, tokenizer, config.data.train_split, process_index=index, process_count=count)
+  return train_iterator, make_eval_iterator
+
+
+def make_eval_iterators(config, workdir: str, sentence_head: bool, tokenizer=None) -> Callable:
+  """A function returning a fresh iterator over this process's validation batches: config.data
+  with config.eval_data's overrides (or the synthetic validation data of a synthetic run)."""
+  index, count = jax.process_index(), jax.process_count()
+  validation = eval_config(config)
+  if config.train.synthetic_data:
+    return lambda: synthetic.SyntheticIterator(validation, 'validation', index, count, sentence_head)
+  # pylint: disable-next=g-import-not-at-top
+  from encoders.data import pipeline, tokenizer as tokenizer_lib
+  tokenizer = tokenizer or tokenizer_lib.get_tokenizer(config.data, workdir)
   make = functools.partial(pipeline.make_pretraining_iterator, tokenizer=tokenizer,
                            process_index=index, process_count=count)
   check_eval_split(validation, make)
@@ -219,7 +234,7 @@ def make_iterators(config, workdir: str, sentence_head: bool):
   eval_dataset = pipeline.make_pretraining_dataset(
       validation, tokenizer, validation.data.eval_split, process_index=index,
       process_count=count, num_epochs=1)
-  return make(config, split=config.data.train_split), lambda: iter(eval_dataset)
+  return lambda: iter(eval_dataset)
 
 
 def check_eval_split(validation: ml_collections.ConfigDict, make: Callable) -> None:
