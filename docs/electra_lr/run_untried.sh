@@ -10,6 +10,7 @@
 #   docs/electra_lr/run_untried.sh sinusoidal & docs/electra_lr/run_untried.sh deberta_shape_gdes_sinusoidal
 # then (section 7): docs/electra_lr/run_untried.sh batch128 (beside one ablation sweep)
 # then (section 8): docs/electra_lr/run_untried.sh small_shape (beside one ablation sweep)
+# then (section 10): docs/electra_lr/run_untried.sh mask_25 (beside one ablation sweep)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
@@ -30,6 +31,9 @@ for spec in "${@:-gen_half lambda_10 warmup_400}"; do
       lambda_10) run lambda_10 --config.model.rtd_weight=10.0 ;;
       warmup_400) run warmup_400 --config.optimizer.warmup_steps=400 ;;
       gdes) run gdes --config.model.embedding_gradients=gdes ;;
+      # ELECTRA-Large's masking rate (25% of the tokens; Small and Base mask 15%): the MLM
+      # models of the tiny sweeps read word order far more at 30% (docs/ablations_tiny/word_order.md).
+      mask_25) run mask_25 --config.data.mask_rate=0.25 ;;
       # ELECTRA-Small's batch (128 x 128; its lr 5e-4 is set for that batch, tiny's is 32).
       batch128) run batch128 --config.train.batch_size=128 ;;
       # ELECTRA-Small's shape (12 layers, 256 wide, 4 heads, 128-wide embeddings, a generator of
