@@ -87,13 +87,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # replaced" cue, and falls back to the all-original prior as soon as the generator samples by
     # frequency (~step 150-200 at 5e-4), and over the 4,000 steps climbs back only to ROC AUC
     # 0.60. Not a defect (tests/test_electra_parity.py: one step equals HF PyTorch's), nor the
-    # depth and width alone (ELECTRA-Small's shape falls too in 600 steps), nor ELECTRA-Large's 25%
-    # masking. No head of either
-    # network, nor of an MLM model of this recipe, attends to its neighbours within the 4,000
-    # steps; relative-position attention (DeBERTa-v3 tiny) is the one change that lets the
-    # discriminator learn from context (docs/electra_lr/results.md, sections 6, 8, 9; one seed
-    # per run). 2e-4 slows the generator, keeping recall 0.04-0.08 from step 200 to 450, and
-    # ends the schedule at AUC 0.64 (0.60 at 5e-4).
+    # depth and width alone (ELECTRA-Small's shape falls too in 600 steps), nor the masking rate
+    # (ELECTRA-Large's 25% falls too). No head of either network, nor of an MLM model of this
+    # recipe, attends to its neighbours within the 4,000 steps; relative-position attention
+    # (DeBERTa-v3 tiny) is the one change that lets the discriminator learn from context
+    # (docs/electra_lr/results.md, sections 6, 8-10; one seed per run). 2e-4 slows the generator,
+    # keeping recall 0.04-0.08 from step 200 to 450, and ends the schedule at AUC 0.64 (0.60 at
+    # 5e-4).
     config.optimizer.learning_rate = 2e-4
     return config
 
