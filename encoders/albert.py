@@ -27,8 +27,7 @@ import numpy as np
 from encoders import bert
 from encoders.config import ConfigError, EncoderConfig
 from encoders.heads import Pooler
-from encoders.layers import (MLP, REMAT_POLICIES, Embeddings, SelfAttention,
-                             attention_mask, layer_norm)
+from encoders.layers import MLP, REMAT_POLICIES, Embeddings, SelfAttention, layer_norm
 
 SHARING = ('all', 'attention', 'ffn', 'none')
 

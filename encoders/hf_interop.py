@@ -21,7 +21,6 @@ model does not have), which are logged.
 """
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import re

@@ -37,7 +37,7 @@ def validate(workdir: str, step: int | None = None, batches: int = 0) -> tuple[i
   run = trainer.setup(config, mesh)
   state, _ = checkpointing.restore(manager, step, run.abstract_state, with_data=False)
   manager.close()
-  make_eval_iterator = trainer.make_eval_iterators(config, workdir, run.sentence_head)
+  make_eval_iterator = trainer.eval_iterator_factory(config, workdir, run.sentence_head)
   rows = []
 
   def counted():  # The eval batches, counting the rows read (for the metrics' standard errors).

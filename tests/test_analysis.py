@@ -213,10 +213,12 @@ def test_interpolation_ends_reproduce_each_checkpoints_own_loss(small_tokenizer)
 
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory, small_tokenizer):
-  """A BERT-tiny workdir trained 4 steps on the embedded corpus, checkpoints at steps 2 and 4."""
+  """A BERT-tiny workdir trained 4 steps on synthetic data, checkpoints at steps 2 and 4, three
+  validation batches."""
   workdir = tmp_path_factory.mktemp('trained')
   small_tokenizer.save(str(workdir / 'tokenizer_source'))
   config = training_util.tiny_config(train__num_steps=4, checkpoint__every_steps=2,
+                                     train__eval_steps=3,
                                      model__vocab_size=small_tokenizer.vocab_size,
                                      model__num_layers=2)
   config.data.tokenizer_path = str(workdir / 'tokenizer_source')
@@ -273,8 +275,8 @@ def test_word_order_is_blind_without_positions_and_as_is_equals_the_runs_validat
   config, _, params = reload.load_workdir(trained_workdir)
   objective = objectives.make_objective(config, sentence_head=False)
   tokenizer, batches = reload.validation_batches(config, trained_workdir)
-  shuffled = [word_order.shuffle_words(b, (tokenizer.cls_id, tokenizer.sep_id),
-                                       np.random.default_rng(1)) for b in batches]
+  assert tokenizer is None and len(batches) == 3  # Synthetic rows: no [CLS] or [SEP] to keep.
+  shuffled = [word_order.shuffle_words(b, (), np.random.default_rng(1)) for b in batches]
   table = params['encoder']['embeddings']['position_embeddings']['embedding']
   def losses(scale):  # (as is, shuffled) MLM loss with the position table times `scale`.
     scaled = jax.tree.map(lambda x: x, params)
@@ -284,6 +286,8 @@ def test_word_order_is_blind_without_positions_and_as_is_equals_the_runs_validat
   np.testing.assert_allclose(blind[0], blind[1], rtol=1e-5)
   reading = losses(50.0)  # A position table that matters: the shuffle changes the loss.
   assert abs(reading[1] - reading[0]) > 100 * abs(blind[1] - blind[0]) + 1e-3
+  with pytest.raises(ValueError, match='Distillation run is not supported'):
+    word_order.objective_losses(type('Distillation', (), {})(), params, batches)
 
 
 def test_pca_and_pooling_against_sklearn_and_numpy():

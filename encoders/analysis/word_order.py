@@ -1,9 +1,11 @@
 """Does a pretraining checkpoint read word order? Its objective's validation losses on the
-run's own held-out batches as they are and with each row's words shuffled.
+run's own held-out batches as they are and with each row's tokens shuffled.
 
 The shuffle moves every token but [CLS], [SEP] and padding to a random place within its own
 segment (packed text and token type), masks and replacements included: `masked_positions`
-follow their tokens, and position ids stay with the places. A model that reads a bag of words
+follow their tokens, and position ids stay with the places. The tokens are subword pieces,
+so a word's pieces are scattered too; pair formats are shuffled within each of the two
+texts, rows of packed documents within each document. A model that reads a bag of words
 scores the same on both (a BERT without position embeddings does, to rounding: the test says
 so); one that reads order loses on the shuffled rows. For an RTD objective (ELECTRA,
 DeBERTa-v3) the discriminator's RTD loss and ROC AUC are measured too.
@@ -14,7 +16,7 @@ import jax
 import numpy as np
 
 from encoders.analysis import files
-from encoders.training import electra_objective, objectives, reload
+from encoders.training import electra_objective, metrics, objectives, reload
 
 
 def shuffle_words(batch: dict, fixed_ids: tuple[int, ...], rng: np.random.Generator) -> dict:
@@ -38,27 +40,31 @@ def shuffle_words(batch: dict, fixed_ids: tuple[int, ...], rng: np.random.Genera
 
 
 def objective_losses(objective, params, batches: list[dict]) -> dict[str, float]:
-  """Mean MLM loss over `batches` (and RTD loss and ROC AUC for an RTD objective), each batch
-  evaluated as validation does (deterministic, no sentence head)."""
+  """MLM loss over `batches` (and RTD loss and ROC AUC for an RTD objective), pooled over the
+  batches' predictions and tokens as the trainer's validation pools them (no dropout, no
+  sentence head)."""
   is_rtd = isinstance(objective, electra_objective.ReplacedTokenDetection)
+  if not is_rtd and not isinstance(objective, objectives.MaskedLanguageModeling):
+    raise ValueError(f'word order: a {type(objective).__name__} run is not supported; MLM and '
+                     'RTD (ELECTRA, DeBERTa-v3) runs are.')
   forward = jax.jit(objective.forward if is_rtd else objective.apply, static_argnums=3)
-  mlm, rtd, logits, replaced = [], [], [], []
+  total, logits, replaced = None, [], []
   for batch in batches:
     outputs = forward(params, batch, None, True)
     denominators = objective.denominators(batch)
     if is_rtd:
-      mlm_loss, rtd_loss, _ = objective.loss_terms(outputs, batch, denominators)
-      rtd.append(float(rtd_loss))
+      _, _, sums = objective.loss_terms(outputs, batch, denominators)
       real = np.asarray(batch['segment_ids']) > 0
       logits.append(np.asarray(outputs['rtd_logits'])[real])
       replaced.append(np.asarray(outputs['corrupted'] != outputs['original'])[real])
     else:
-      mlm_loss, _ = objectives.mlm_terms(outputs['mlm_logits'], batch['masked_ids'],
-                                         batch['masked_weights'], denominators['mlm'])
-    mlm.append(float(mlm_loss))
-  result = {'mlm_loss': float(np.mean(mlm))}
+      _, sums = objectives.mlm_terms(outputs['mlm_logits'], batch['masked_ids'],
+                                     batch['masked_weights'], denominators['mlm'])
+    total = metrics.add_sums(total, jax.device_get(sums))
+  pooled = metrics.summarize(total)
+  result = {'mlm_loss': pooled['mlm_loss']}
   if is_rtd:
-    result['rtd_loss'] = float(np.mean(rtd))
+    result['rtd_loss'] = pooled['rtd_loss']
     result['rtd_auc'] = electra_objective.roc_auc(np.concatenate(logits), np.concatenate(replaced))
   return result
 
@@ -71,7 +77,8 @@ def measure(workdir: str, step: int | None = None, seed: int = 0) -> dict:
   objective = objectives.make_objective(config, sentence_head=False)
   tokenizer, batches = reload.validation_batches(config, workdir)
   rng = np.random.default_rng(seed)
-  shuffled = [shuffle_words(b, (tokenizer.cls_id, tokenizer.sep_id), rng) for b in batches]
+  fixed_ids = (tokenizer.cls_id, tokenizer.sep_id) if tokenizer else ()  # None: synthetic rows.
+  shuffled = [shuffle_words(b, fixed_ids, rng) for b in batches]
   return dict(workdir=workdir, step=step, shuffle_seed=seed,
               num_batches=len(batches), as_is=objective_losses(objective, params, batches),
               shuffled=objective_losses(objective, params, shuffled))

@@ -72,8 +72,10 @@ def encode_texts(config, workdir: str, texts: list[str], max_length: int | None 
 
 
 def validation_batches(config, workdir: str):
-  """(tokenizer, the first config.train.eval_steps batches that the run's validation reads)."""
-  tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
-  make_eval_iterator = trainer.make_eval_iterators(
+  """(the run's tokenizer, the first config.train.eval_steps batches that its validation reads).
+  A synthetic-data run has no tokenizer (None): its rows are token-id progressions."""
+  tokenizer = None if config.train.synthetic_data else tokenizer_lib.get_tokenizer(config.data,
+                                                                                    workdir)
+  make_eval_iterator = trainer.eval_iterator_factory(
       config, workdir, config.data.input_format in trainer.PAIR_FORMATS, tokenizer)
   return tokenizer, list(itertools.islice(make_eval_iterator(), config.train.eval_steps))

@@ -203,7 +203,7 @@ def make_iterators(config, workdir: str, sentence_head: bool):
   index, count = jax.process_index(), jax.process_count()
   if config.train.synthetic_data:
     return (synthetic.SyntheticIterator(config, 'train', index, count, sentence_head),
-            make_eval_iterators(config, workdir, sentence_head))
+            eval_iterator_factory(config, workdir, sentence_head))
   # pylint: disable-next=g-import-not-at-top
   from encoders.data import pipeline, tokenizer as tokenizer_lib
   tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
@@ -211,13 +211,13 @@ def make_iterators(config, workdir: str, sentence_head: bool):
     raise ConfigError(f'config.model.vocab_size={config.model.vocab_size} but the tokenizer has '
                       f'{tokenizer.vocab_size} tokens: set --config.model.vocab_size='
                       f'{tokenizer.vocab_size} (and config.data.vocab_size).')
-  make_eval_iterator = make_eval_iterators(config, workdir, sentence_head, tokenizer)
+  make_eval_iterator = eval_iterator_factory(config, workdir, sentence_head, tokenizer)
   train_iterator = pipeline.make_pretraining_iterator(
       config, tokenizer, config.data.train_split, process_index=index, process_count=count)
   return train_iterator, make_eval_iterator
 
 
-def make_eval_iterators(config, workdir: str, sentence_head: bool, tokenizer=None) -> Callable:
+def eval_iterator_factory(config, workdir: str, sentence_head: bool, tokenizer=None) -> Callable:
   """A function returning a fresh iterator over this process's validation batches: config.data
   with config.eval_data's overrides (or the synthetic validation data of a synthetic run)."""
   index, count = jax.process_index(), jax.process_count()
@@ -226,7 +226,8 @@ def make_eval_iterators(config, workdir: str, sentence_head: bool, tokenizer=Non
     return lambda: synthetic.SyntheticIterator(validation, 'validation', index, count, sentence_head)
   # pylint: disable-next=g-import-not-at-top
   from encoders.data import pipeline, tokenizer as tokenizer_lib
-  tokenizer = tokenizer or tokenizer_lib.get_tokenizer(config.data, workdir)
+  if tokenizer is None:
+    tokenizer = tokenizer_lib.get_tokenizer(config.data, workdir)
   make = functools.partial(pipeline.make_pretraining_iterator, tokenizer=tokenizer,
                            process_index=index, process_count=count)
   check_eval_split(validation, make)
