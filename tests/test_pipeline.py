@@ -92,6 +92,19 @@ def test_bad_config_is_rejected_at_construction(field, value, message):
   assert message in str(error.value)
 
 
+@pytest.mark.parametrize('mask_prob,random_prob', [(0.8, 0.2), (0.7, 0.3), (0.9, 0.1), (0.0, 1.0)])
+def test_corruption_split_summing_to_one_is_accepted(mask_prob, random_prob):
+  # Each pair sums to 1 exactly in decimal; 1 - mask_prob rounds below random_prob in floats.
+  config = data_testing.data_config(mask_token_prob=mask_prob, random_token_prob=random_prob)
+  batch = next(_iterator(config, data_testing.random_corpus(num_documents=4)))
+  rows, slots = np.nonzero(batch['masked_weights'])
+  inputs = batch['input_ids'][rows, batch['masked_positions'][rows, slots]]
+  kept = inputs == batch['masked_ids'][rows, slots]
+  assert kept.mean() < 0.05  # No share is left to keep: only a random draw of the same token.
+  if mask_prob == 0:
+    assert not np.any(inputs == TOKENIZER.mask_id)
+
+
 def test_empty_corpus_fails_at_start():
   empty = data_testing.corpus_from_documents([])
   with pytest.raises(ValueError, match='has no tokens'):
