@@ -18,10 +18,11 @@ from tests import training_util
 def test_masking_rate_cells():
   cells = ablate_masking_rate.cells('tiny', finetune_ablation.pretrain_config('tiny'))
   rates = sorted({c.overrides['data.mask_rate'] for c in cells})
-  assert rates == [0.15, 0.30, 0.40, 0.60, 0.80] and len(cells) == 10
-  corruption = {(c.overrides['data.mask_token_prob'], c.overrides['data.random_token_prob'])
-                for c in cells}
-  assert corruption == {(0.8, 0.1), (1.0, 0.0)}
+  assert rates == [0.15, 0.30, 0.40, 0.60, 0.80] and len(cells) == 12
+  corruption = {(c.overrides['data.mask_rate'], c.overrides['data.mask_token_prob'],
+                 c.overrides['data.random_token_prob']) for c in cells}
+  assert corruption == ({(r, 0.8, 0.1) for r in rates} | {(r, 1.0, 0.0) for r in rates}
+                        | {(0.15, 0.8, 0.2), (0.15, 0.8, 0.0)})  # BERT Table 8's two other splits.
   assert ablate_masking_rate.ABLATION.eval_mask_rate == 0.15
   assert ablate_masking_rate.ABLATION.metrics[:2] == ('mlm_loss_at_15', 'train_mlm_loss')
 
