@@ -23,6 +23,6 @@ for name in $ablations; do
   nice -n 5 python -m $module --out=$WORK/$name --seeds=$seeds >> $WORK/$name.log 2>&1
   mkdir -p docs/ablations_tiny/$name/results
   cp $WORK/$name/results/*.json docs/ablations_tiny/$name/results/
-  cp $WORK/$name/results.{csv,md,png} docs/ablations_tiny/$name/
+  cp $WORK/$name/results.{csv,md} $WORK/$name/*.png docs/ablations_tiny/$name/  # by_rate.png too
   python -m experiments.ablation_verdicts --results docs/ablations_tiny > /dev/null
 done

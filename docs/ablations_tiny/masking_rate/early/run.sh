@@ -13,6 +13,7 @@ mkdir -p workdirs/early
 for spec in "$@"; do
   IFS=: read -r name mask random seed <<< "$spec"
   workdir=workdirs/early/$name
+  [ ! -e "$workdir" ] || { echo "$workdir exists: a resumed run would pass step 1000 unseen"; exit 1; }
   python -m experiments.pretrain --config configs/bert.py:tiny --workdir "$workdir" \
     --config.data.tokenizer_path=$tokenizer --config.seed="$seed" --config.data.shuffle_seed="$seed" \
     --config.data.mask_rate=0.15 --config.data.mask_token_prob="$mask" --config.data.random_token_prob="$random" \
