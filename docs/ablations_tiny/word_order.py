@@ -3,6 +3,7 @@ last checkpoint of every finished run (a stored results/<run>.json) of the given
 checkpoints are in WORK (runs made on another machine are skipped): the run's validation MLM
 loss as is and with each row's words shuffled within their segment.
 Writes word_order.jsonl (one line per run) and word_order.md (per run, then per cell over seeds).
+A run already in word_order.jsonl at the same step keeps its line (the measure is deterministic).
 
   PYTHONPATH=. python docs/ablations_tiny/word_order.py workdirs/ablations_tiny nsp batch_size ...
 """
@@ -13,22 +14,34 @@ import sys
 import numpy as np
 
 from encoders.analysis import word_order
+from encoders.training import reload
 
 HERE = pathlib.Path(__file__).parent
 
 
 def main(work: str, sweeps: list[str]) -> None:
+  stored_rows = HERE / 'word_order.jsonl'
+  measured = {}  # (sweep, cell, seed, step): row, from an earlier call.
+  if stored_rows.exists():
+    for line in stored_rows.read_text().splitlines():
+      row = json.loads(line)
+      measured[row['sweep'], row['cell'], row['seed'], row['step']] = row
   rows = []
   for sweep in sweeps:
     for stored in sorted((HERE / sweep / 'results').glob('*.json')):
       run = json.loads(stored.read_text())
+      workdir = f'{work}/{sweep}/runs/{stored.stem}/pretrain'
       try:
-        result = word_order.measure(f'{work}/{sweep}/runs/{stored.stem}/pretrain')
+        step = reload.latest_step(workdir)
+        key = (sweep, run['cell'], run['seed'], step)
+        if key not in measured:
+          result = word_order.measure(workdir, step)
+          measured[key] = dict(sweep=sweep, cell=run['cell'], seed=run['seed'], step=step,
+                               as_is=result['as_is'], shuffled=result['shuffled'])
       except FileNotFoundError as error:  # Runs made on another machine keep no checkpoint here.
         print(f'skipped: {error}', file=sys.stderr)
         continue
-      rows.append(dict(sweep=sweep, cell=run['cell'], seed=run['seed'], step=result['step'],
-                       as_is=result['as_is'], shuffled=result['shuffled']))
+      rows.append(measured[key])
       print(json.dumps(rows[-1]), flush=True)
   (HERE / 'word_order.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
   gap = lambda row, key: row['shuffled'][key] - row['as_is'][key]
