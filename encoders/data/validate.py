@@ -31,9 +31,10 @@ def check_pipeline(data: ml_collections.ConfigDict, prefix: str = 'config.data')
   check('packing_buffer', data.packing_buffer >= 1, 'must be >= 1')
   check('mask_rate', 0 < data.mask_rate < 1, 'must be in (0, 1)')
   check('mask_token_prob', 0 <= data.mask_token_prob <= 1, 'must be in [0, 1]')
-  # A sum, not 1 - mask_token_prob: in floats 1 - 0.8 < 0.2, which would refuse 80% [MASK] + 20% random.
+  # A sum with a rounding margin, not 1 - mask_token_prob: in floats 1 - 0.8 < 0.2, which
+  # refused 80% [MASK] + 20% random.
   check('random_token_prob', 0 <= data.random_token_prob
-        and data.mask_token_prob + data.random_token_prob <= 1,
+        and data.mask_token_prob + data.random_token_prob <= 1 + 1e-9,
         f'must be in [0, 1 - mask_token_prob = {1 - data.mask_token_prob:g}]')
   check('masking', data.masking in masking.MASKING_UNITS,
         f'must be one of {masking.MASKING_UNITS}')
