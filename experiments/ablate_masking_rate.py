@@ -8,9 +8,10 @@ Rates 0.15 / 0.30 / 0.40 / 0.60 / 0.80, each with BERT's 80/10/10 corruption and
 predicted token replaced by [MASK], and at 15% the two other splits of BERT's Table 8 (80%
 [MASK] with 20% random tokens, 80% [MASK] with 20% kept); dynamic masking over FULL-SENTENCES
 rows (no NSP), as the paper. Reported: MLM validation loss at a fixed 15% (config.eval_data;
-the paper evaluates all rates at 15%), the training MLM loss at each run's own rate, and topic-task accuracy /
-macro-F1 after fine-tuning. Besides the sweep's results.{csv,md,png}, by_rate.png plots the
-MLM loss at 15% and the test accuracy against the masking rate, a line per corruption scheme.
+the paper evaluates all rates at 15%), the training MLM loss at each run's own rate, and
+topic-task accuracy / macro-F1 after fine-tuning. Besides the sweep's results.{csv,md,png},
+by_rate.png plots the MLM loss at 15% and the test accuracy against the masking rate, a line
+per corruption scheme.
 mlm_loss_at_15 pools all predictions: a model trained with kept tokens copies the 10% that
 validation keeps (~0.5 nats there against ~6.9 for a [MASK]-only model), so it compares rates
 within one corruption scheme, not across schemes; docs/ablations_tiny/masking_rate/
