@@ -94,7 +94,7 @@ def test_bad_config_is_rejected_at_construction(field, value, message):
 
 @pytest.mark.parametrize('mask_prob,random_prob', [(0.8, 0.2), (0.7, 0.3), (0.9, 0.1), (0.0, 1.0)])
 def test_corruption_split_summing_to_one_is_accepted(mask_prob, random_prob):
-  # Each pair sums to 1 exactly in decimal; 1 - mask_prob rounds below random_prob in floats.
+  # Each pair sums to 1 in decimal; for 0.8 and 0.9, 1 - mask_prob rounds below random_prob.
   config = data_testing.data_config(mask_token_prob=mask_prob, random_token_prob=random_prob)
   batch = next(_iterator(config, data_testing.random_corpus(num_documents=4)))
   rows, slots = np.nonzero(batch['masked_weights'])

@@ -43,7 +43,7 @@ def main(work: str, sweeps: list[str]) -> None:
         continue
       rows.append(measured[key])
       print(json.dumps(rows[-1]), flush=True)
-  (HERE / 'word_order.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  stored_rows.write_text(''.join(json.dumps(row) + '\n' for row in rows))
   gap = lambda row, key: row['shuffled'][key] - row['as_is'][key]
   auc = lambda row: (f'{row["as_is"]["rtd_auc"]:.3f} / {row["shuffled"]["rtd_auc"]:.3f}'
                      if 'rtd_auc' in row['as_is'] else '')

@@ -76,11 +76,18 @@ def measure(workdir: str, step: int | None = None, seed: int = 0) -> dict:
   config, _, params = reload.load_workdir(workdir, step)
   objective = objectives.make_objective(config, sentence_head=False)
   tokenizer, batches = reload.validation_batches(config, workdir)
-  rng = np.random.default_rng(seed)
   fixed_ids = (tokenizer.cls_id, tokenizer.sep_id) if tokenizer else ()  # None: synthetic rows.
+  return dict(workdir=workdir, step=step, shuffle_seed=seed, num_batches=len(batches),
+              **compare(objective, params, batches, fixed_ids, seed))
+
+
+def compare(objective, params, batches: list[dict], fixed_ids: tuple[int, ...],
+            seed: int = 0) -> dict:
+  """{'as_is': losses, 'shuffled': losses} of `params` on `batches` and on their copies with
+  the words shuffled (`shuffle_words`, tokens in `fixed_ids` staying)."""
+  rng = np.random.default_rng(seed)
   shuffled = [shuffle_words(b, fixed_ids, rng) for b in batches]
-  return dict(workdir=workdir, step=step, shuffle_seed=seed,
-              num_batches=len(batches), as_is=objective_losses(objective, params, batches),
+  return dict(as_is=objective_losses(objective, params, batches),
               shuffled=objective_losses(objective, params, shuffled))
 
 

@@ -63,7 +63,7 @@ def measure(workdir: str, step: int) -> dict:
     kinds = np.where(shown == tokenizer.mask_id, 'mask', np.where(shown == labels, 'kept', 'random'))
     for kind in losses:
       losses[kind] += list(loss[kinds == kind])
-  order = word_order.measure(workdir, step)
+  order = word_order.compare(objective, params, batches, (tokenizer.cls_id, tokenizer.sep_id))
   return dict(workdir=workdir, step=step, mlm_loss=order['as_is']['mlm_loss'],
               shuffled_mlm_loss=order['shuffled']['mlm_loss'], in_text_mass=float(np.mean(masses)),
               in_text_share=float(np.mean(hits)), predictions=len(masses),
