@@ -20,6 +20,9 @@ def get_model_config(size: str, **overrides) -> ml_collections.ConfigDict:
   config.layer_norm_eps = 1e-12  # LayerNorm epsilon (RoBERTa: 1e-5).
   config.initializer_range = 0.02  # Stddev of the normal initialiser.
   config.position_init = 'normal'  # Position table's init: 'normal' or 'sinusoidal' (same std).
+  # 'absolute' (the position table at the input), or transformers' 'relative_key' /
+  # 'relative_key_query': a learned distance table read in every attention layer instead.
+  config.position_embedding_type = 'absolute'
   config.dtype = 'auto'  # Compute dtype: 'float32', 'bfloat16' or 'auto' (bf16 on GPU/TPU, f32 on CPU).
   config.param_dtype = 'float32'  # Parameter (and optimizer state) dtype.
   config.remat_policy = 'none'  # Per-layer rematerialisation: 'none', 'full' or 'dots'.

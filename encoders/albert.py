@@ -67,6 +67,9 @@ class AlbertConfig(EncoderConfig):
 
     if self.embedding_size is None:
       fail('embedding_size', "ALBERT's embedding width E must be set (the paper's 128).")
+    if self.position_embedding_type != 'absolute':
+      fail('position_embedding_type', "relative positions are built for BERT, RoBERTa and "
+           "ELECTRA; ALBERT's interop does not map their distance tables: use 'absolute'.")
     if self.sharing not in SHARING:
       fail('sharing', f'choose one of {SHARING}.')
     if not isinstance(self.num_hidden_groups, int) or not 1 <= self.num_hidden_groups <= self.num_layers:

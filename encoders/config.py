@@ -11,6 +11,10 @@ import jax.numpy as jnp
 
 ACTIVATIONS = ('gelu', 'gelu_new', 'relu')
 POSITION_INITS = ('normal', 'sinusoidal')
+# transformers' BERT/ELECTRA `position_embedding_type`: 'absolute' adds the position table to the
+# input; the relative types (Shaw et al. 2018; Huang et al. 2020, "method 4") leave it out and add,
+# in every layer, query (and key) products with a learned table of distances to the attention scores.
+POSITION_EMBEDDING_TYPES = ('absolute', 'relative_key', 'relative_key_query')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # dtype='auto': bf16 where it is always the faster one (GPU/TPU matmul units run it at several
 # times the f32 rate). On CPU it depends on the chip (README, "Speed"): with AVX512-BF16, bf16
@@ -51,6 +55,7 @@ class EncoderConfig:
   # Initial absolute position table: 'normal' (BERT's N(0, initializer_range)) or 'sinusoidal'
   # (the Transformer's sin/cos table scaled to the same per-entry std; still learned).
   position_init: str = 'normal'
+  position_embedding_type: str = 'absolute'  # POSITION_EMBEDDING_TYPES.
   dtype: str = 'float32'  # Compute dtype of matmuls and activations; 'auto': per backend.
   param_dtype: str = 'float32'  # Storage dtype of parameters.
   remat_policy: str = 'none'  # Rematerialisation of each layer: 'none', 'full' or 'dots'.
@@ -87,11 +92,17 @@ class EncoderConfig:
     """Transformer layers a forward pass runs (ALBERT: num_layers x inner_group_num)."""
     return self.num_layers
 
+  @property
+  def relative_position_terms(self) -> int:
+    """Products with the distance table per attention layer: 0 (absolute), 1 (query), 2 (and key)."""
+    return POSITION_EMBEDDING_TYPES.index(self.position_embedding_type)
+
   def extra_flops_per_sequence(self, seq_length: int, num_predictions: int) -> float:
     """Training FLOPs per sequence that the family adds to encoders/training/flops.py's count of
-    BERT's layers and head (none; DeBERTa's position terms and EMD)."""
-    del seq_length, num_predictions
-    return 0.0
+    BERT's layers and head: the relative position products (each [length, length, hidden] per
+    layer, forward and backward), none with absolute positions; DeBERTa's own terms and EMD."""
+    del num_predictions
+    return 6.0 * self.relative_position_terms * self.layers_run * seq_length ** 2 * self.hidden_size
 
   @property
   def projects_embeddings(self) -> bool:
@@ -140,6 +151,8 @@ class EncoderConfig:
       fail('hidden_size', f'is not divisible by {prefix}.num_heads={self.num_heads}.')
     if self.position_init not in POSITION_INITS:
       fail('position_init', f'choose one of {POSITION_INITS}.')
+    if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+      fail('position_embedding_type', f'choose one of {POSITION_EMBEDDING_TYPES}.')
     if self.hidden_act not in ACTIVATIONS:
       fail('hidden_act', f'unknown activation; choose one of {ACTIVATIONS}.')
     if self.dtype not in (*DTYPES, 'auto'):

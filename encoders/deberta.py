@@ -137,6 +137,9 @@ class DebertaConfig(EncoderConfig):
            'is not supported).')
     if self.position_init != 'normal':
       fail('position_init', "DeBERTa's absolute table is BERT's, initialised normal.")
+    if self.position_embedding_type != 'absolute':
+      fail('position_embedding_type', "DeBERTa has its own relative positions (pos_att_type, "
+           "position_buckets); leave it 'absolute'.")
     terms = self.pos_att_type
     if len(set(terms)) != len(terms) or not set(terms) <= set(POSITION_TERMS):
       fail('pos_att_type', f'must be a subset of {POSITION_TERMS} without repeats.')

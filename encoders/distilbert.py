@@ -51,6 +51,8 @@ class DistilBertConfig(EncoderConfig):
       fail('embedding_size', 'DistilBERT embeds at hidden_size; leave it None.')
     if self.position_init != 'normal':
       fail('position_init', "DistilBERT's sinusoidal table is model.sinusoidal_pos_embds.")
+    if self.position_embedding_type != 'absolute':
+      fail('position_embedding_type', "DistilBERT's positions are absolute.")
     for field in ('seq_classif_dropout_rate', 'qa_dropout_rate'):
       if not 0.0 <= getattr(self, field) < 1.0:
         fail(field, 'must be in [0, 1).')

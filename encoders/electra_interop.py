@@ -32,7 +32,7 @@ from encoders.config import ConfigError
 from encoders.configs import electra as electra_configs
 from encoders.electra import ElectraConfig, ElectraPair, with_word_delta
 from encoders.layers import stack_layers, unroll_layers
-from encoders.hf_interop import (CONFIG_KEYS, ENCODER_RULES, LEAF_NAMES, encoder_fields,
+from encoders.hf_interop import (ENCODER_RULES, LEAF_NAMES, config_fields, encoder_fields,
                                  from_hf, read_json, read_tensors, to_hf)
 
 NETWORKS = ('discriminator', 'generator')
@@ -211,10 +211,9 @@ def hf_config(config: ElectraConfig, network: str) -> dict:
   if network == 'generator' and c.hidden_act != 'gelu':
     raise ConfigError(f'model.hidden_act={c.hidden_act!r}: HF ElectraForMaskedLM always uses '
                       "'gelu' in generator_predictions; export needs hidden_act='gelu'.")
-  fields = {key: getattr(c, ours) for key, ours in CONFIG_KEYS.items()}
+  fields = config_fields(c)
   fields.update(architectures=[ARCHITECTURES[network]], model_type='electra',
-                embedding_size=config.embedding_size, position_embedding_type='absolute',
-                tie_word_embeddings=True)
+                embedding_size=config.embedding_size, tie_word_embeddings=True)
   return fields
 
 

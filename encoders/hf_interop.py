@@ -35,7 +35,7 @@ import numpy as np
 from etils import epath
 
 from encoders import bert, families, paths
-from encoders.config import ConfigError, EncoderConfig
+from encoders.config import POSITION_EMBEDDING_TYPES, ConfigError, EncoderConfig
 from encoders.configs.model import get_model_config
 from encoders.layers import stack_layers, unroll_layers
 
@@ -66,7 +66,8 @@ HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': '
 # Fields that change the function the weights compute: they must match the checkpoint.
 ARCHITECTURE_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                        'intermediate_size', 'hidden_act', 'max_position_embeddings',
-                       'type_vocab_size', 'position_offset', 'pad_token_id', 'layer_norm_eps')
+                       'type_vocab_size', 'position_offset', 'pad_token_id', 'layer_norm_eps',
+                       'position_embedding_type')
 LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
 
 Rules = tuple[tuple[str, str], ...]
@@ -81,9 +82,10 @@ def read_json(path: str) -> dict:
 
 def encoder_fields(hf: dict, path: str) -> dict:
   """Our encoder fields from an HF `config.json` dict; unsupported settings raise naming them."""
-  if hf.get('position_embedding_type', 'absolute') != 'absolute':
-    raise ConfigError(f'{path}: position_embedding_type={hf["position_embedding_type"]!r}; '
-                      'only absolute positions are supported.')
+  position_type = hf.get('position_embedding_type', 'absolute')
+  if position_type not in POSITION_EMBEDDING_TYPES:
+    raise ConfigError(f'{path}: position_embedding_type={position_type!r} is not supported; '
+                      f'known: {POSITION_EMBEDDING_TYPES}.')
   if hf.get('hidden_act') not in HF_ACTIVATIONS:
     raise ConfigError(f'{path}: hidden_act={hf.get("hidden_act")!r} is not supported; '
                       f'known: {tuple(HF_ACTIVATIONS)}.')
@@ -92,12 +94,14 @@ def encoder_fields(hf: dict, path: str) -> dict:
     raise ConfigError(f'{path} lacks {missing}.')
   fields = {ours: hf[key] for key, ours in CONFIG_KEYS.items() if key in hf}
   fields['hidden_act'] = HF_ACTIVATIONS[hf['hidden_act']]
+  fields['position_embedding_type'] = position_type
   return fields
 
 
 def config_fields(config: EncoderConfig) -> dict:
-  """The transformers `config.json` fields of CONFIG_KEYS for our config."""
-  return {key: getattr(config, ours) for key, ours in CONFIG_KEYS.items()}
+  """The transformers `config.json` fields of CONFIG_KEYS for our config, and its positions."""
+  return {**{key: getattr(config, ours) for key, ours in CONFIG_KEYS.items()},
+          'position_embedding_type': config.position_embedding_type}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +156,8 @@ ENCODER_RULES = (
     (r'embeddings/layer_norm', r'embeddings.LayerNorm'),
     (r'layers/layer_(\d+)/attention/(query|key|value)', r'encoder.layer.\1.attention.self.\2'),
     (r'layers/layer_(\d+)/attention/output', r'encoder.layer.\1.attention.output.dense'),
+    (r'layers/layer_(\d+)/attention/distance_embedding',
+     r'encoder.layer.\1.attention.self.distance_embedding'),
     (r'layers/layer_(\d+)/attention_layer_norm', r'encoder.layer.\1.attention.output.LayerNorm'),
     (r'layers/layer_(\d+)/mlp/intermediate', r'encoder.layer.\1.intermediate.dense'),
     (r'layers/layer_(\d+)/mlp/output', r'encoder.layer.\1.output.dense'),
@@ -443,8 +449,7 @@ def hf_config(model: nn.Module, family: str) -> dict:
                       f'{table.position_offset(c.pad_token_id)}.')
   arch, _ = architecture(model, family)
   fields = table.write_fields(c)
-  fields.update(architectures=[arch], model_type=table.model_type,
-                position_embedding_type='absolute', tie_word_embeddings=True)
+  fields.update(architectures=[arch], model_type=table.model_type, tie_word_embeddings=True)
   if hasattr(model, 'num_labels'):
     fields['id2label'] = {str(i): f'LABEL_{i}' for i in range(model.num_labels)}
     fields['label2id'] = {f'LABEL_{i}': i for i in range(model.num_labels)}

@@ -220,7 +220,11 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 class Embeddings(nn.Module):
-  """Word + absolute position + token type embeddings, then LayerNorm and dropout."""
+  """Word + absolute position + token type embeddings, then LayerNorm and dropout.
+
+  With a relative `position_embedding_type` the position table is kept (transformers' layout
+  has it) but not added: attention reads the distances (`SelfAttention`).
+  """
   config: EncoderConfig
 
   def setup(self):
@@ -243,6 +247,8 @@ class Embeddings(nn.Module):
     LN(sg(E_word) + delta + sg(E_pos + E_type))."""
     words = self.word_embeddings(input_ids)
     positions = self.position_embeddings(position_ids + self.config.position_offset)
+    if self.config.position_embedding_type != 'absolute':
+      positions = 0.0  # The table is created above (init) and left unread.
     types = self.token_type_embeddings(token_type_ids)
     if word_delta is None:
       x = self.layer_norm(words + positions + types)  # [batch, length, hidden]
@@ -303,7 +309,7 @@ SPELLED_OUT = 'spelled_out'
 
 
 def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
-                             length: int) -> str:
+                             length: int, bias: bool = False) -> str:
   """How SelfAttention computes attention for these settings.
 
   'cudnn' (the fused flash-attention kernel of `jax.nn.dot_product_attention`) on GPU when it
@@ -316,10 +322,11 @@ def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
   docs/sentence/inference_avx2/cpu_attention.txt; in bf16 the fused form's half-precision
   products also run at f32 speed, benchmarks/cpu_matmul.py). Else 'xla', which is also what
   the default (None) runs. (With attention dropout, or sowing the weights, every backend
-  spells it out.)
+  spells it out.) A trained score `bias` (relative positions) also rules out cuDNN, whose
+  kernel does not return the bias's gradient.
   """
   half = jnp.dtype(dtype) in CUDNN_DTYPES
-  if (backend == 'gpu' and half and not dropout
+  if (backend == 'gpu' and half and not dropout and not bias
       and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM and length % 2 == 0):
     return 'cudnn'
   if backend == 'cpu':
@@ -328,7 +335,7 @@ def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
 
 
 def spelled_out_attention(query, key, value, mask, dtype, dropout: Callable = lambda w: w,
-                          sow: Callable | None = None) -> jax.Array:
+                          sow: Callable | None = None, bias: jax.Array | None = None) -> jax.Array:
   """Softmax attention between two `matmul`s, head-major, normalised after the value product.
 
   query/key/value [batch, length, heads, head_dim], mask [batch, 1, query, key] bool ->
@@ -337,9 +344,12 @@ def spelled_out_attention(query, key, value, mask, dtype, dropout: Callable = la
   the context (flash attention's order: a pass over [batch, heads, query, key] less).
   `dropout` drops weights before the value product, which equals dropping the normalised
   probabilities (the sum is a per-row scale); `sow`, if given, receives the probabilities.
+  `bias` [batch, heads, query, key] (f32) is added to the scaled scores.
   """
   q, k, v = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))  # [batch, heads, length, head_dim]
   scores = matmul('bhqd,bhkd->bhqk', q, k, dtype) * q.shape[-1] ** -0.5  # f32
+  if bias is not None:
+    scores = scores + bias
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   # The shift cancels in weights / total, so it needs no gradient.
   weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
@@ -360,6 +370,11 @@ class SelfAttention(nn.Module):
   'intermediates' collection mutable (analysis/), it also spells it out and sows the
   probabilities as 'attention_weights' ([batch, heads, query, key], f32); otherwise nothing
   changes.
+
+  A relative `position_embedding_type` adds transformers' relative scores: with E[i - j] a
+  learned [head_dim] row per distance (`distance_embedding`, shared by the heads), query i
+  and key j score (q_i.k_j + q_i.E[i-j] (+ k_j.E[i-j] for 'relative_key_query')) / sqrt(head_dim).
+  Distances are between places in the row, as transformers computes them from 0..length-1.
   """
   config: EncoderConfig
 
@@ -369,13 +384,14 @@ class SelfAttention(nn.Module):
     query = HeadProjection(c, to_heads=True, name='query')(x)  # [batch, length, heads, head_dim]
     key = HeadProjection(c, to_heads=True, name='key')(x)
     value = HeadProjection(c, to_heads=True, name='value')(x)
+    bias = self.relative_scores(query, key) if c.relative_position_terms else None
 
     dropout = not deterministic and c.attention_dropout_rate > 0.0
     implementation = attention_implementation(jax.default_backend(), query.dtype, dropout,
-                                              c.head_dim, x.shape[1])
+                                              c.head_dim, x.shape[1], bias=bias is not None)
     if (not dropout and implementation != SPELLED_OUT
         and not self.is_mutable_collection('intermediates')):
-      context = jax.nn.dot_product_attention(query, key, value, mask=mask,
+      context = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
                                              implementation=implementation)
     else:
       drop = nn.Dropout(c.attention_dropout_rate)
@@ -383,9 +399,36 @@ class SelfAttention(nn.Module):
           query, key, value, mask, c.compute_dtype,
           dropout=lambda weights: drop(weights, deterministic=not dropout),
           sow=(lambda probs: self.sow('intermediates', 'attention_weights', probs))
-          if self.is_mutable_collection('intermediates') else None)
+          if self.is_mutable_collection('intermediates') else None, bias=bias)
     context = nn.with_logical_constraint(context, ('batch', 'length', 'heads', 'kv'))
     return HeadProjection(c, to_heads=False, name='output')(context)  # [batch, length, hidden]
+
+  def relative_scores(self, query, key) -> jax.Array:
+    """query, key [batch, length, heads, head_dim] -> the relative terms of the scaled scores,
+    [batch, heads, query, key] f32.
+
+    Each query (key) is multiplied with the 2 * length - 1 distances' rows in one dense
+    matmul, and its scores are then read off at the distances i - j (Transformer-XL's
+    relative shift, as a gather): no [query, key, head_dim] table as transformers builds it.
+    """
+    c = self.config
+    length = query.shape[1]
+    table = nn.Embed(2 * c.max_position_embeddings - 1, c.head_dim, dtype=c.compute_dtype,
+                     param_dtype=c.storage_dtype, embedding_init=normal_init(c, (None, 'kv')),
+                     name='distance_embedding')
+    # Row r holds distance r - (length - 1); the table's row of distance d is d + max_positions - 1.
+    rows = table(jnp.arange(2 * length - 1) + c.max_position_embeddings - length)  # [2L-1, head_dim]
+    distance = jnp.arange(length)[:, None] - jnp.arange(length)[None, :] + length - 1  # [L, L]: i - j
+    # Each token against every distance: [batch, length, heads, 2L-1] (a dense layer's product).
+    by_query = matmul('...d,rd->...r', query, rows, c.compute_dtype)
+    scores = jnp.take_along_axis(by_query, distance[None, :, None, :], axis=-1)  # [b, i, h, j]
+    if c.relative_position_terms == 2:
+      by_key = matmul('...d,rd->...r', key, rows, c.compute_dtype)
+      # Key j's entry at distance i - j, for each query i: [b, j, h, i].
+      scores = scores + jnp.transpose(
+          jnp.take_along_axis(by_key, distance.T[None, :, None, :], axis=-1), (0, 3, 2, 1))
+    scores = jnp.transpose(scores, (0, 2, 1, 3))  # [batch, heads, query, key]
+    return scores * c.head_dim ** -0.5
 
 
 class MLP(nn.Module):

@@ -100,6 +100,9 @@ def test_launchers_jax_platforms_refuses_the_cpu(tmp_path, module, config, jax_p
 ])
 def test_attention_implementation(backend, dtype, dropout, head_dim, length, expected):
   assert layers.attention_implementation(backend, dtype, dropout, head_dim, length) == expected
+  # A trained bias (relative positions): never cuDNN, whose kernel returns no bias gradient.
+  with_bias = layers.attention_implementation(backend, dtype, dropout, head_dim, length, bias=True)
+  assert with_bias == ('xla' if expected == 'cudnn' else expected)
 
 
 def _asked_implementations(monkeypatch, backend: str, **fields) -> list:

@@ -1,6 +1,7 @@
 """encoders.bert / layers / config from first principles: packing, masking, dtypes, axes, remat, errors."""
 import dataclasses
 import functools
+import importlib
 import re
 
 import flax.linen as nn
@@ -97,15 +98,19 @@ EXPECTED_AXES = (
     (r'mlm_head/bias', ('vocab',)),
     (r'sentence_order_head/dense/kernel', ('embed', None)),
     (r'sentence_order_head/dense/bias', (None,)),
+    (r'.*attention/distance_embedding/embedding', (None, 'kv')),
 )
 
 
-def test_every_param_has_the_expected_logical_axes():
-  model = bert.EncoderForPreTraining(CONFIG, sentence_head=True)
+@pytest.mark.parametrize('position_type,count', [('absolute', 30), ('relative_key', 31)])
+def test_every_param_has_the_expected_logical_axes(position_type, count):
+  config = dataclasses.replace(CONFIG, position_embedding_type=position_type)
+  model = bert.EncoderForPreTraining(config, sentence_head=True)
   boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))['params']
   leaves = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
   flat = {'/'.join(key.key for key in path): leaf for path, leaf in leaves}
-  assert len(flat) == 30  # 5 embedding, 16 layer, 2 pooler, 5 MLM, 2 NSP.
+  # 5 embedding, 16 layer (+1 distance table), 2 pooler, 5 MLM, 2 NSP.
+  assert len(flat) == count
   for path, leaf in flat.items():
     matches = [axes for pattern, axes in EXPECTED_AXES if re.fullmatch(pattern, path)]
     assert len(matches) == 1, f'{path}: {len(matches)} table entries'
@@ -143,6 +148,7 @@ def test_narrow_embeddings_are_projected_to_hidden():
     (dict(remat_policy='some'), 'model.remat_policy'),
     (dict(attention_dropout_rate=1.0), 'model.attention_dropout_rate'),
     (dict(embedding_size=-4), 'model.embedding_size'),
+    (dict(position_embedding_type='rotary'), 'model.position_embedding_type'),
 ])
 def test_config_errors_name_the_field(overrides, field):
   config = bert_config.get_config('tiny').model
@@ -179,13 +185,15 @@ def test_remat_policies_give_the_same_gradients():
     jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6, rtol=1e-5), grads, reference)
 
 
-def test_attention_dropout_path_equals_fused_path(monkeypatch):
+@pytest.mark.parametrize('position_type', ['absolute', 'relative_key_query'])
+def test_attention_dropout_path_equals_fused_path(monkeypatch, position_type):
   # A rate so small that every probability is kept and scaled by exactly 1 in float32: the spelled-out
   # softmax path (taken when dropout is on) must then equal jax.nn.dot_product_attention, which
-  # the deterministic run takes as on TPU (on CPU it would spell it out too). ('rbg' random bits
-  # compile much faster on CPU than threefry.)
-  monkeypatch.setattr(layers, 'attention_implementation', lambda *args: 'xla')
-  model = bert.Encoder(dataclasses.replace(CONFIG, attention_dropout_rate=1e-9))
+  # the deterministic run takes as on TPU (on CPU it would spell it out too), relative scores
+  # as its bias. ('rbg' random bits compile much faster on CPU than threefry.)
+  monkeypatch.setattr(layers, 'attention_implementation', lambda *args, **kwargs: 'xla')
+  model = bert.Encoder(dataclasses.replace(CONFIG, attention_dropout_rate=1e-9,
+                                           position_embedding_type=position_type))
   params = init_params(model)
   ids = np.random.default_rng(0).integers(0, 50, (2, LENGTH)).astype(np.int32)
   segments = np.array([[1] * 7 + [2] * 3 + [0] * 2, [1] * 12], np.int32)
@@ -214,6 +222,16 @@ def test_sinusoidal_position_init_changes_only_the_position_table():
   for path, leaf in jax.tree_util.tree_leaves_with_path(sinusoidal):
     if 'position_embeddings' not in jax.tree_util.keystr(path):
       np.testing.assert_array_equal(leaf, flat_normal[path])
+
+
+@pytest.mark.parametrize('family', ['albert', 'deberta', 'distilbert'])
+def test_relative_positions_are_refused_where_not_built(family):
+  from encoders import families  # pylint: disable=g-import-not-at-top
+  model_config = importlib.import_module(f'encoders.configs.{family}').get_config('tiny').model
+  fields = {**model_config.to_dict(), 'position_embedding_type': 'relative_key'}
+  families.get(family).config_class.from_config(model_config)  # Valid as configured.
+  with pytest.raises(ConfigError, match=r"position_embedding_type='relative_key'"):
+    families.get(family).config_class.from_config(fields)
 
 
 @pytest.mark.parametrize('family', ['bert', 'deberta', 'distilbert'])

@@ -31,13 +31,15 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
       param.copy_(noise + 1.0 if name.endswith('LayerNorm.weight') else noise)
 
 
-@pytest.fixture(scope='module')
-def hf_pair(tmp_path_factory):
-  """A random HF discriminator and generator sharing their embeddings, saved with safetensors."""
+@pytest.fixture(scope='module', params=['absolute', 'relative_key_query'])
+def hf_pair(tmp_path_factory, request):
+  """A random HF discriminator and generator sharing their embeddings, saved with safetensors;
+  with absolute positions, and with transformers' relative ones (a distance table per layer)."""
+  fields = {**HF_FIELDS, 'position_embedding_type': request.param}
   discriminator = transformers.ElectraForPreTraining(
-      transformers.ElectraConfig(**HF_FIELDS, **DISCRIMINATOR)).eval()
+      transformers.ElectraConfig(**fields, **DISCRIMINATOR)).eval()
   generator = transformers.ElectraForMaskedLM(
-      transformers.ElectraConfig(**HF_FIELDS, **GENERATOR)).eval()
+      transformers.ElectraConfig(**fields, **GENERATOR)).eval()
   randomise(discriminator, 0)
   randomise(generator, 1)
   generator.electra.embeddings.load_state_dict(discriminator.electra.embeddings.state_dict())

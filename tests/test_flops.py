@@ -91,6 +91,25 @@ def test_deberta_position_terms_agree_with_xla_s_count(fields):
       plain, L, 0, False) == pytest.approx(config.extra_flops_per_sequence(L, 0))
 
 
+@pytest.mark.parametrize('position_type', ['relative_key', 'relative_key_query'])
+def test_relative_position_terms_agree_with_xla_s_count(position_type):
+  """transformers' relative terms: one [length, length, head_dim] product per term, head and
+  layer (x3 for training). XLA counts what runs: each token against all 2L - 1 distances
+  (the relative shift then reads L of them)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from encoders import bert  # pylint: disable=g-import-not-at-top
+  # Wide heads: the elementwise work (not model FLOPs, but in XLA's count) stays under 1%.
+  plain = EncoderConfig(vocab_size=64, hidden_size=512, num_layers=2, num_heads=2,
+                        intermediate_size=256, max_position_embeddings=128)
+  config = dataclasses.replace(plain, position_embedding_type=position_type)
+  L = 64
+  xla_extra = (_xla_forward_flops(bert.Encoder(config), L)
+               - _xla_forward_flops(bert.Encoder(plain), L))
+  ours = config.extra_flops_per_sequence(L, 0) / 3
+  assert plain.extra_flops_per_sequence(L, 0) == 0
+  assert ours * (2 * L - 1) / L == pytest.approx(xla_extra, rel=0.02)
+
+
 def test_deberta_emd_counts_only_the_masked_queries():
   """EMD against XLA's count (which computes the re-run layer's keys, values and p2c once)."""
   import dataclasses  # pylint: disable=g-import-not-at-top

@@ -140,21 +140,47 @@ def test_bert_pretraining_mlm_and_nsp(hf_bert_pretraining, record_figure):
   assert sparse_diff <= TOL
 
 
-def test_roberta_mlm_right_padded(hf_roberta_mlm, record_figure):
-  hf_model, path = hf_roberta_mlm
-  input_ids, mask = padded_batch(99, 4, 1)
+def imported_mlm_diff(hf_model, path: str, input_ids, mask):
+  """The HF `*ForMaskedLM` checkpoint at `path` imported -> (our model, its params, the largest
+  |difference| of the MLM logits at real tokens)."""
   with torch.no_grad():
     theirs = hf_model(input_ids=torch.from_numpy(input_ids),
                       attention_mask=torch.from_numpy(mask)).logits.numpy()
-
-  config_model = hf_interop.read_model_config(path)
-  assert config_model.position_offset == 2
-  model = bert.EncoderForPreTraining(EncoderConfig.from_config(config_model))
+  model = bert.EncoderForPreTraining(EncoderConfig.from_config(hf_interop.read_model_config(path)))
   params = hf_interop.load_params(path, model)
   ours = jax.jit(model.apply)({'params': params}, **batch_inputs(input_ids, mask))['mlm_logits']
-  diff = max_diff(ours, theirs, mask)
+  return model, params, max_diff(ours, theirs, mask)
+
+
+def test_roberta_mlm_right_padded(hf_roberta_mlm, record_figure):
+  hf_model, path = hf_roberta_mlm
+  model, _, diff = imported_mlm_diff(hf_model, path, *padded_batch(99, 4, 1))
+  assert model.config.position_offset == 2
   record_figure('mlm_max_diff', diff, f'<= {TOL}')
   assert diff <= TOL
+
+
+@pytest.mark.parametrize('position_type', ['relative_key', 'relative_key_query'])
+def test_relative_positions_match_transformers(position_type, tmp_path_factory, tmp_path,
+                                               record_figure):
+  """transformers' relative position types (Shaw et al. 2018; Huang et al. 2020): the import,
+  the MLM logits on a right-padded batch, and the export back into transformers."""
+  hf_model, path = random_hf_model(tmp_path_factory, 'BertForMaskedLM', 'bert',
+                                   position_embedding_type=position_type,
+                                   attn_implementation='eager')
+  model, params, diff = imported_mlm_diff(hf_model, path, *padded_batch(99, 5, 0))
+  assert model.config.position_embedding_type == position_type
+  record_figure('mlm_max_diff', diff, f'<= {TOL}')
+  assert diff <= TOL
+
+  assert hf_interop.save_checkpoint(str(tmp_path), model, params, family='bert') == 'BertForMaskedLM'
+  exported, info = transformers.BertForMaskedLM.from_pretrained(
+      str(tmp_path), output_loading_info=True, attn_implementation='eager')
+  assert {k: v for k, v in info.items() if v} == {}
+  assert exported.config.position_embedding_type == position_type
+  original = hf_model.state_dict()
+  for name, tensor in exported.state_dict().items():
+    np.testing.assert_array_equal(tensor.numpy(), original[name].numpy(), err_msg=name)
 
 
 def random_params(model, seed=0) -> dict:

@@ -5,7 +5,8 @@ Counted as in Kaplan et al. 2020 / PaLM appendix B: a matmul with N weights cost
 (2 matmuls of L x L x hidden per layer: 12 * L * hidden per token and layer for
 forward + backward). The MLM head runs only at the P predicted positions (sparse
 prediction), so it counts per prediction, not per token. Embedding lookups are free. A
-family's own terms come from its config's `extra_flops_per_sequence` (DeBERTa's).
+family's own terms come from its config's `extra_flops_per_sequence` (relative positions,
+DeBERTa's).
 """
 import functools
 import time
@@ -40,7 +41,7 @@ def flops_per_sequence(model: EncoderConfig, seq_length: int, num_predictions: i
     per_token += 6 * e * h  # embeddings_project: embedding width -> hidden.
   per_prediction = 6 * (h * e + e * model.vocab_size)  # MLM transform + tied decoder (width e).
   sentence = 6 * (h * h + 2 * h) if sentence_head else 0  # Pooler + classifier, once per row.
-  extra = model.extra_flops_per_sequence(seq_length, num_predictions)  # DeBERTa's terms.
+  extra = model.extra_flops_per_sequence(seq_length, num_predictions)  # Relative positions.
   return float(L * per_token + num_predictions * per_prediction + sentence + extra)
 
 
