@@ -322,8 +322,9 @@ def attention_implementation(backend: str, dtype, dropout: bool, head_dim: int,
   docs/sentence/inference_avx2/cpu_attention.txt; in bf16 the fused form's half-precision
   products also run at f32 speed, benchmarks/cpu_matmul.py). Else 'xla', which is also what
   the default (None) runs. (With attention dropout, or sowing the weights, every backend
-  spells it out.) A trained score `bias` (relative positions) also rules out cuDNN, whose
-  kernel does not return the bias's gradient.
+  spells it out.) A trained score `bias` (relative positions) stays on XLA's form: cuDNN's
+  kernel would round it to the operands' half precision, and its bias gradient has not been
+  run against this one (no GPU test yet).
   """
   half = jnp.dtype(dtype) in CUDNN_DTYPES
   if (backend == 'gpu' and half and not dropout and not bias

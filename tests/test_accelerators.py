@@ -100,7 +100,7 @@ def test_launchers_jax_platforms_refuses_the_cpu(tmp_path, module, config, jax_p
 ])
 def test_attention_implementation(backend, dtype, dropout, head_dim, length, expected):
   assert layers.attention_implementation(backend, dtype, dropout, head_dim, length) == expected
-  # A trained bias (relative positions): never cuDNN, whose kernel returns no bias gradient.
+  # A trained bias (relative positions): XLA's form, never cuDNN's (layers.attention_implementation).
   with_bias = layers.attention_implementation(backend, dtype, dropout, head_dim, length, bias=True)
   assert with_bias == ('xla' if expected == 'cudnn' else expected)
 
