@@ -1,5 +1,6 @@
 """The `config.model` section: an encoder's architecture, from a family's defaults and a size."""
 import ml_collections
+from ml_collections import config_dict
 
 from encoders.configs import common
 
@@ -23,6 +24,7 @@ def get_model_config(size: str, **overrides) -> ml_collections.ConfigDict:
   # 'absolute' (the position table at the input), or transformers' 'relative_key' /
   # 'relative_key_query': a learned distance table read in every attention layer instead.
   config.position_embedding_type = 'absolute'
+  config.distance_init_range = config_dict.placeholder(float)  # Its init's std; None: initializer_range.
   config.dtype = 'auto'  # Compute dtype: 'float32', 'bfloat16' or 'auto' (bf16 on GPU/TPU, f32 on CPU).
   config.param_dtype = 'float32'  # Parameter (and optimizer state) dtype.
   config.remat_policy = 'none'  # Per-layer rematerialisation: 'none', 'full' or 'dots'.

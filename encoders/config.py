@@ -56,6 +56,8 @@ class EncoderConfig:
   # (the Transformer's sin/cos table scaled to the same per-entry std; still learned).
   position_init: str = 'normal'
   position_embedding_type: str = 'absolute'  # POSITION_EMBEDDING_TYPES.
+  # Std of the relative distance table's normal init; None: initializer_range (transformers').
+  distance_init_range: float | None = None
   dtype: str = 'float32'  # Compute dtype of matmuls and activations; 'auto': per backend.
   param_dtype: str = 'float32'  # Storage dtype of parameters.
   remat_policy: str = 'none'  # Rematerialisation of each layer: 'none', 'full' or 'dots'.
@@ -153,6 +155,12 @@ class EncoderConfig:
       fail('position_init', f'choose one of {POSITION_INITS}.')
     if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
       fail('position_embedding_type', f'choose one of {POSITION_EMBEDDING_TYPES}.')
+    if self.distance_init_range is not None:
+      if not self.relative_position_terms:
+        fail('distance_init_range', 'sets the relative distance table, which absolute positions '
+             "lack: set model.position_embedding_type to a relative type, or leave it None.")
+      if not isinstance(self.distance_init_range, (int, float)) or self.distance_init_range <= 0:
+        fail('distance_init_range', 'must be a positive std, or None for initializer_range.')
     if self.hidden_act not in ACTIVATIONS:
       fail('hidden_act', f'unknown activation; choose one of {ACTIVATIONS}.')
     if self.dtype not in (*DTYPES, 'auto'):

@@ -414,8 +414,10 @@ class SelfAttention(nn.Module):
     """
     c = self.config
     length = query.shape[1]
+    init = nn.initializers.normal(c.distance_init_range or c.initializer_range)
     table = nn.Embed(2 * c.max_position_embeddings - 1, c.head_dim, dtype=c.compute_dtype,
-                     param_dtype=c.storage_dtype, embedding_init=normal_init(c, (None, 'kv')),
+                     param_dtype=c.storage_dtype,
+                     embedding_init=nn.with_logical_partitioning(init, (None, 'kv')),
                      name='distance_embedding')
     # Row r holds distance r - (length - 1); the table's row of distance d is d + max_positions - 1.
     rows = table(jnp.arange(2 * length - 1) + c.max_position_embeddings - length)  # [2L-1, head_dim]

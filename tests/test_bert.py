@@ -149,6 +149,9 @@ def test_narrow_embeddings_are_projected_to_hidden():
     (dict(attention_dropout_rate=1.0), 'model.attention_dropout_rate'),
     (dict(embedding_size=-4), 'model.embedding_size'),
     (dict(position_embedding_type='rotary'), 'model.position_embedding_type'),
+    (dict(distance_init_range=0.2), 'model.distance_init_range'),  # Absolute: no distance table.
+    (dict(position_embedding_type='relative_key', distance_init_range=-0.2),
+     'model.distance_init_range'),
 ])
 def test_config_errors_name_the_field(overrides, field):
   config = bert_config.get_config('tiny').model
@@ -222,6 +225,19 @@ def test_sinusoidal_position_init_changes_only_the_position_table():
   for path, leaf in jax.tree_util.tree_leaves_with_path(sinusoidal):
     if 'position_embeddings' not in jax.tree_util.keystr(path):
       np.testing.assert_array_equal(leaf, flat_normal[path])
+
+
+def test_distance_init_range_sets_only_the_distance_tables():
+  relative = dataclasses.replace(CONFIG, position_embedding_type='relative_key', num_layers=2)
+  default = init_params(bert.Encoder(relative))
+  wide = init_params(bert.Encoder(dataclasses.replace(relative, distance_init_range=0.5)))
+  flat_default = dict(jax.tree_util.tree_leaves_with_path(default))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(wide):
+    if 'distance_embedding' in jax.tree_util.keystr(path):
+      assert np.std(leaf) == pytest.approx(0.5, rel=0.05)
+      assert np.std(flat_default[path]) == pytest.approx(CONFIG.initializer_range, rel=0.05)
+    else:
+      np.testing.assert_array_equal(leaf, flat_default[path])
 
 
 @pytest.mark.parametrize('family', ['albert', 'deberta', 'distilbert'])
