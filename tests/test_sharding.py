@@ -42,6 +42,7 @@ EXPECTED_SPECS = (
     (r'pooler/dense/bias$', ('tensor',)),
     (r'sentence_order_head/dense/kernel$', ('fsdp',)),
     (r'sentence_order_head/dense/bias$', ()),
+    (r'attention/distance_embedding/embedding$', ()),  # (None, 'kv'): replicated.
 )
 
 
@@ -114,6 +115,16 @@ def _child():
   accum_losses, accum_state, _ = train((2, 2, 2), None, train__grad_accum_steps=2, **no_dropout)
   report['accum_2'] = dict(losses=accum_losses, reference=plain_losses, param_diff=max_diff(
       jax.device_get(accum_state.params), jax.device_get(plain_state.params)))
+  # Relative positions (a distance table per layer, read through a gather) on the full mesh.
+  relative = dict(model__position_embedding_type='relative_key_query')
+  relative_losses, relative_state, _ = train((1, 1, 1), jax.devices()[:1], **relative)
+  sharded_losses, sharded_state, _ = train((2, 2, 2), None, **relative)
+  report['relative_222'] = dict(
+      losses=sharded_losses, reference=relative_losses,
+      param_diff=max_diff(jax.device_get(sharded_state.params), jax.device_get(relative_state.params)),
+      distance_specs={'/'.join(k.key for k in path): spec_of(x) for path, x in
+                      jax.tree_util.tree_flatten_with_path(sharded_state.params)[0]
+                      if 'distance_embedding' in jax.tree_util.keystr(path)})
   training_util.print_report(report)
 
 
@@ -129,6 +140,17 @@ def test_sharded_training_matches_one_device(report, shape):
   assert result['losses'] == pytest.approx(report['reference'], rel=LOSS_RTOL)
   assert result['param_diff'] < PARAM_ATOL, result['param_diff']
   assert report['reference'][-1] != report['reference'][0]  # The steps did change the model.
+
+
+@pytest.mark.slow
+def test_relative_positions_train_alike_on_a_mesh(report):
+  result = report['relative_222']
+  assert result['losses'] == pytest.approx(result['reference'], rel=LOSS_RTOL)
+  assert result['param_diff'] < PARAM_ATOL, result['param_diff']
+  assert result['reference'] != report['reference']  # Not the absolute model's run.
+  assert result['distance_specs']  # One table per layer.
+  for name, spec in result['distance_specs'].items():
+    assert tuple(spec) == expected_spec(name), name
 
 
 @pytest.mark.slow
