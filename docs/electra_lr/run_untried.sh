@@ -11,6 +11,9 @@
 # then (section 7): docs/electra_lr/run_untried.sh batch128 (beside one ablation sweep)
 # then (section 8): docs/electra_lr/run_untried.sh small_shape (beside one ablation sweep)
 # then (section 10): docs/electra_lr/run_untried.sh mask_25 (beside one ablation sweep)
+# then (section 12): docs/electra_lr/run_untried.sh relative_key_query deberta_v3_unnormed_rel
+#   relative_key_query_wide, then deberta_shape_gdes_rkq deberta_shape_gdes_rkq_wide
+#   (beside one ablation sweep)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
@@ -57,8 +60,32 @@ for spec in "${@:-gen_half lambda_10 warmup_400}"; do
       deberta_shape_gdes_emb128) run deberta_shape_gdes_emb128 --config.model.num_layers=4 \
           --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
           --config.model.embedding_gradients=gdes --config.model.embedding_size=128 ;;
+      # ... with the distance table drawn as large as a key's entries at init (0.02 x sqrt(128)
+      # ~ 0.23 in the discriminator), not at 0.02: position scores as large as content scores.
+      relative_key_query_wide) run relative_key_query_wide \
+          --config.model.position_embedding_type=relative_key_query \
+          --config.model.distance_init_range=0.2 ;;
+      # deberta_shape_gdes (DeBERTa-v3 tiny's shape, GDES) with relative_key_query positions,
+      # the distance table drawn at 0.02 and at 0.2.
+      deberta_shape_gdes_rkq) run deberta_shape_gdes_rkq --config.model.num_layers=4 \
+          --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
+          --config.model.embedding_gradients=gdes \
+          --config.model.position_embedding_type=relative_key_query ;;
+      deberta_shape_gdes_rkq_wide) run deberta_shape_gdes_rkq_wide --config.model.num_layers=4 \
+          --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
+          --config.model.embedding_gradients=gdes \
+          --config.model.position_embedding_type=relative_key_query \
+          --config.model.distance_init_range=0.2 ;;
+      # DeBERTa-v3 tiny with its relative embeddings not LayerNorm'd: distance rows of std 0.02,
+      # as small as relative_key_query's, where LayerNorm makes them of order 1.
+      deberta_v3_unnormed_rel) CONFIG=configs/deberta.py:tiny,objective=rtd \
+          run deberta_v3_unnormed_rel --config.model.norm_rel_ebd=none ;;
       # ELECTRA-tiny with its absolute position table initialised sinusoidal (same std, learned).
       sinusoidal) run sinusoidal --config.model.position_init=sinusoidal ;;
+      # ELECTRA-tiny with transformers' relative_key_query positions (Huang et al. 2020): a
+      # distance table read by the queries and the keys of every layer, no absolute positions.
+      relative_key_query) run relative_key_query \
+          --config.model.position_embedding_type=relative_key_query ;;
       deberta_shape_gdes_sinusoidal) run deberta_shape_gdes_sinusoidal --config.model.num_layers=4 \
           --config.model.generator_size_fraction=1.0 --config.model.generator_num_layers=2 \
           --config.model.embedding_gradients=gdes --config.model.position_init=sinusoidal ;;
