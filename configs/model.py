@@ -25,6 +25,7 @@ def get_model_config(size: str, **overrides) -> ml_collections.ConfigDict:
   # 'relative_key_query': a learned distance table read in every attention layer instead.
   config.position_embedding_type = 'absolute'
   config.distance_init_range = config_dict.placeholder(float)  # Its init's std; None: initializer_range.
+  config.distance_layer_norm = False  # LayerNorm its rows (DeBERTa's norm_rel_ebd); no HF export.
   config.dtype = 'auto'  # Compute dtype: 'float32', 'bfloat16' or 'auto' (bf16 on GPU/TPU, f32 on CPU).
   config.param_dtype = 'float32'  # Parameter (and optimizer state) dtype.
   config.remat_policy = 'none'  # Per-layer rematerialisation: 'none', 'full' or 'dots'.

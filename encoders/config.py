@@ -58,6 +58,9 @@ class EncoderConfig:
   position_embedding_type: str = 'absolute'  # POSITION_EMBEDDING_TYPES.
   # Std of the relative distance table's normal init; None: initializer_range (transformers').
   distance_init_range: float | None = None
+  # LayerNorm on each row of the distance table before it is read (not transformers': no export),
+  # as DeBERTa LayerNorms its relative embeddings (norm_rel_ebd).
+  distance_layer_norm: bool = False
   dtype: str = 'float32'  # Compute dtype of matmuls and activations; 'auto': per backend.
   param_dtype: str = 'float32'  # Storage dtype of parameters.
   remat_policy: str = 'none'  # Rematerialisation of each layer: 'none', 'full' or 'dots'.
@@ -155,6 +158,9 @@ class EncoderConfig:
       fail('position_init', f'choose one of {POSITION_INITS}.')
     if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
       fail('position_embedding_type', f'choose one of {POSITION_EMBEDDING_TYPES}.')
+    if self.distance_layer_norm and not self.relative_position_terms:
+      fail('distance_layer_norm', 'normalises the relative distance table, which absolute '
+           'positions lack: set model.position_embedding_type to a relative type.')
     if self.distance_init_range is not None:
       if not self.relative_position_terms:
         fail('distance_init_range', 'sets the relative distance table, which absolute positions '

@@ -100,6 +100,9 @@ def encoder_fields(hf: dict, path: str) -> dict:
 
 def config_fields(config: EncoderConfig) -> dict:
   """The transformers `config.json` fields of CONFIG_KEYS for our config, and its positions."""
+  if config.distance_layer_norm:
+    raise ConfigError('model.distance_layer_norm=True: transformers\' relative positions have no '
+                      'LayerNorm on the distance table, so this model has no transformers layout.')
   return {**{key: getattr(config, ours) for key, ours in CONFIG_KEYS.items()},
           'position_embedding_type': config.position_embedding_type}
 

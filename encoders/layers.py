@@ -421,6 +421,11 @@ class SelfAttention(nn.Module):
                      name='distance_embedding')
     # Row r holds distance r - (length - 1); the table's row of distance d is d + max_positions - 1.
     rows = table(jnp.arange(2 * length - 1) + c.max_position_embeddings - length)  # [2L-1, head_dim]
+    if c.distance_layer_norm:
+      rows = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=c.compute_dtype,
+                          param_dtype=c.storage_dtype, name='distance_layer_norm',
+                          scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('kv',)),
+                          bias_init=zeros_init(('kv',)))(rows)
     distance = jnp.arange(length)[:, None] - jnp.arange(length)[None, :] + length - 1  # [L, L]: i - j
     # Each token against every distance: [batch, length, heads, 2L-1] (a dense layer's product).
     by_query = matmul('...d,rd->...r', query, rows, c.compute_dtype)

@@ -150,6 +150,7 @@ def test_narrow_embeddings_are_projected_to_hidden():
     (dict(embedding_size=-4), 'model.embedding_size'),
     (dict(position_embedding_type='rotary'), 'model.position_embedding_type'),
     (dict(distance_init_range=0.2), 'model.distance_init_range'),  # Absolute: no distance table.
+    (dict(distance_layer_norm=True), 'model.distance_layer_norm'),
     (dict(position_embedding_type='relative_key', distance_init_range=-0.2),
      'model.distance_init_range'),
 ])
@@ -238,6 +239,32 @@ def test_distance_init_range_sets_only_the_distance_tables():
       assert np.std(flat_default[path]) == pytest.approx(CONFIG.initializer_range, rel=0.05)
     else:
       np.testing.assert_array_equal(leaf, flat_default[path])
+
+
+def test_distance_layer_norm_reads_the_normalised_table():
+  """With distance_layer_norm (scale 1, bias 0 at init) the encoder equals the plain relative
+  encoder whose distance tables hold each row normalised in numpy."""
+  relative = dataclasses.replace(CONFIG, position_embedding_type='relative_key_query')
+  normed_model = bert.Encoder(dataclasses.replace(relative, distance_layer_norm=True))
+  params = init_params(normed_model)
+  table = np.asarray(params['layers']['layer_0']['attention']['distance_embedding']['embedding'],
+                     np.float64)
+  centred = table - table.mean(-1, keepdims=True)
+  normalised = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + CONFIG.layer_norm_eps)
+
+  def plain_params(distance_table):
+    """params for the encoder without the norm, with `distance_table` as layer 0's table."""
+    plain = jax.tree.map(lambda x: x, params)  # New dicts, same leaves.
+    attention = plain['layers']['layer_0']['attention']
+    del attention['distance_layer_norm']
+    attention['distance_embedding']['embedding'] = distance_table.astype(np.float32)
+    return {'params': plain}
+
+  ids = np.random.default_rng(0).integers(0, 50, (2, LENGTH)).astype(np.int32)
+  ours = np.asarray(jax.jit(normed_model.apply)({'params': params}, ids)[0])
+  plain_apply = jax.jit(bert.Encoder(relative).apply)
+  np.testing.assert_allclose(ours, plain_apply(plain_params(normalised), ids)[0], atol=1e-5)
+  assert np.abs(ours - plain_apply(plain_params(table), ids)[0]).max() > 1e-3  # The norm matters.
 
 
 @pytest.mark.parametrize('family', ['albert', 'deberta', 'distilbert'])

@@ -183,6 +183,14 @@ def test_relative_positions_match_transformers(position_type, tmp_path_factory, 
     np.testing.assert_array_equal(tensor.numpy(), original[name].numpy(), err_msg=name)
 
 
+def test_distance_layer_norm_has_no_transformers_layout(tmp_path):
+  config = replace(small_config('bert'), position_embedding_type='relative_key',
+                   distance_layer_norm=True)
+  model = bert.EncoderForPreTraining(config)
+  with pytest.raises(ConfigError, match='distance_layer_norm'):
+    hf_interop.save_checkpoint(str(tmp_path), model, random_params(model), family='bert')
+
+
 def random_params(model, seed=0) -> dict:
   """Random values (numpy, no compilation) for every param: kernels, biases, LayerNorms (around 1)."""
   shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 8), np.int32)))
