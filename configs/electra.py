@@ -89,11 +89,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 0.60. Not a defect (tests/test_electra_parity.py: one step equals HF PyTorch's), nor the
     # depth and width alone (ELECTRA-Small's shape falls too in 600 steps), nor the masking rate
     # (ELECTRA-Large's 25% falls too). No head of either network, nor of an MLM model of this
-    # recipe, attends to its neighbours within the 4,000 steps; relative-position attention
-    # (DeBERTa-v3 tiny) is the one change that lets the discriminator learn from context
-    # (docs/electra_lr/results.md, sections 6, 8-10; one seed per run). 2e-4 slows the generator,
-    # keeping recall 0.04-0.08 from step 200 to 450, and ends the schedule at AUC 0.64 (0.60 at
-    # 5e-4).
+    # recipe, attends to its neighbours within the 4,000 steps (docs/electra_lr/results.md,
+    # sections 6, 8-10; one seed per run). 2e-4 slows the generator, keeping recall 0.04-0.08
+    # from step 200 to 450, and ends the schedule at AUC 0.64 (0.60 at 5e-4). What does keep
+    # it off the prior at 5e-4 is relative positions read through a normalised table
+    # (--config.model.position_embedding_type=relative_key_query
+    # --config.model.distance_layer_norm=True: recall 0.13-0.27 from step 500 on, AUC 0.78 at
+    # step 4000; sections 12-13, one seed); this recipe keeps ELECTRA's absolute positions,
+    # which the electra_vs_mlm cells were run with.
     config.optimizer.learning_rate = 2e-4
     return config
 
