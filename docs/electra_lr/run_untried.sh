@@ -13,7 +13,8 @@
 # then (section 10): docs/electra_lr/run_untried.sh mask_25 (beside one ablation sweep)
 # then (section 12): docs/electra_lr/run_untried.sh relative_key_query deberta_v3_unnormed_rel
 #   relative_key_query_wide, then deberta_shape_gdes_rkq deberta_shape_gdes_rkq_wide,
-#   then relative_key_query_norm (beside one ablation sweep)
+#   then relative_key_query_norm, then relative_key_query_std1 relative_key_query_norm_seed1
+#   (beside one ablation sweep)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
@@ -70,6 +71,14 @@ for spec in "${@:-gen_half lambda_10 warmup_400}"; do
       relative_key_query_norm) run relative_key_query_norm \
           --config.model.position_embedding_type=relative_key_query \
           --config.model.distance_layer_norm=True ;;
+      relative_key_query_norm_seed1) run relative_key_query_norm_seed1 --config.seed=1 \
+          --config.model.position_embedding_type=relative_key_query \
+          --config.model.distance_layer_norm=True ;;
+      # ... not normalised, but drawn at std 1: rows as large as the LayerNorm'd ones (norm 8)
+      # that Adam turns as slowly as the 0.2-wide table's.
+      relative_key_query_std1) run relative_key_query_std1 \
+          --config.model.position_embedding_type=relative_key_query \
+          --config.model.distance_init_range=1.0 ;;
       # deberta_shape_gdes (DeBERTa-v3 tiny's shape, GDES) with relative_key_query positions,
       # the distance table drawn at 0.02 and at 0.2.
       deberta_shape_gdes_rkq) run deberta_shape_gdes_rkq --config.model.num_layers=4 \
