@@ -39,7 +39,7 @@ def _medians_ms(fn, calls: int) -> tuple[float, float]:
 def forward_ms(form: str, dtype: str, batch: int, length: int, calls: int = 15):
   """(wall, CPU) medians of one jitted MiniLM-shaped forward with attention computed as `form`."""
   chosen = layers.attention_implementation
-  layers.attention_implementation = lambda *args: form
+  layers.attention_implementation = lambda *args, **kwargs: form
   try:
     config = EncoderConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
                            intermediate_size=1536, max_position_embeddings=512, dtype=dtype)

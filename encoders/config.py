@@ -158,6 +158,9 @@ class EncoderConfig:
       fail('position_init', f'choose one of {POSITION_INITS}.')
     if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
       fail('position_embedding_type', f'choose one of {POSITION_EMBEDDING_TYPES}.')
+    if self.position_init != 'normal' and self.relative_position_terms:
+      fail('position_init', f'sets the absolute position table, which '
+           f'{prefix}.position_embedding_type={self.position_embedding_type!r} does not read.')
     if self.distance_layer_norm and not self.relative_position_terms:
       fail('distance_layer_norm', 'normalises the relative distance table, which absolute '
            'positions lack: set model.position_embedding_type to a relative type.')

@@ -67,7 +67,7 @@ HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': '
 ARCHITECTURE_FIELDS = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                        'intermediate_size', 'hidden_act', 'max_position_embeddings',
                        'type_vocab_size', 'position_offset', 'pad_token_id', 'layer_norm_eps',
-                       'position_embedding_type')
+                       'position_embedding_type', 'distance_layer_norm')
 LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
 
 Rules = tuple[tuple[str, str], ...]

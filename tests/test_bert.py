@@ -151,6 +151,7 @@ def test_narrow_embeddings_are_projected_to_hidden():
     (dict(position_embedding_type='rotary'), 'model.position_embedding_type'),
     (dict(distance_init_range=0.2), 'model.distance_init_range'),  # Absolute: no distance table.
     (dict(distance_layer_norm=True), 'model.distance_layer_norm'),
+    (dict(position_embedding_type='relative_key', position_init='sinusoidal'), 'model.position_init'),
     (dict(position_embedding_type='relative_key', distance_init_range=-0.2),
      'model.distance_init_range'),
 ])
@@ -242,15 +243,20 @@ def test_distance_init_range_sets_only_the_distance_tables():
 
 
 def test_distance_layer_norm_reads_the_normalised_table():
-  """With distance_layer_norm (scale 1, bias 0 at init) the encoder equals the plain relative
-  encoder whose distance tables hold each row normalised in numpy."""
+  """With distance_layer_norm the encoder equals the plain relative encoder whose distance
+  tables hold each row normalised in numpy, times the norm's scale, plus its bias."""
   relative = dataclasses.replace(CONFIG, position_embedding_type='relative_key_query')
   normed_model = bert.Encoder(dataclasses.replace(relative, distance_layer_norm=True))
   params = init_params(normed_model)
+  norm = params['layers']['layer_0']['attention']['distance_layer_norm']
+  rng = np.random.default_rng(1)
+  norm['scale'] = (1 + 0.3 * rng.normal(size=norm['scale'].shape)).astype(np.float32)
+  norm['bias'] = (0.3 * rng.normal(size=norm['bias'].shape)).astype(np.float32)
   table = np.asarray(params['layers']['layer_0']['attention']['distance_embedding']['embedding'],
                      np.float64)
   centred = table - table.mean(-1, keepdims=True)
-  normalised = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + CONFIG.layer_norm_eps)
+  normalised = (centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + CONFIG.layer_norm_eps)
+                * norm['scale'] + norm['bias'])
 
   def plain_params(distance_table):
     """params for the encoder without the norm, with `distance_table` as layer 0's table."""

@@ -248,6 +248,8 @@ def test_minilm_teacher_distils_through_hidden_states():
     # An embedding the teacher has at another shape would keep its random init: fail instead.
     (dict(model__max_position_embeddings=32), 'position_embeddings'),
     (dict(data__tokenizer_path=None), 'tokenizer_path is not set'),
+    # The teacher's position table would be copied into a student that does not read it.
+    (dict(model__position_embedding_type='relative_key'), "the teacher's is 'absolute'"),
 ])
 def test_bad_distillation_configs_fail_at_start_naming_the_field(teacher_dir, change, message):
   config = distill_config(teacher_dir)

@@ -1,6 +1,8 @@
 """Inputs longer than the checkpoint's positions (encoders/adaptation/long_inputs.py) and the long
 documents that compare the ways to read them (encoders/data/long_documents.py), on the real
 all-MiniLM-L6-v2 and the embedded corpus."""
+import dataclasses
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -85,6 +87,11 @@ def test_bad_extensions_are_config_errors(minilm_dir):
   unchanged = long_inputs.extend(source, family, ml_collections.ConfigDict(
       dict(max_positions=0, method='interpolate')))
   assert unchanged is source
+  relative_config = ml_collections.ConfigDict(source.model_config.to_dict())
+  relative_config.position_embedding_type = 'relative_key'
+  with pytest.raises(ConfigError, match=r"position_embedding_type='relative_key'"):
+    long_inputs.extend(dataclasses.replace(source, model_config=relative_config), family,
+                       ml_collections.ConfigDict(dict(max_positions=1024, method='interpolate')))
 
 
 def _documents(tokenizer, split_records, count, seed):

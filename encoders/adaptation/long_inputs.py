@@ -62,6 +62,11 @@ def extend(source: finetune_init.Source, family, long_inputs) -> finetune_init.S
   if max_positions <= native:
     raise ConfigError(f'config.long_inputs.max_positions={max_positions}: the encoder already has '
                       f'{native} positions; give more, or 0 to keep them.')
+  if source.model_config.get('position_embedding_type', 'absolute') != 'absolute':
+    raise ConfigError(
+        f'config.long_inputs.max_positions={max_positions}: the encoder reads '
+        f'position_embedding_type={source.model_config.position_embedding_type!r}, a table of '
+        f'2 x {native} - 1 distances that no method here extends; keep max_positions=0.')
   model_config = ml_collections.ConfigDict(source.model_config.to_dict())
   model_config.max_position_embeddings = max_positions
   if model_config.get('max_relative_positions', 0) == -1:  # Relative distances keep their reach.

@@ -180,6 +180,12 @@ class Distillation:
           f'config.model.hidden_size={s.hidden_size} but the teacher\'s is {t.hidden_size}: the '
           'cosine loss and the start from teacher layers need the same width (or set '
           'config.distill.alpha_cos=0 and config.distill.init_from_teacher=False).')
+    if self.init_from_teacher and s.position_embedding_type != t.position_embedding_type:
+      raise ConfigError(
+          f'config.model.position_embedding_type={s.position_embedding_type!r} but the teacher\'s '
+          f'is {t.position_embedding_type!r}: the start from the teacher copies its position '
+          'parameters, which the two would read differently (or set '
+          'config.distill.init_from_teacher=False).')
     if self.init_from_teacher:
       self.layers = self.layers or teacher_layers(t.num_layers, s.num_layers)
       if len(self.layers) != s.num_layers or not all(0 <= i < t.num_layers for i in self.layers):
