@@ -161,15 +161,13 @@ class EncoderConfig:
     if self.position_init != 'normal' and self.relative_position_terms:
       fail('position_init', f'sets the absolute position table, which '
            f'{prefix}.position_embedding_type={self.position_embedding_type!r} does not read.')
-    if self.distance_layer_norm and not self.relative_position_terms:
-      fail('distance_layer_norm', 'normalises the relative distance table, which absolute '
-           'positions lack: set model.position_embedding_type to a relative type.')
-    if self.distance_init_range is not None:
-      if not self.relative_position_terms:
-        fail('distance_init_range', 'sets the relative distance table, which absolute positions '
-             "lack: set model.position_embedding_type to a relative type, or leave it None.")
-      if not isinstance(self.distance_init_range, (int, float)) or self.distance_init_range <= 0:
-        fail('distance_init_range', 'must be a positive std, or None for initializer_range.')
+    for field in ('distance_init_range', 'distance_layer_norm'):  # Unset: None, False.
+      if getattr(self, field) not in (None, False) and not self.relative_position_terms:
+        fail(field, 'sets the relative distance table, which absolute positions lack: set '
+             f'{prefix}.position_embedding_type to a relative type, or leave it unset.')
+    if self.distance_init_range is not None and (
+        not isinstance(self.distance_init_range, (int, float)) or self.distance_init_range <= 0):
+      fail('distance_init_range', 'must be a positive std, or None for initializer_range.')
     if self.hidden_act not in ACTIVATIONS:
       fail('hidden_act', f'unknown activation; choose one of {ACTIVATIONS}.')
     if self.dtype not in (*DTYPES, 'auto'):

@@ -73,12 +73,13 @@ def zeros_init(axes: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
+def layer_norm(config: EncoderConfig, name: str, axis: str = 'embed') -> nn.LayerNorm:
+  """LayerNorm over features of logical axis `axis` (the hidden size; 'kv': a head's)."""
   return nn.LayerNorm(
       epsilon=config.layer_norm_eps, dtype=config.compute_dtype,
       param_dtype=config.storage_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
-      bias_init=zeros_init(('embed',)))
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis,)),
+      bias_init=zeros_init((axis,)))
 
 
 def _operands_and_output(equation: str) -> tuple[str, str, str]:
@@ -422,10 +423,7 @@ class SelfAttention(nn.Module):
     # Row r holds distance r - (length - 1); the table's row of distance d is d + max_positions - 1.
     rows = table(jnp.arange(2 * length - 1) + c.max_position_embeddings - length)  # [2L-1, head_dim]
     if c.distance_layer_norm:
-      rows = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=c.compute_dtype,
-                          param_dtype=c.storage_dtype, name='distance_layer_norm',
-                          scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('kv',)),
-                          bias_init=zeros_init(('kv',)))(rows)
+      rows = layer_norm(c, 'distance_layer_norm', axis='kv')(rows)
     distance = jnp.arange(length)[:, None] - jnp.arange(length)[None, :] + length - 1  # [L, L]: i - j
     # Each token against every distance: [batch, length, heads, 2L-1] (a dense layer's product).
     by_query = matmul('...d,rd->...r', query, rows, c.compute_dtype)
