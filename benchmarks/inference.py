@@ -8,6 +8,9 @@ call returns the vectors as a numpy array (so it waits for them). Systems:
 - 'torch': transformers' BertModel in eager mode under torch.inference_mode (bf16: CPU autocast);
 - 'torch_compile': the same model through torch.compile (inductor);
 - 'sentence_transformers': SentenceTransformer's own forward (BertModel + Pooling + Normalize).
+Precisions: 'f32'; 'bf16' (f32 weights, cast to bf16 in every call: ours in its jitted
+forward, PyTorch by autocast); 'bf16_weights' (the weights cast to bf16 once, when loaded:
+ours as a param_dtype='bfloat16' model, PyTorch as `model.to(torch.bfloat16)`, no autocast).
 """
 import contextlib
 import dataclasses
@@ -20,6 +23,7 @@ import numpy as np
 from benchmarks import measure
 
 SYSTEMS = ('ours', 'torch', 'torch_compile', 'sentence_transformers')
+PRECISIONS = ('f32', 'bf16', 'bf16_weights')
 
 
 def minilm_dir() -> str:
@@ -54,8 +58,11 @@ def build_ours(spec: measure.Spec, inputs: dict):
   from encoders import st_export  # pylint: disable=g-import-not-at-top
 
   model, params = st_export.load(minilm_dir())
-  if spec.precision == 'bf16':
+  if spec.precision != 'f32':
     model = model.clone(config=dataclasses.replace(model.config, dtype='bfloat16'))
+  if spec.precision == 'bf16_weights':
+    model = model.clone(config=dataclasses.replace(model.config, param_dtype='bfloat16'))
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
 
   @jax.jit
   def embed(params, input_ids, segment_ids):
@@ -65,8 +72,9 @@ def build_ours(spec: measure.Spec, inputs: dict):
   params = jax.device_put(params)
   input_ids = jax.device_put(inputs['input_ids'].astype(np.int32))
   segment_ids = jax.device_put(inputs['attention_mask'].astype(np.int32))
+  weight_dtypes = sorted({str(p.dtype) for p in jax.tree.leaves(params)})
   return lambda: np.asarray(embed(params, input_ids, segment_ids)), dict(
-      device=str(jax.devices()[0].device_kind))
+      device=str(jax.devices()[0].device_kind), weight_dtypes=weight_dtypes)
 
 
 def build_torch(spec: measure.Spec, inputs: dict):
@@ -77,10 +85,14 @@ def build_torch(spec: measure.Spec, inputs: dict):
   if spec.system == 'sentence_transformers':
     from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
     model = SentenceTransformer(minilm_dir(), device='cpu').eval()
+    if spec.precision == 'bf16_weights':
+      model = model.to(torch.bfloat16)
     forward = lambda: model(dict(features))['sentence_embedding']
   else:
     from transformers import AutoModel  # pylint: disable=g-import-not-at-top
     model = AutoModel.from_pretrained(minilm_dir()).eval()
+    if spec.precision == 'bf16_weights':
+      model = model.to(torch.bfloat16)
     if spec.system == 'torch_compile':
       model = torch.compile(model)
     mask = features['attention_mask'].unsqueeze(-1).float()
@@ -97,7 +109,8 @@ def build_torch(spec: measure.Spec, inputs: dict):
     with torch.inference_mode(), autocast:
       return forward().float().numpy()
 
-  info = dict(torch_threads=torch.get_num_threads())
+  info = dict(torch_threads=torch.get_num_threads(),
+              weight_dtypes=sorted({str(p.dtype).removeprefix('torch.') for p in model.parameters()}))
   if spec.system != 'sentence_transformers':  # pylint: disable-next=protected-access
     info['attn_implementation'] = model.config._attn_implementation
   return step, info

@@ -26,7 +26,7 @@ class Spec:
   """One benchmark run: a system at a shape, batch and sequence length."""
   system: str  # 'ours', 'ours_emd', 'hf_flax', 'torch', 'torch_compile' or 'matmul_peak'.
   family: str = 'bert'  # Of FAMILIES: the architecture every system builds.
-  precision: str = 'f32'  # 'f32' or 'bf16'.
+  precision: str = 'f32'  # 'f32' or 'bf16' (benchmarks/inference.py: also 'bf16_weights').
   shape: str = 'mini'  # A size of configs/common.py: SIZES.
   seq: int = 128
   batch: int = 16

@@ -6,8 +6,8 @@ Runs every (system, precision) at every batch size and length in its own process
 (benchmarks/inference.py, glibc malloc on huge pages as experiments/benchmark.py runs them),
 `--rounds` times in alternating order, and keeps each run's best round (the median step of
 its least disturbed round: the machine may be shared). Prints a markdown table of sequences/s
-with each run's speed over the fastest PyTorch run (eager, compiled, bf16 autocast or
-sentence-transformers) of the same shape; --out writes results.json and results.md there.
+with each run's speed over the fastest PyTorch run (eager, compiled, bf16 autocast, bf16
+weights or sentence-transformers) of the same shape; --out writes results.json and results.md there.
 """
 import argparse
 import dataclasses
@@ -24,8 +24,9 @@ from benchmarks import inference, measure
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 HUGEPAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
-RUNS = ('ours/f32', 'ours/bf16', 'torch/f32', 'torch/bf16', 'torch_compile/f32',
-        'torch_compile/bf16', 'sentence_transformers/f32')
+RUNS = ('ours/f32', 'ours/bf16', 'ours/bf16_weights', 'torch/f32', 'torch/bf16',
+        'torch/bf16_weights', 'torch_compile/f32', 'torch_compile/bf16',
+        'torch_compile/bf16_weights', 'sentence_transformers/f32')
 
 
 def parse_args(argv):
@@ -97,8 +98,9 @@ def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   runs = [tuple(r.split('/')) for r in args.runs.split(',')]
   for system, precision in runs:
-    if system not in inference.SYSTEMS or precision not in ('f32', 'bf16'):
-      raise SystemExit(f'Unknown run {system}/{precision}; systems: {inference.SYSTEMS}.')
+    if system not in inference.SYSTEMS or precision not in inference.PRECISIONS:
+      raise SystemExit(f'Unknown run {system}/{precision}; systems: {inference.SYSTEMS}, '
+                       f'precisions: {inference.PRECISIONS}.')
   specs = [measure.Spec(system=system, precision=precision, shape='minilm', seq=int(seq),
                         batch=int(batch), warmup=args.warmup, steps=args.steps,
                         max_time=args.max_time)

@@ -27,7 +27,9 @@ def inputs():
 
 
 def embeddings(system: str, precision: str, inputs) -> np.ndarray:
-  embed, _ = inference.build(measure.Spec(system=system, precision=precision, batch=2, seq=32), inputs)
+  embed, info = inference.build(measure.Spec(system=system, precision=precision, batch=2, seq=32),
+                                inputs)
+  assert info['weight_dtypes'] == ['bfloat16' if precision == 'bf16_weights' else 'float32']
   return embed()
 
 
@@ -39,12 +41,13 @@ def reference(inputs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('run', ['ours/f32', 'ours/bf16', 'torch/bf16', 'sentence_transformers/f32'])
+@pytest.mark.parametrize('run', ['ours/f32', 'ours/bf16', 'ours/bf16_weights', 'torch/bf16',
+                                 'torch/bf16_weights', 'sentence_transformers/f32'])
 def test_systems_compute_the_same_embeddings(run, inputs, reference):
   vectors = embeddings(*run.split('/'), inputs)
   if run.endswith('f32'):
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
-  else:  # bf16 matmuls: the same direction within bf16's precision.
+  else:  # bf16 matmuls (and weights): the same direction within bf16's precision.
     assert np.min(np.sum(vectors * reference, axis=1)) > 0.995
 
 
