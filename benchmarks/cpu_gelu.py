@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from benchmarks.cpu_attention import _medians_ms
-from encoders import bert, layers
-from encoders.config import EncoderConfig
+from benchmarks import cpu_attention
+from encoders import layers
 
 
 def _erf(x):
@@ -41,13 +40,7 @@ def forward_ms(form: str, dtype: str, batch: int = 32, length: int = 128, calls:
   chosen = layers.ACTIVATIONS['gelu']
   layers.ACTIVATIONS['gelu'] = FORMS[form]
   try:
-    config = EncoderConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
-                           intermediate_size=1536, max_position_embeddings=512, dtype=dtype)
-    model = bert.Encoder(config)
-    ids = jnp.ones((batch, length), jnp.int32)
-    params = model.init(jax.random.key(0), ids)
-    forward = jax.jit(lambda p, i: model.apply(p, i, deterministic=True))
-    return _medians_ms(lambda: jax.block_until_ready(forward(params, ids)), calls)
+    return cpu_attention.minilm_forward_ms(dtype, batch, length, calls)
   finally:
     layers.ACTIVATIONS['gelu'] = chosen
 
