@@ -109,8 +109,8 @@ def build_torch(spec: measure.Spec, inputs: dict):
     with torch.inference_mode(), autocast:
       return forward().float().numpy()
 
-  info = dict(torch_threads=torch.get_num_threads(),
-              weight_dtypes=sorted({str(p.dtype).removeprefix('torch.') for p in model.parameters()}))
+  weight_dtypes = sorted({str(p.dtype).removeprefix('torch.') for p in model.parameters()})
+  info = dict(torch_threads=torch.get_num_threads(), weight_dtypes=weight_dtypes)
   if spec.system != 'sentence_transformers':  # pylint: disable-next=protected-access
     info['attn_implementation'] = model.config._attn_implementation
   return step, info

@@ -28,8 +28,8 @@ def gelu(x: jax.Array) -> jax.Array:
   [tokens, mlp] operands for it; with the select it is one loop over the previous matmul's
   output. A MiniLM forward at 32 x 128 took 13% less time in bf16 and 7% less in f32 than
   with `nn.gelu(approximate=False)` (benchmarks/cpu_gelu.py,
-  docs/sentence/inference_bf16_weights/cpu_gelu.txt). The erf form is PyTorch's: for x < -3, where 1 + erf
-  cancels, its f32 error reaches 1e-6 absolute (on values below 4e-3), which
+  docs/sentence/inference_bf16_weights/cpu_gelu.txt). The erf form is PyTorch's: for x < -3,
+  where 1 + erf cancels, its f32 error reaches 1e-6 absolute (on values below 4e-3), which
   `nn.gelu(approximate=False)`'s erfc form avoids at a cost in time.
   """
   return jnp.where(x > -20.0, 0.5 * x * (1.0 + jax.lax.erf(x * (1 / math.sqrt(2)))), 0.0)

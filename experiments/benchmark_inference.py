@@ -7,7 +7,8 @@ Runs every (system, precision) at every batch size and length in its own process
 `--rounds` times in alternating order, and keeps each run's best round (the median step of
 its least disturbed round: the machine may be shared). Prints a markdown table of sequences/s
 with each run's speed over the fastest PyTorch run (eager, compiled, bf16 autocast, bf16
-weights or sentence-transformers) of the same shape; --out writes results.json and results.md there.
+weights or sentence-transformers) of the same shape; --out writes results.json and results.md
+there.
 """
 import argparse
 import dataclasses
