@@ -52,7 +52,8 @@ def test_f32_activation_matches_f64():
 def test_gelu_over_its_whole_range_and_its_gradient():
   """Through the select at -20 and out to where GELU underflows; d/dx x Phi(x) = Phi + x phi."""
   x = np.linspace(-40, 10, 2001)
-  x = np.concatenate([x, [-20.0, np.nextafter(-20.0, 0.0)]]).astype(np.float32)
+  edge = np.float32(-20.0)  # The select's threshold and the f32 just above it.
+  x = np.concatenate([x.astype(np.float32), [edge, np.nextafter(edge, np.float32(0))]])
   np.testing.assert_allclose(layers.gelu(jnp.asarray(x)), REFERENCES['gelu'](x.astype(np.float64)),
                              rtol=1e-6, atol=GELU_CANCELLATION)
   x64 = x.astype(np.float64)
