@@ -6,7 +6,7 @@ The forms compute the same function (BERT's x * Phi(x)); they differ in how XLA:
 them. `nn.gelu(approximate=False)` is jax's erfc form; 'erf' is PyTorch's
 x / 2 * (1 + erf(x / sqrt 2)); '+ select' wraps either in `where(x > -20, gelu, 0)`, which
 changes no f32 value and keeps the GELU out of the next matmul's YNNPACK fusion. Alternating
-rounds; median wall and CPU time of 15 calls, best round. layers.gelu is 'erf + select'.
+rounds; median wall and CPU time of 15 calls, best round. 'erf + select' is layers.gelu.
 """
 import math
 
@@ -32,7 +32,7 @@ def _selected(form):
 
 
 FORMS = {'erfc (nn.gelu)': _erfc, 'erfc + select': _selected(_erfc), 'erf': _erf,
-         'erf + select': _selected(_erf)}
+         'erf + select': layers.gelu}
 
 
 def forward_ms(form: str, dtype: str, batch: int = 32, length: int = 128, calls: int = 15):

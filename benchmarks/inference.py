@@ -59,10 +59,10 @@ def build_ours(spec: measure.Spec, inputs: dict):
 
   model, params = st_export.load(minilm_dir())
   if spec.precision != 'f32':
-    model = model.clone(config=dataclasses.replace(model.config, dtype='bfloat16'))
-  if spec.precision == 'bf16_weights':
-    model = model.clone(config=dataclasses.replace(model.config, param_dtype='bfloat16'))
-    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    storage = 'bfloat16' if spec.precision == 'bf16_weights' else model.config.param_dtype
+    model = model.clone(config=dataclasses.replace(model.config, dtype='bfloat16',
+                                                   param_dtype=storage))
+    params = jax.tree.map(lambda p: p.astype(model.config.storage_dtype), params)
 
   @jax.jit
   def embed(params, input_ids, segment_ids):
