@@ -3,7 +3,7 @@
   python -m experiments.ablation_verdicts --results docs/ablations_tiny
 
 Reads `<results>/<ablation>/results/*.json` (one file per finished run, as the sweeps write
-them) for the five ablations, judges every finding they declare (`FINDINGS` in each script)
+them) for each ablation sweep below, judges every finding they declare (`FINDINGS` in each script)
 by the one rule of encoders/training/findings.py, and writes verdicts.md (a table per
 ablation) and verdicts.png (delta / SE per judged finding) into --results.
 """
@@ -17,13 +17,14 @@ import matplotlib
 from encoders import paths
 from encoders.training import findings
 from experiments import (ablate_batch_size, ablate_masking_rate, ablate_masking_strategy,
-                         ablate_nsp, electra_vs_mlm)
+                         ablate_nsp, electra_vs_mlm, electra_vs_mlm_relative)
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ABLATIONS = tuple(m.ABLATION for m in (ablate_masking_strategy, ablate_nsp, ablate_masking_rate,
-                                       ablate_batch_size, electra_vs_mlm))
+                                       ablate_batch_size, electra_vs_mlm,
+                                       electra_vs_mlm_relative))
 COLORS = {findings.REPRODUCED: 'tab:green', findings.REVERSED: 'tab:red',
           findings.UNRESOLVED: 'tab:gray'}
 

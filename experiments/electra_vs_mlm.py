@@ -43,10 +43,12 @@ FINDINGS = tuple(
     for steps in BUDGETS['tiny'])
 
 
-def base_config(scale: str):
-  """ELECTRA's recipe at the scale's size, on the ablations' schedule (its steps per cell: BUDGETS)."""
+def base_config(scale: str, positions: str = 'absolute'):
+  """ELECTRA's recipe (configs/electra.py with `positions`) at the scale's size, on the
+  ablations' schedule (its steps per cell: BUDGETS)."""
   schedule = finetune_ablation.pretrain_config(scale)
-  config = electra_configs.get_config('small' if scale == 'paper' else 'tiny')
+  size = 'small' if scale == 'paper' else 'tiny'
+  config = electra_configs.get_config(f'size={size},positions={positions}')
   if scale != 'paper':
     config.train, config.checkpoint = schedule.train, schedule.checkpoint
   if scale == 'smoke':
@@ -96,7 +98,8 @@ def plot_against_flops(scale: str, base, out: str, seeds) -> str:
   ax.set_xscale('log')
   ax.set_xlabel('pretraining FLOPs (generator included)')
   ax.set_ylabel('topic test accuracy')
-  ax.set_title(f'ELECTRA vs BERT-MLM at equal compute (scale={scale})')
+  positions = base.model.position_embedding_type
+  ax.set_title(f'ELECTRA vs BERT-MLM at equal compute (scale={scale}, {positions} positions)')
   ax.legend(fontsize=7)
   figure.tight_layout()
   path = os.path.join(out, 'accuracy_vs_flops.png')

@@ -66,3 +66,18 @@ def test_parameters_shared_once_with_logical_axes():
       {**TINY, 'embedding_size': 32})).init, jax.random.key(0), ids)['params'])
   assert 'embeddings_project' not in same['discriminator_encoder']
   assert 'embeddings_project' in same['generator_encoder']
+
+
+def test_relative_positions_config_reaches_both_networks():
+  config = electra_configs.get_config('size=tiny,positions=relative')
+  assert config.optimizer.learning_rate == 5e-4  # ELECTRA-Small's, where absolute tiny collapses.
+  assert electra_configs.get_config('tiny').optimizer.learning_rate == 2e-4
+  relative = {field: config.model[field] for field in ('position_embedding_type',
+                                                      'distance_layer_norm')}
+  pair = ElectraPair(ElectraConfig.from_config({**TINY, **relative}))
+  params = nn.unbox(jax.eval_shape(pair.init, jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params'])
+  paths = ['/'.join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  for network in ('generator_encoder', 'discriminator_encoder'):
+    assert any(p.startswith(network) and 'distance_layer_norm' in p for p in paths), network
+  with pytest.raises(ValueError, match='positions'):
+    electra_configs.get_config('size=tiny,positions=rotary')

@@ -1,4 +1,5 @@
-"""experiments/electra_vs_mlm.py: equal-FLOPs cells, and a smoke run writes its CSV, table and plots."""
+"""experiments/electra_vs_mlm.py and its relative-positions form: equal-FLOPs cells, and a smoke
+run writes its CSV, table and plots."""
 import csv
 import subprocess
 import sys
@@ -7,13 +8,19 @@ import numpy as np
 import pytest
 
 from encoders.training import objectives, sweep
-from experiments import electra_vs_mlm
+from experiments import electra_vs_mlm, electra_vs_mlm_relative
 from tests import training_util
 
+MODULES = (electra_vs_mlm, electra_vs_mlm_relative)
 
+
+@pytest.mark.parametrize('module', MODULES, ids=lambda m: m.ABLATION.name)
 @pytest.mark.parametrize('scale', ['quick', 'tiny', 'paper'])
-def test_cells_give_both_models_the_same_training_flops(scale):
-  base = electra_vs_mlm.base_config(scale)
+def test_cells_give_both_models_the_same_training_flops(scale, module):
+  base = module.ABLATION.base_config(scale)
+  relative = module is electra_vs_mlm_relative
+  assert (base.model.position_embedding_type, base.model.distance_layer_norm) == (
+      ('relative_key_query', True) if relative else ('absolute', False))
   cells = electra_vs_mlm.cells(scale, base)
   assert len(cells) == 2 * len(electra_vs_mlm.BUDGETS[scale])
   for electra, bert in zip(cells[::2], cells[1::2]):
@@ -31,9 +38,10 @@ def test_cells_give_both_models_the_same_training_flops(scale):
 
 
 @pytest.mark.slow
-def test_smoke_run_writes_csv_table_and_plots(tmp_path):
+@pytest.mark.parametrize('module', MODULES, ids=lambda m: m.ABLATION.name)
+def test_smoke_run_writes_csv_table_and_plots(tmp_path, module):
   result = subprocess.run(
-      [sys.executable, '-m', 'experiments.electra_vs_mlm', '--smoke', f'--out={tmp_path}'],
+      [sys.executable, '-m', module.__name__, '--smoke', f'--out={tmp_path}'],
       cwd=training_util.ROOT, env=training_util.env(1), capture_output=True, text=True,
       timeout=1500)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -9,7 +9,7 @@ import pytest
 from encoders.adaptation import finetune_ablation
 from encoders.training import findings, sweep
 from experiments import (ablate_batch_size, ablate_masking_rate, ablate_masking_strategy,
-                         ablate_nsp, ablation_verdicts, electra_vs_mlm)
+                         ablate_nsp, ablation_verdicts, electra_vs_mlm, electra_vs_mlm_relative)
 from tests import training_util
 
 HIGHER = findings.Finding('a beats b', 'test', better='a', worse='b', metric='score')
@@ -97,8 +97,9 @@ def _tiny_cell_names(monkeypatch) -> dict[str, list[str]]:
   base = finetune_ablation.pretrain_config('tiny')
   modules = (ablate_masking_strategy, ablate_nsp, ablate_masking_rate, ablate_batch_size)
   names = {m.ABLATION.name: [c.name for c in m.cells('tiny', base)] for m in modules}
-  names['electra_vs_mlm'] = [c.name for c in electra_vs_mlm.cells(
-      'tiny', electra_vs_mlm.base_config('tiny'))]
+  for module in (electra_vs_mlm, electra_vs_mlm_relative):
+    names[module.ABLATION.name] = [c.name for c in electra_vs_mlm.cells(
+        'tiny', module.ABLATION.base_config('tiny'))]
   return names
 
 
