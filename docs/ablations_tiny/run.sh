@@ -7,6 +7,10 @@
 # copy each finished run's result and the sweep's table to docs/ablations_tiny/<ablation>/ and
 # rewrite the verdicts on the papers' findings from them (experiments/ablation_verdicts.py).
 #   docs/ablations_tiny/run.sh A 1 & docs/ablations_tiny/run.sh B 1    # then 2, then 3
+# Queue C is electra_vs_mlm on relative positions at 5e-4 (experiments/electra_vs_mlm_relative.py).
+# Its stored runs are the 4,000-step budget's, one process per (cell, seed), seeds 0-2, each cell
+# run as: python -m experiments.electra_vs_mlm_relative --out=$WORK/electra_vs_mlm_relative \
+#   --seeds=3 "--cell=ELECTRA, 4000 steps, 7e+13 FLOPs" --seed=0   # then the BERT (MLM) cell
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
@@ -16,10 +20,11 @@ queue=$1 seeds=$2
 case $queue in
   A) ablations="masking_strategy nsp masking_rate" ;;
   B) ablations="batch_size electra_vs_mlm" ;;
+  C) ablations="electra_vs_mlm_relative" ;;
 esac
 for name in $ablations; do
   module=experiments.ablate_$name
-  [ "$name" = electra_vs_mlm ] && module=experiments.electra_vs_mlm
+  [[ "$name" = electra_vs_mlm* ]] && module=experiments.$name
   nice -n 5 python -m $module --out=$WORK/$name --seeds=$seeds >> $WORK/$name.log 2>&1
   mkdir -p docs/ablations_tiny/$name/results
   cp $WORK/$name/results/*.json docs/ablations_tiny/$name/results/
