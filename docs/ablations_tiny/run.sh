@@ -11,6 +11,10 @@
 # Its stored runs are the 4,000-step budget's, one process per (cell, seed), seeds 0-2, each cell
 # run as: python -m experiments.electra_vs_mlm_relative --out=$WORK/electra_vs_mlm_relative \
 #   --seeds=3 "--cell=ELECTRA, 4000 steps, 7e+13 FLOPs" --seed=0   # then the BERT (MLM) cell
+# The discriminators' ROC AUC through training, both ELECTRA sweeps' 4,000-step cell, seeds 0-2:
+#   python -m experiments.rtd_diagnostics --steps 2000,3000,4000 \
+#     --workdir $WORK/<sweep>/runs/<ELECTRA run>/pretrain \
+#     --out docs/ablations_tiny/<sweep>/diagnostics/ELECTRA_4000_steps__seed<s>.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate

@@ -3,7 +3,8 @@ last checkpoint of every finished run (a stored results/<run>.json) of the given
 checkpoints are in WORK (runs made on another machine are skipped): the run's validation MLM
 loss as is and with each row's words shuffled within their segment.
 Writes word_order.jsonl (one line per run) and word_order.md (per run, then per cell over seeds).
-A run already in word_order.jsonl at the same step keeps its line (the measure is deterministic).
+A run already in word_order.jsonl at the same step keeps its line (the measure is deterministic),
+and so do the lines of sweeps not named.
 
   PYTHONPATH=. python docs/ablations_tiny/word_order.py workdirs/ablations_tiny nsp batch_size ...
 """
@@ -26,7 +27,7 @@ def main(work: str, sweeps: list[str]) -> None:
     for line in stored_rows.read_text().splitlines():
       row = json.loads(line)
       measured[row['sweep'], row['cell'], row['seed'], row['step']] = row
-  rows = []
+  rows = [row for row in measured.values() if row['sweep'] not in sweeps]  # Kept as they are.
   for sweep in sweeps:
     for stored in sorted((HERE / sweep / 'results').glob('*.json')):
       run = json.loads(stored.read_text())
