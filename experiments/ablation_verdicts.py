@@ -3,8 +3,8 @@
   python -m experiments.ablation_verdicts --results docs/ablations_tiny
 
 Reads `<results>/<ablation>/results/*.json` (one file per finished run, as the sweeps write
-them) for each ablation sweep below, judges every finding they declare (`FINDINGS` in each script)
-by the one rule of encoders/training/findings.py, and writes verdicts.md (a table per
+them) for each sweep in ABLATIONS, judges every finding they declare (`FINDINGS` in each
+script) by the one rule of encoders/training/findings.py, and writes verdicts.md (a table per
 ablation) and verdicts.png (delta / SE per judged finding) into --results.
 """
 import argparse

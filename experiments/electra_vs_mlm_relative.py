@@ -5,7 +5,7 @@
 
 With ELECTRA's absolute positions, ELECTRA-tiny's discriminator falls to the all-original prior
 at ELECTRA-Small's learning rate (5e-4), so electra_vs_mlm runs tiny at 2e-4, where its recall
-stays at 0.04-0.08. With transformers' relative_key_query distances read through a LayerNorm it
+stays below 0.06. With transformers' relative_key_query distances read through a LayerNorm it
 trains at 5e-4 (README, "ELECTRA at ELECTRA-Small's learning rate"). This sweep compares the
 objectives there: the same cells, budgets and findings as electra_vs_mlm, BERT-MLM on the same
 encoder, positions and learning rate.

@@ -75,8 +75,10 @@ def test_relative_positions_config_reaches_both_networks():
   relative = {field: config.model[field] for field in ('position_embedding_type',
                                                       'distance_layer_norm')}
   pair = ElectraPair(ElectraConfig.from_config({**TINY, **relative}))
-  params = nn.unbox(jax.eval_shape(pair.init, jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params'])
-  paths = ['/'.join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  ids = jnp.ones((1, 4), jnp.int32)
+  params = nn.unbox(jax.eval_shape(pair.init, jax.random.key(0), ids)['params'])
+  paths = ['/'.join(str(k.key) for k in path)
+           for path, _ in jax.tree_util.tree_leaves_with_path(params)]
   for network in ('generator_encoder', 'discriminator_encoder'):
     assert any(p.startswith(network) and 'distance_layer_norm' in p for p in paths), network
   with pytest.raises(ValueError, match='positions'):
