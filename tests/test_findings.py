@@ -98,7 +98,7 @@ def _tiny_cell_names(monkeypatch) -> dict[str, list[str]]:
   modules = (ablate_masking_strategy, ablate_nsp, ablate_masking_rate, ablate_batch_size)
   names = {m.ABLATION.name: [c.name for c in m.cells('tiny', base)] for m in modules}
   for module in (electra_vs_mlm, electra_vs_mlm_relative):
-    names[module.ABLATION.name] = [c.name for c in electra_vs_mlm.cells(
+    names[module.ABLATION.name] = [c.name for c in module.ABLATION.cells(
         'tiny', module.ABLATION.base_config('tiny'))]
   return names
 

@@ -58,7 +58,7 @@ RULES = (
          r'workdirs/ft_tiny ', 'run', append='--config.train.num_epochs=0.02'),
     Rule(r'^python -m experiments\.finetune ', 'check',
          reason='from other pretrained models, or MiniLM at full length'),
-    Rule(r'^python -m experiments\.(electra_vs_mlm|electra_vs_mlm_relative|ablate_albert|distill_vs_teacher|'
+    Rule(r'^python -m experiments\.(electra_vs_mlm(_relative)?|ablate_albert|distill_vs_teacher|'
          r'ablate_deberta|ablate_masking_strategy) ', 'check',
          reason='sweeps of many training runs; their tests run their smoke form'),
     Rule(r'^python -m experiments\.ablation_verdicts --results docs/ablations_tiny$', 'check',
